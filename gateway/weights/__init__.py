@@ -1,0 +1,44 @@
+"""Model-weights formats: safe parsing, exact validation, conversion and FedAvg (pure, sync, numpy)."""
+
+from gateway.weights.convert import (
+    detect_format,
+    inspect_payload,
+    layers_to_npz,
+    normalize_aggregate,
+    npz_to_layers,
+    npz_to_object_npy,
+    object_npy_to_npz,
+    to_npz,
+)
+from gateway.weights.errors import ErrorCode, WeightsError
+from gateway.weights.fedavg import fedavg
+from gateway.weights.layers import parse_weighting
+from gateway.weights.model import ANALYTICS, LEARNING, ArrayInfo, Payload, PayloadKind
+from gateway.weights.npz import inspect_aggregate, inspect_npz
+from gateway.weights.objectnpy import inspect_object_npy
+from gateway.weights.policy import Limits, ValidationPolicy
+
+__all__ = [
+    "ANALYTICS",
+    "LEARNING",
+    "ArrayInfo",
+    "ErrorCode",
+    "Limits",
+    "Payload",
+    "PayloadKind",
+    "ValidationPolicy",
+    "WeightsError",
+    "detect_format",
+    "fedavg",
+    "inspect_aggregate",
+    "inspect_npz",
+    "inspect_object_npy",
+    "inspect_payload",
+    "layers_to_npz",
+    "normalize_aggregate",
+    "npz_to_layers",
+    "npz_to_object_npy",
+    "object_npy_to_npz",
+    "parse_weighting",
+    "to_npz",
+]

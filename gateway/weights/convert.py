@@ -1,0 +1,240 @@
+"""Telling payload formats apart, and converting between them layer by layer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from gateway.weights.archive import Archive, Member, is_zip
+from gateway.weights.errors import WeightsError
+from gateway.weights.layers import inspect_layer_files, iter_file_data, parse_weighting
+from gateway.weights.model import (
+    LEARNING,
+    RESERVED_KEYS,
+    WEIGHTING_KEY,
+    Payload,
+    layer_index,
+    layer_key,
+)
+from gateway.weights.npy import MAGIC, ArrayHeader, array_from_bytes, header_bytes, read_header
+from gateway.weights.npz import inspect_aggregate, inspect_npz
+from gateway.weights.objectnpy import (
+    LayerSource,
+    inspect_object_npy,
+    read_object_npy,
+    write_object_npy,
+)
+from gateway.weights.policy import Limits, ValidationPolicy
+from gateway.weights.writer import NpzWriter, atomic_path, move_to_front
+
+FileFormat = Literal["npz", "npy-object", "npy", "unknown"]
+
+
+def detect_format(path: Path, limits: Limits | None = None) -> FileFormat:
+    """Which kind of file this is, from its first bytes and (for `.npy`) its header."""
+    limits = limits or Limits()
+    with path.open("rb") as stream:
+        prefix = stream.read(8)
+        if is_zip(prefix):
+            return "npz"
+        if not prefix.startswith(MAGIC):
+            return "unknown"
+        stream.seek(0)
+        header = read_header(stream.read, limits.max_header_bytes, "The .npy file", allow_object=True)
+    return "npy-object" if header.dtype.hasobject else "npy"
+
+
+def inspect_payload(path: Path, policy: ValidationPolicy | None = None) -> Payload:
+    """Validate an uploaded file of either dialect and describe it."""
+    policy = policy or ValidationPolicy()
+    kind = detect_format(path, policy.limits)
+    if kind == "npz":
+        return inspect_npz(path, policy)
+    if kind == "npy-object":
+        return inspect_object_npy(path, policy)
+    if kind == "npy":
+        raise WeightsError(
+            "not-a-payload",
+            "This is a single .npy array, not a payload: send an NPZ (weighting + layer_0..), "
+            "a v1 (num_samples, [arrays]) object .npy, or each layer as its own part.",
+        )
+    raise WeightsError(
+        "not-a-payload",
+        "The file is neither an NPZ archive nor a .npy file; save the weights with "
+        "numpy.savez / numpy.save.",
+    )
+
+
+def _chunks(archive: Archive, member: Member) -> Iterator[bytes]:
+    return archive.iter_data(member)
+
+
+def npz_to_object_npy(src: Path, dst: Path, policy: ValidationPolicy | None = None) -> Payload:
+    """A learning NPZ as the v1 object `.npy`, streaming each layer from the archive."""
+    policy = policy or ValidationPolicy()
+    payload = inspect_npz(src, policy)
+    if payload.kind != LEARNING:
+        raise WeightsError(
+            "unsupported-kind",
+            f"A {payload.kind} payload has no v1 form: protocol v1 carries model weights only.",
+        )
+    weighting = payload.weighting
+    if weighting is None or not math.isfinite(weighting) or weighting < 0 or weighting != int(weighting):
+        raise WeightsError(
+            "weighting-not-integer",
+            f"Protocol v1 needs a whole, non-negative sample count as the weighting (got {weighting!r}).",
+        )
+    with Archive(src, policy.limits) as archive, atomic_path(dst) as tmp:
+        members = {m.key: m for m in archive.members}
+        sources = [
+            LayerSource(
+                dtype=members[info.key].header.dtype,
+                shape=info.shape,
+                fortran_order=info.fortran_order,
+                chunks=lambda m=members[info.key]: _chunks(archive, m),
+            )
+            for info in payload.arrays
+        ]
+        with tmp.open("wb") as out:
+            write_object_npy(out, int(weighting), sources)
+    return payload
+
+
+def object_npy_to_npz(
+    src: Path, dst: Path, policy: ValidationPolicy | None = None, *, compress: bool = True
+) -> Payload:
+    """A v1 object `.npy` as a protocol v3 NPZ (`weighting` + `layer_i`), one layer in memory."""
+    policy = policy or ValidationPolicy()
+    with atomic_path(dst) as tmp:
+        with NpzWriter(tmp, compress=compress) as writer:
+
+            def sink(index: int, header: ArrayHeader, data: bytes) -> None:
+                writer.write_stream(
+                    layer_key(index), header.dtype, header.shape, header.fortran_order, [data]
+                )
+
+            parsed = read_object_npy(src, policy.limits, sink)
+            if policy.strict_weighting and parsed.num_samples < 0:
+                raise WeightsError(
+                    "bad-weighting", f"The sample count must be >= 0 (got {parsed.num_samples})."
+                )
+            writer.write_weighting(float(parsed.num_samples))
+            move_to_front(writer, WEIGHTING_KEY)
+        payload = inspect_npz(tmp, policy)
+    return payload
+
+
+def layers_to_npz(
+    paths: Sequence[Path],
+    weighting: str | float,
+    dst: Path,
+    policy: ValidationPolicy | None = None,
+    *,
+    compress: bool = True,
+) -> Payload:
+    """Per-layer `.npy` files (in order) plus a weighting number, as one NPZ."""
+    policy = policy or ValidationPolicy()
+    value = parse_weighting(weighting, policy)
+    headers = inspect_layer_files(paths, policy)
+    with atomic_path(dst) as tmp:
+        with NpzWriter(tmp, compress=compress) as writer:
+            writer.write_weighting(value)
+            for index, (path, header) in enumerate(zip(paths, headers, strict=True)):
+                writer.write_stream(
+                    layer_key(index),
+                    header.dtype,
+                    header.shape,
+                    header.fortran_order,
+                    iter_file_data(path, header),
+                )
+        payload = inspect_npz(tmp, policy)
+    return payload
+
+
+def npz_to_layers(
+    src: Path, dst_dir: Path, policy: ValidationPolicy | None = None
+) -> tuple[float | None, list[Path]]:
+    """A learning NPZ as one plain `.npy` file per layer (`layer_<i>.npy`) and its weighting."""
+    policy = policy or ValidationPolicy()
+    payload = inspect_npz(src, policy)
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    with Archive(src, policy.limits) as archive:
+        members = {m.key: m for m in archive.members}
+        for index, info in enumerate(payload.arrays):
+            member = members[info.key]
+            target = dst_dir / f"{layer_key(index)}.npy"
+            with atomic_path(target) as tmp, tmp.open("wb") as out:
+                header = member.header
+                out.write(header_bytes(header.dtype, header.shape, header.fortran_order))
+                for chunk in archive.iter_data(member):
+                    out.write(chunk)
+            written.append(target)
+    return payload.weighting, written
+
+
+def normalize_aggregate(src: Path, dst: Path, limits: Limits | None = None) -> Payload:
+    """An aggregated result of either dialect as an NPZ of plain arrays any `.npy` reader can open.
+
+    Learning results become `layer_0 .. layer_{n-1}` (numeric order, no `weighting`); analytics
+    results keep their field names. Arrays are written little-endian in C order, stored uncompressed.
+    """
+    limits = limits or Limits()
+    lenient = ValidationPolicy.lenient(limits)
+    fmt = detect_format(src, limits)
+    with atomic_path(dst) as tmp:
+        with NpzWriter(tmp, compress=False) as writer:
+            if fmt == "npy-object":
+
+                def sink(index: int, header: ArrayHeader, data: bytes) -> None:
+                    _write_plain(writer, layer_key(index), header, lambda: iter([data]))
+
+                read_object_npy(src, limits, sink)
+            elif fmt == "npz":
+                _normalize_npz(src, writer, limits)
+            else:
+                inspect_payload(src, lenient)  # raises the precise error
+        payload = inspect_aggregate(tmp, lenient)
+    return payload
+
+
+def _normalize_npz(src: Path, writer: NpzWriter, limits: Limits) -> None:
+    with Archive(src, limits) as archive:
+        numbered = sorted(
+            (index, m) for m in archive.members if (index := layer_index(m.key)) is not None
+        )
+        if numbered:
+            chosen = [(layer_key(i), m) for i, (_, m) in enumerate(numbered)]
+        else:
+            chosen = [(m.key, m) for m in archive.members if m.key not in RESERVED_KEYS]
+        if not chosen:
+            raise WeightsError("no-layers", "The aggregated archive holds no arrays.")
+        for key, member in chosen:
+            _write_plain(writer, key, member.header, lambda m=member: archive.iter_data(m))
+
+
+def _write_plain(
+    writer: NpzWriter, key: str, header: ArrayHeader, chunks: Any
+) -> None:
+    dtype = header.dtype
+    plain = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
+    if plain == dtype and not header.fortran_order:
+        writer.write_stream(key, dtype, header.shape, False, chunks())
+        return
+    # Byte-swapping or reordering needs the whole layer: one layer in memory.
+    array = array_from_bytes(header, b"".join(chunks()))
+    writer.write_array(key, np.asarray(array, dtype=plain, order="C"))
+
+
+def to_npz(
+    src: Path, dst: Path, policy: ValidationPolicy | None = None, *, compress: bool = True
+) -> tuple[Payload, bool]:
+    """Make sure an upload is an NPZ: validate it, convert a v1 file. Returns (payload, converted)."""
+    policy = policy or ValidationPolicy()
+    if detect_format(src, policy.limits) == "npy-object":
+        return object_npy_to_npz(src, dst, policy, compress=compress), True
+    return inspect_payload(src, policy), False

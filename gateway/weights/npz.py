@@ -1,0 +1,249 @@
+"""Validation of protocol v3 NPZ payloads: the protocol's rules, the strict checks, deep mode."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.weights.archive import Archive, Member
+from gateway.weights.errors import WeightsError
+from gateway.weights.model import (
+    ANALYTICS,
+    KIND_KEY,
+    KINDS,
+    LAYER_PREFIX,
+    LEARNING,
+    POSITIONAL_LAYER,
+    RESERVED_KEYS,
+    WEIGHTING_KEY,
+    ArrayInfo,
+    Payload,
+    PayloadKind,
+    layer_index,
+)
+from gateway.weights.npy import array_from_bytes
+from gateway.weights.policy import ValidationPolicy
+
+NUMERIC_KINDS = frozenset("biufc")
+ANALYTICS_KINDS = frozenset("biufcUS")
+
+
+def inspect_npz(path: Path, policy: ValidationPolicy) -> Payload:
+    """Validate an NPZ payload from its headers (and its data in deep mode)."""
+    with Archive(path, policy.limits) as archive:
+        return _inspect(archive, policy)
+
+
+def _inspect(archive: Archive, policy: ValidationPolicy) -> Payload:
+    members = {member.key: member for member in archive.members}
+    kind = _declared_kind(archive, members)
+    weighting = members.get(WEIGHTING_KEY)
+    weighting_value: float | None = None
+    ignored: list[str] = []
+    if kind == LEARNING:
+        if weighting is None:
+            raise WeightsError(
+                "missing-weighting",
+                "Missing 'weighting' field: a learning payload needs a 'weighting' array "
+                "holding its aggregation weight (usually the number of training samples).",
+            )
+        _check_single(weighting)
+        chosen = _learning_layers(archive.members, policy, ignored)
+        weighting_value = _weighting(archive, weighting, policy)
+    else:
+        chosen = _analytics_fields(archive.members)
+        if weighting is not None and weighting.header.count == 1:
+            weighting_value = _weighting(archive, weighting, policy)
+    if policy.deep:
+        _deep_check(archive, archive.members)
+    return Payload(
+        format="npz",
+        kind=kind,
+        weighting=weighting_value,
+        arrays=tuple(_info(member) for member in chosen),
+        ignored=tuple(ignored),
+        size=archive.size,
+    )
+
+
+def read_small(archive: Archive, member: Member) -> np.ndarray[Any, Any]:
+    """Read a member that must be tiny (`weighting`, the kind key) as an array."""
+    limit = archive.limits.max_small_member_bytes
+    if member.header.data_size > limit:
+        raise WeightsError(
+            "too-large",
+            f"'{member.key}' holds {member.header.data_size} bytes; at most {limit} are accepted.",
+        )
+    return array_from_bytes(member.header, archive.read_data(member))
+
+
+def _declared_kind(archive: Archive, members: dict[str, Member]) -> PayloadKind:
+    member = members.get(KIND_KEY)
+    if member is None:
+        return LEARNING
+    declared = str(read_small(archive, member))
+    for kind in KINDS:
+        if declared == kind:
+            return kind
+    raise WeightsError(
+        "unknown-kind",
+        f"The archive declares unknown payload kind {declared[:60]!r} under {KIND_KEY!r}; "
+        f"expected one of {', '.join(KINDS)} as a 0-d unicode array.",
+    )
+
+
+def _check_single(member: Member) -> None:
+    if member.header.count != 1:
+        raise WeightsError(
+            "weighting-not-single",
+            f"'weighting' must be a single value; it has shape {member.header.shape}.",
+        )
+
+
+def _weighting(archive: Archive, member: Member, policy: ValidationPolicy) -> float | None:
+    header = member.header
+    _check_single(member)
+    numeric = header.dtype.kind in "iuf"
+    value = float(read_small(archive, member).reshape(())) if numeric else None
+    if policy.strict_weighting and (value is None or not math.isfinite(value) or value < 0):
+        shown = header.dtype.str if value is None else repr(value)
+        raise WeightsError(
+            "bad-weighting",
+            f"'weighting' must be a finite number >= 0 (got {shown}); "
+            "use the number of samples this update was trained on.",
+        )
+    return value
+
+
+def _learning_layers(
+    members: list[Member], policy: ValidationPolicy, ignored: list[str]
+) -> list[Member]:
+    layers = [m for m in members if m.key.startswith(LAYER_PREFIX)]
+    if not layers:
+        raise WeightsError(
+            "no-layers",
+            "No layer arrays found: a learning payload stores its parameters as "
+            "'layer_0', 'layer_1', ... arrays.",
+        )
+    for member in members:
+        if member.key not in RESERVED_KEYS and not member.key.startswith(LAYER_PREFIX):
+            if policy.strict_extra_keys:
+                raise WeightsError(
+                    "unexpected-key",
+                    f"Unexpected key {member.key!r} in a learning payload: only 'weighting' and "
+                    "'layer_<n>' arrays are allowed (the gateway's strict key check).",
+                )
+            ignored.append(member.key)
+    if policy.strict_layer_dtypes:
+        for member in layers:
+            if member.header.dtype.kind not in NUMERIC_KINDS:
+                raise WeightsError(
+                    "not-numeric",
+                    f"{member.key} has dtype {member.header.dtype.str}; layers must be numeric "
+                    "(bool, integer, unsigned, float or complex).",
+                )
+    indexed = {layer_index(m.key): m for m in layers}
+    if policy.strict_layer_numbering:
+        expected = set(range(len(layers)))
+        if None in indexed or set(indexed) != expected:
+            names = ", ".join(sorted((m.key for m in layers), key=_natural)[:8])
+            raise WeightsError(
+                "layer-numbering",
+                f"Layers must be named layer_0 .. layer_{len(layers) - 1} with no gaps, "
+                f"duplicates or leading zeros; found {names}.",
+            )
+    numbered = sorted((i, m) for i, m in indexed.items() if i is not None)
+    rest = [m for m in layers if layer_index(m.key) is None]
+    return [m for _, m in numbered] + rest
+
+
+def _analytics_fields(members: list[Member]) -> list[Member]:
+    fields = [m for m in members if m.key not in RESERVED_KEYS]
+    if not fields:
+        raise WeightsError(
+            "no-fields",
+            f"No named fields found for payload kind '{ANALYTICS}': add at least one field array.",
+        )
+    for member in fields:
+        if POSITIONAL_LAYER.match(member.key):
+            raise WeightsError(
+                "reserved-field-name",
+                f"{member.key!r} is reserved for positional model parameters and cannot appear "
+                f"in a '{ANALYTICS}' payload; rename the field.",
+            )
+        if not member.header.shape:
+            raise WeightsError(
+                "bare-scalar",
+                f"Field {member.key!r} is a bare scalar; store a single value as a "
+                "one-element 1-D array.",
+            )
+        if member.header.dtype.kind not in ANALYTICS_KINDS:
+            raise WeightsError(
+                "unsupported-dtype",
+                f"Field {member.key!r} has unsupported dtype {member.header.dtype.str}; fields "
+                "must be numeric, boolean or string.",
+            )
+    return fields
+
+
+def _deep_check(archive: Archive, members: Iterable[Member]) -> None:
+    for member in members:
+        dtype = member.header.dtype
+        check_finite = dtype.kind in "fc" and dtype.itemsize > 0
+        carry = b""
+        for chunk in archive.iter_data(member):
+            if not check_finite:
+                continue
+            data = carry + chunk
+            usable = len(data) - len(data) % dtype.itemsize
+            carry = data[usable:]
+            if not np.isfinite(np.frombuffer(data, dtype=dtype, count=usable // dtype.itemsize)).all():
+                raise WeightsError(
+                    "non-finite",
+                    f"{member.key} contains NaN or infinite values (deep validation).",
+                )
+
+
+def _info(member: Member) -> ArrayInfo:
+    header = member.header
+    return ArrayInfo(
+        key=member.key,
+        dtype=header.dtype.str,
+        shape=header.shape,
+        fortran_order=header.fortran_order,
+        nbytes=header.data_size,
+        data_offset=header.header_size,
+        member_offset=member.offset,
+    )
+
+
+def _natural(key: str) -> tuple[int, str]:
+    index = layer_index(key)
+    return (index if index is not None else 1 << 62, key)
+
+
+def inspect_aggregate(path: Path, policy: ValidationPolicy) -> Payload:
+    """Describe an aggregated NPZ (no `weighting`): its `layer_i` in order, or its named fields."""
+    with Archive(path, policy.limits) as archive:
+        numbered = sorted(
+            (index, m) for m in archive.members if (index := layer_index(m.key)) is not None
+        )
+        kind: PayloadKind = LEARNING if numbered else ANALYTICS
+        chosen = (
+            [m for _, m in numbered]
+            if numbered
+            else [m for m in archive.members if m.key not in RESERVED_KEYS]
+        )
+        if policy.deep:
+            _deep_check(archive, archive.members)
+        return Payload(
+            format="npz",
+            kind=kind,
+            weighting=None,
+            arrays=tuple(_info(m) for m in chosen),
+            size=archive.size,
+        )
