@@ -1,5 +1,6 @@
 """Model-weights formats: safe parsing, exact validation, conversion and FedAvg (pure, sync, numpy)."""
 
+from gateway.weights.averaging import fedavg
 from gateway.weights.convert import (
     detect_format,
     inspect_payload,
@@ -11,7 +12,6 @@ from gateway.weights.convert import (
     to_npz,
 )
 from gateway.weights.errors import ErrorCode, WeightsError
-from gateway.weights.fedavg import fedavg
 from gateway.weights.layers import parse_weighting
 from gateway.weights.model import ANALYTICS, LEARNING, ArrayInfo, Payload, PayloadKind
 from gateway.weights.npz import inspect_aggregate, inspect_npz

@@ -147,11 +147,15 @@ class Archive:
                 while left > 0:
                     chunk = stream.read(min(chunk_size, left))
                     if not chunk:
-                        raise WeightsError("truncated", f"{what} ends early: the archive is truncated.")
+                        raise WeightsError(
+                            "truncated", f"{what} ends early: the archive is truncated."
+                        )
                     left -= len(chunk)
                     yield chunk
                 if stream.read(1):
-                    raise WeightsError("shape-mismatch", f"{what} holds more data than its header declares.")
+                    raise WeightsError(
+                        "shape-mismatch", f"{what} holds more data than its header declares."
+                    )
         except zipfile.BadZipFile as exc:
             if "CRC" in str(exc):
                 raise WeightsError(
@@ -214,7 +218,10 @@ def _check_member_entry(info: zipfile.ZipInfo, seen: set[str], limits: Limits) -
 def _check_no_overlap(infos: list[zipfile.ZipInfo], directory_offset: int) -> None:
     """Members must not share bytes (the trick behind non-recursive zip bombs)."""
     spans = sorted(
-        (info.header_offset, info.header_offset + _LOCAL_HEADER_SIZE + len(_raw_name(info)) + info.compress_size)
+        (
+            info.header_offset,
+            info.header_offset + _LOCAL_HEADER_SIZE + len(_raw_name(info)) + info.compress_size,
+        )
         for info in infos
     )
     previous_end = 0

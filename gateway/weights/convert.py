@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from gateway.weights.archive import Archive, Member, is_zip
+from gateway.weights.archive import Archive, is_zip
 from gateway.weights.errors import WeightsError
 from gateway.weights.layers import inspect_layer_files, iter_file_data, parse_weighting
 from gateway.weights.model import (
@@ -44,7 +45,9 @@ def detect_format(path: Path, limits: Limits | None = None) -> FileFormat:
         if not prefix.startswith(MAGIC):
             return "unknown"
         stream.seek(0)
-        header = read_header(stream.read, limits.max_header_bytes, "The .npy file", allow_object=True)
+        header = read_header(
+            stream.read, limits.max_header_bytes, "The .npy file", allow_object=True
+        )
     return "npy-object" if header.dtype.hasobject else "npy"
 
 
@@ -69,10 +72,6 @@ def inspect_payload(path: Path, policy: ValidationPolicy | None = None) -> Paylo
     )
 
 
-def _chunks(archive: Archive, member: Member) -> Iterator[bytes]:
-    return archive.iter_data(member)
-
-
 def npz_to_object_npy(src: Path, dst: Path, policy: ValidationPolicy | None = None) -> Payload:
     """A learning NPZ as the v1 object `.npy`, streaming each layer from the archive."""
     policy = policy or ValidationPolicy()
@@ -83,7 +82,12 @@ def npz_to_object_npy(src: Path, dst: Path, policy: ValidationPolicy | None = No
             f"A {payload.kind} payload has no v1 form: protocol v1 carries model weights only.",
         )
     weighting = payload.weighting
-    if weighting is None or not math.isfinite(weighting) or weighting < 0 or weighting != int(weighting):
+    if (
+        weighting is None
+        or not math.isfinite(weighting)
+        or weighting < 0
+        or weighting != int(weighting)
+    ):
         raise WeightsError(
             "weighting-not-integer",
             f"Protocol v1 needs a whole, non-negative sample count as the weighting (got {weighting!r}).",
@@ -95,7 +99,7 @@ def npz_to_object_npy(src: Path, dst: Path, policy: ValidationPolicy | None = No
                 dtype=members[info.key].header.dtype,
                 shape=info.shape,
                 fortran_order=info.fortran_order,
-                chunks=lambda m=members[info.key]: _chunks(archive, m),
+                chunks=functools.partial(archive.iter_data, members[info.key]),
             )
             for info in payload.arrays
         ]
@@ -214,12 +218,10 @@ def _normalize_npz(src: Path, writer: NpzWriter, limits: Limits) -> None:
         if not chosen:
             raise WeightsError("no-layers", "The aggregated archive holds no arrays.")
         for key, member in chosen:
-            _write_plain(writer, key, member.header, lambda m=member: archive.iter_data(m))
+            _write_plain(writer, key, member.header, functools.partial(archive.iter_data, member))
 
 
-def _write_plain(
-    writer: NpzWriter, key: str, header: ArrayHeader, chunks: Any
-) -> None:
+def _write_plain(writer: NpzWriter, key: str, header: ArrayHeader, chunks: Any) -> None:
     dtype = header.dtype
     plain = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
     if plain == dtype and not header.fortran_order:

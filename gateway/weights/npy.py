@@ -7,7 +7,7 @@ import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import numpy.lib.format as npformat
@@ -137,7 +137,11 @@ def _parse_header(
 
 def header_bytes(dtype: np.dtype[Any], shape: tuple[int, ...], fortran_order: bool) -> bytes:
     """The `.npy` header numpy itself writes for this array (format 1.0 unless it is too long)."""
-    header = {"descr": npformat.dtype_to_descr(dtype), "fortran_order": fortran_order, "shape": shape}
+    header = {
+        "descr": npformat.dtype_to_descr(dtype),
+        "fortran_order": fortran_order,
+        "shape": shape,
+    }
     buffer = io.BytesIO()
     try:
         npformat.write_array_header_1_0(buffer, header)
@@ -147,10 +151,14 @@ def header_bytes(dtype: np.dtype[Any], shape: tuple[int, ...], fortran_order: bo
     return buffer.getvalue()
 
 
-def array_from_bytes(header: ArrayHeader, data: bytes | bytearray | memoryview) -> np.ndarray[Any, Any]:
+def array_from_bytes(
+    header: ArrayHeader, data: bytes | bytearray | memoryview
+) -> np.ndarray[Any, Any]:
     """Build an array from exactly `header.data_size` bytes (the caller checked the length)."""
     if header.data_size == 0:
-        return np.zeros(header.shape, dtype=header.dtype, order="F" if header.fortran_order else "C")
+        return np.zeros(
+            header.shape, dtype=header.dtype, order="F" if header.fortran_order else "C"
+        )
     flat = np.frombuffer(data, dtype=header.dtype, count=header.count)
     if header.fortran_order:
         return flat.reshape(header.shape[::-1]).transpose()

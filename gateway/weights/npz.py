@@ -201,7 +201,9 @@ def _deep_check(archive: Archive, members: Iterable[Member]) -> None:
             data = carry + chunk
             usable = len(data) - len(data) % dtype.itemsize
             carry = data[usable:]
-            if not np.isfinite(np.frombuffer(data, dtype=dtype, count=usable // dtype.itemsize)).all():
+            if not np.isfinite(
+                np.frombuffer(data, dtype=dtype, count=usable // dtype.itemsize)
+            ).all():
                 raise WeightsError(
                     "non-finite",
                     f"{member.key} contains NaN or infinite values (deep validation).",

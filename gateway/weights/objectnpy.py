@@ -27,7 +27,6 @@ ArraySink = Callable[[int, ArrayHeader, bytes], None]
 """Called with (index, header, data) for every numeric array, in the order the stream builds them."""
 
 
-
 class _Global:
     """One of the three globals the stream may name; never called, only recognised."""
 
@@ -53,6 +52,8 @@ _ENDIAN = {"<", ">", "|", "="}
 _MAX_TUPLE = 64
 _MAX_STRING = 256
 _MAX_LONG_BYTES = 64
+_KEEP_BYTES = 4096
+_KEEP_TOTAL = 16 << 20
 
 
 class _Blob:
@@ -109,6 +110,7 @@ class _Machine:
     memo: dict[int, Any] = field(default_factory=dict)
     arrays: list[ArrayRef] = field(default_factory=list)
     root: ObjectRoot | None = None
+    kept: int = 0
 
     @property
     def max_items(self) -> int:
@@ -267,7 +269,9 @@ def _array_from_state(machine: _Machine, state: Any) -> ArrayRef | ObjectRoot:
     dtype = dtype_ref.dtype
     if dtype.hasobject:
         if machine.root is not None or shape != (2,) or not isinstance(data, list):
-            raise _forbidden("an object array inside the weights (only the outer pair may hold objects)")
+            raise _forbidden(
+                "an object array inside the weights (only the outer pair may hold objects)"
+            )
         machine.root = ObjectRoot(items=data)
         return machine.root
     if not isinstance(data, _Blob) or data.data is None:
@@ -287,7 +291,12 @@ def _array_from_state(machine: _Machine, state: Any) -> ArrayRef | ObjectRoot:
     ref = ArrayRef(index=len(machine.arrays), header=header, data_offset=data.offset)
     if machine.sink is not None:
         machine.sink(ref.index, header, data.data)
-    data.data = None  # release the layer; a second use of these bytes is refused
+    # Release the layer's bytes. Small ones are kept (bounded), because the pickler shares equal
+    # small bytes objects (b"", one-byte values) between arrays through its memo.
+    if len(data.data) <= _KEEP_BYTES and machine.kept + len(data.data) <= _KEEP_TOTAL:
+        machine.kept += len(data.data)
+    else:
+        data.data = None  # a second use of these bytes is refused
     machine.arrays.append(ref)
     return ref
 
@@ -538,7 +547,7 @@ _FOUR_GIB = 1 << 32
 
 
 def write_object_npy(out: IO[bytes], num_samples: int, layers: Iterable[LayerSource]) -> None:
-    """Write `(num_samples, [arrays])` as numpy.save(allow_pickle=True) would, streaming each layer.
+    """Write `(num_samples, [arrays])` in the object-array layout numpy.save uses, one layer at a time.
 
     The stream uses protocol 3 and numpy 1.x module paths, which every numpy since 1.x loads,
     with protocol 4's 8-byte length only for a layer of 4 GiB or more.
@@ -547,7 +556,9 @@ def write_object_npy(out: IO[bytes], num_samples: int, layers: Iterable[LayerSou
     layers = list(layers)
     big = any(layer.nbytes >= _FOUR_GIB for layer in layers)
     out.write(b"\x80" + bytes([4 if big else 3]))
-    out.write(b"cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01cnumpy\ndtype\nq\x02")
+    out.write(
+        b"cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01cnumpy\ndtype\nq\x02"
+    )
     _write_new_array(out)
     out.write(b"(K\x01K\x02\x85")
     _write_dtype(out, np.dtype(object))
@@ -577,7 +588,10 @@ def _write_new_array(out: IO[bytes]) -> None:
 
 
 def _write_dtype(out: IO[bytes], dtype: np.dtype[Any]) -> None:
-    _, args, state = dtype.__reduce__()
+    reduced = dtype.__reduce__()
+    if isinstance(reduced, str):
+        raise TypeError(f"numpy reduces dtype {dtype} to a name")
+    _, args, state = reduced[:3]
     out.write(b"h\x02")
     _write_value(out, args)
     out.write(b"R")

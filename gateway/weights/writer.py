@@ -64,7 +64,7 @@ class NpzWriter:
         """Write one in-memory array (C order unless it is Fortran-contiguous)."""
         fortran = bool(array.flags.f_contiguous and not array.flags.c_contiguous)
         flat = array.ravel(order="F" if fortran else "C")
-        chunks = [memoryview(flat.view(np.uint8))] if flat.nbytes else []
+        chunks = [flat.view(np.uint8).data] if flat.nbytes else []
         self.write_stream(key, array.dtype, array.shape, fortran, chunks)
 
     def write_weighting(self, weighting: float) -> None:

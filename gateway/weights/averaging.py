@@ -47,11 +47,17 @@ def fedavg(
     _check_agreement(payloads)
     with contextlib.ExitStack() as stack:
         archives = [stack.enter_context(Archive(path, policy.limits)) for path in inputs]
-        ordered = [_ordered_members(archive, payload) for archive, payload in zip(archives, payloads, strict=True)]
+        ordered = [
+            _ordered_members(archive, payload)
+            for archive, payload in zip(archives, payloads, strict=True)
+        ]
         with atomic_path(dst) as tmp:
             with NpzWriter(tmp, compress=compress) as writer:
                 for index in range(len(payloads[0].arrays)):
-                    layer = [(archive, members[index]) for archive, members in zip(archives, ordered, strict=True)]
+                    layer = [
+                        (archive, members[index])
+                        for archive, members in zip(archives, ordered, strict=True)
+                    ]
                     _average_layer(writer, layer_key(index), layer, weights, total)
             result = inspect_aggregate(tmp, ValidationPolicy.lenient(policy.limits))
     return result
@@ -60,7 +66,8 @@ def fedavg(
 def _weight(index: int, payload: Payload) -> float:
     if payload.kind != LEARNING:
         raise WeightsError(
-            "unsupported-kind", f"Payload {index} is {payload.kind}; FedAvg averages learning payloads."
+            "unsupported-kind",
+            f"Payload {index} is {payload.kind}; FedAvg averages learning payloads.",
         )
     weight = payload.weighting
     if weight is None or not math.isfinite(weight) or weight < 0:

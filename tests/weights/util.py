@@ -1,0 +1,50 @@
+"""Small builders for payload files used across the weights tests."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.weights import ValidationPolicy, WeightsError, inspect_payload
+
+
+def npy_bytes(array: np.ndarray[Any, Any]) -> bytes:
+    """The `.npy` encoding numpy writes for `array`."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_npz(
+    path: Path, members: dict[str, bytes | np.ndarray[Any, Any]], *, compress: bool = True
+) -> Path:
+    """An archive with the given members (arrays are encoded as `<key>.npy`, bytes kept raw under their name)."""
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=method) as archive:
+        for key, value in members.items():
+            if isinstance(value, np.ndarray):
+                archive.writestr(f"{key}.npy", npy_bytes(value))
+            else:
+                archive.writestr(key, value)
+    return path
+
+
+def sdk_weights(path: Path, weighting: float, layers: list[np.ndarray[Any, Any]]) -> Path:
+    """The layout BranchKey's `save_weights` writes: weighting float64 (1,) then layer_i."""
+    arrays: dict[str, Any] = {"weighting": np.array([weighting], dtype=np.float64)}
+    arrays.update({f"layer_{i}": layer for i, layer in enumerate(layers)})
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def refusal(path: Path, policy: ValidationPolicy | None = None) -> str | None:
+    """The error code `inspect_payload` gives, or None when it accepts the file."""
+    try:
+        inspect_payload(path, policy or ValidationPolicy())
+    except WeightsError as error:
+        return error.code
+    return None
