@@ -118,7 +118,7 @@ class Archive:
                 f"The archive unpacks to {total / max(compressed, 1):.0f} times its packed size; "
                 f"at most {limits.max_compression_ratio:g} is accepted.",
             )
-        _check_no_overlap(infos, self._zip.start_dir)
+        _check_no_overlap(self._file, infos, self._zip.start_dir)
         return [Member(info.filename[:-4], info, self._read_member_header(info)) for info in infos]
 
     def _read_member_header(self, info: zipfile.ZipInfo) -> ArrayHeader:
@@ -127,7 +127,7 @@ class Archive:
             with self._zip.open(info) as stream:
                 header = read_header(stream.read, self.limits.max_header_bytes, what)
         except _ZIP_FAILURES as exc:
-            raise WeightsError("invalid-archive", f"{what} cannot be read ({exc}).") from None
+            raise _unreadable(what, exc) from None
         data_size = info.file_size - header.header_size
         if data_size != header.data_size:
             raise WeightsError(
@@ -156,22 +156,29 @@ class Archive:
                     raise WeightsError(
                         "shape-mismatch", f"{what} holds more data than its header declares."
                     )
-        except zipfile.BadZipFile as exc:
-            if "CRC" in str(exc):
-                raise WeightsError(
-                    "crc-mismatch", f"{what} fails its CRC-32 check: the archive is corrupt."
-                ) from None
-            raise WeightsError("invalid-archive", f"{what} cannot be read ({exc}).") from None
         except _ZIP_FAILURES as exc:
-            raise WeightsError("invalid-archive", f"{what} cannot be read ({exc}).") from None
+            raise _unreadable(what, exc) from None
 
     def read_data(self, member: Member) -> bytes:
         """The member's whole array data (one layer in memory)."""
         return b"".join(self.iter_data(member))
 
 
+def _unreadable(what: str, exc: Exception) -> WeightsError:
+    if isinstance(exc, zipfile.BadZipFile) and "CRC" in str(exc):
+        return WeightsError(
+            "crc-mismatch", f"{what} fails its CRC-32 check: the archive is corrupt."
+        )
+    return WeightsError("invalid-archive", f"{what} cannot be read ({exc}).")
+
+
 def _check_member_entry(info: zipfile.ZipInfo, seen: set[str], limits: Limits) -> None:
     name = info.filename
+    if "\x00" in info.orig_filename:
+        raise WeightsError(
+            "bad-member-name",
+            f"Archive member {info.orig_filename[:100]!r} has a NUL byte in its name.",
+        )
     if name in seen:
         raise WeightsError(
             "duplicate-member", f"The archive holds {name!r} twice; each key may appear once."
@@ -215,15 +222,32 @@ def _check_member_entry(info: zipfile.ZipInfo, seen: set[str], limits: Limits) -
         )
 
 
-def _check_no_overlap(infos: list[zipfile.ZipInfo], directory_offset: int) -> None:
-    """Members must not share bytes (the trick behind non-recursive zip bombs)."""
-    spans = sorted(
-        (
-            info.header_offset,
-            info.header_offset + _LOCAL_HEADER_SIZE + len(_raw_name(info)) + info.compress_size,
+def _check_no_overlap(file: IO[bytes], infos: list[zipfile.ZipInfo], directory_offset: int) -> None:
+    """Members must not share bytes (the trick behind non-recursive zip bombs).
+
+    Each span runs from the member's local header to the end of its data, with the name and extra
+    field lengths taken from the local header itself (they may differ from the central directory).
+    """
+    spans = []
+    for info in infos:
+        if not 0 <= info.header_offset <= directory_offset:
+            raise WeightsError(
+                "invalid-archive",
+                f"Archive member {info.filename!r} points outside the archive.",
+            )
+        file.seek(info.header_offset)
+        local = file.read(_LOCAL_HEADER_SIZE)
+        if len(local) != _LOCAL_HEADER_SIZE or local[:4] != ZIP_MAGIC[0]:
+            raise WeightsError(
+                "invalid-archive",
+                f"Archive member {info.filename!r} has no local header where the directory says.",
+            )
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        start = info.header_offset
+        spans.append(
+            (start, start + _LOCAL_HEADER_SIZE + name_length + extra_length + info.compress_size)
         )
-        for info in infos
-    )
+    spans.sort()
     previous_end = 0
     for start, end in spans:
         if start < previous_end:
@@ -236,14 +260,6 @@ def _check_no_overlap(infos: list[zipfile.ZipInfo], directory_offset: int) -> No
         raise WeightsError(
             "overlapping-members", "An archive member runs into the central directory."
         )
-
-
-def _raw_name(info: zipfile.ZipInfo) -> bytes:
-    encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
-    try:
-        return info.filename.encode(encoding)
-    except UnicodeEncodeError:
-        return info.filename.encode("utf-8")
 
 
 def _precheck_directory(file: IO[bytes], size: int, limits: Limits) -> None:

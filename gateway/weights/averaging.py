@@ -80,6 +80,12 @@ def _weight(index: int, payload: Payload) -> float:
 
 def _check_agreement(payloads: list[Payload]) -> None:
     first = payloads[0].arrays
+    for info in first:
+        if np.dtype(info.dtype).kind not in "biufc":
+            raise WeightsError(
+                "not-numeric",
+                f"{info.key} has dtype {info.dtype}; only numeric layers can be averaged.",
+            )
     for k, payload in enumerate(payloads[1:], start=1):
         if len(payload.arrays) != len(first):
             raise WeightsError(

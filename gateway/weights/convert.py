@@ -25,6 +25,7 @@ from gateway.weights.npy import MAGIC, ArrayHeader, array_from_bytes, header_byt
 from gateway.weights.npz import inspect_aggregate, inspect_npz
 from gateway.weights.objectnpy import (
     LayerSource,
+    check_sample_count,
     inspect_object_npy,
     read_object_npy,
     write_object_npy,
@@ -87,11 +88,18 @@ def npz_to_object_npy(src: Path, dst: Path, policy: ValidationPolicy | None = No
         or not math.isfinite(weighting)
         or weighting < 0
         or weighting != int(weighting)
+        or weighting >= 2**63
     ):
         raise WeightsError(
             "weighting-not-integer",
             f"Protocol v1 needs a whole, non-negative sample count as the weighting (got {weighting!r}).",
         )
+    for info in payload.arrays:
+        if np.dtype(info.dtype).kind not in "biufc":
+            raise WeightsError(
+                "not-numeric",
+                f"{info.key} has dtype {info.dtype}; a v1 weights file holds numeric arrays only.",
+            )
     with Archive(src, policy.limits) as archive, atomic_path(dst) as tmp:
         members = {m.key: m for m in archive.members}
         sources = [
@@ -122,10 +130,7 @@ def object_npy_to_npz(
                 )
 
             parsed = read_object_npy(src, policy.limits, sink)
-            if policy.strict_weighting and parsed.num_samples < 0:
-                raise WeightsError(
-                    "bad-weighting", f"The sample count must be >= 0 (got {parsed.num_samples})."
-                )
+            check_sample_count(parsed.num_samples, policy)
             writer.write_weighting(float(parsed.num_samples))
             move_to_front(writer, WEIGHTING_KEY)
         payload = inspect_npz(tmp, policy)

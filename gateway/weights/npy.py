@@ -127,12 +127,36 @@ def _parse_header(
             f"{what} holds Python objects (dtype {str(descr)[:80]!r}), which need pickle; "
             "only plain numeric and string arrays are accepted.",
         )
-    count = math.prod(shape)
-    if count > _INTP_MAX or count * dtype.itemsize > _INTP_MAX:
+    if dtype.subdtype is not None:
         raise WeightsError(
-            "shape-overflow", f"{what} declares shape {shape}, too large for any array."
+            "unsupported-dtype",
+            f"{what} declares a sub-array dtype {str(descr)[:80]!r}, which numpy never writes as "
+            "an array's dtype; put the extra dimensions in the shape.",
         )
+    check_shape(shape, dtype, what)
     return dtype, shape, fortran_order
+
+
+MAX_DIMS = 32
+"""Dimensions any numpy (1.x allows 32, 2.x allows 64) can build."""
+
+
+def check_shape(shape: tuple[int, ...], dtype: np.dtype[Any], what: str) -> None:
+    """Refuse shapes numpy cannot build: too many dimensions, or sizes past the address space.
+
+    Zero-length dimensions do not excuse huge others: numpy refuses those shapes too.
+    """
+    nonzero = math.prod(n for n in shape if n)
+    if (
+        len(shape) > MAX_DIMS
+        or any(n > _INTP_MAX for n in shape)
+        or nonzero > _INTP_MAX
+        or nonzero * max(dtype.itemsize, 1) > _INTP_MAX
+    ):
+        raise WeightsError(
+            "shape-overflow",
+            f"{what} declares shape {str(shape)[:120]}, which no array can have.",
+        )
 
 
 def header_bytes(dtype: np.dtype[Any], shape: tuple[int, ...], fortran_order: bool) -> bytes:

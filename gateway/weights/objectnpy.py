@@ -20,7 +20,7 @@ import numpy as np
 
 from gateway.weights.errors import WeightsError
 from gateway.weights.model import LEARNING, ArrayInfo, Payload, layer_key
-from gateway.weights.npy import ArrayHeader, header_bytes, read_exact, read_header
+from gateway.weights.npy import ArrayHeader, check_shape, header_bytes, read_exact, read_header
 from gateway.weights.policy import Limits, ValidationPolicy
 
 ArraySink = Callable[[int, ArrayHeader, bytes], None]
@@ -192,6 +192,12 @@ def _uint(machine: _Machine, size: int) -> int:
 def _global(machine: _Machine, module: str, name: str) -> None:
     resolved = _ALLOWED_GLOBALS.get((module, name))
     if resolved is None:
+        if name == "scalar" and module.startswith("numpy"):
+            raise WeightsError(
+                "pickle-forbidden",
+                "The file holds a numpy scalar (such as numpy.int64), which needs pickle to load; "
+                "use a Python int for the sample count (int(n)) and arrays for the layers.",
+            )
         raise _forbidden(f"the global {module[:80]}.{name[:80]}")
     machine.push(resolved)
 
@@ -242,15 +248,23 @@ def _dtype_from_state(code: str, state: Any) -> np.dtype[Any]:
         not isinstance(state, tuple)
         or len(state) not in (8, 9)
         or state[0] not in (3, 4)
+        or not isinstance(state[1], str)
         or state[1] not in _ENDIAN
         or state[2:5] != (None, None, None)
         or not all(type(value) is int for value in state[5:8])
         or (len(state) == 9 and state[8] is not None)
     ):
         raise _forbidden("a dtype state with fields, sub-arrays or metadata")
-    dtype = np.dtype(code)
-    if state[1] in "<>":
-        dtype = dtype.newbyteorder(state[1])
+    try:
+        dtype = np.dtype(code)
+    except TypeError:  # a code this platform has no type for, such as f12 on 64-bit machines
+        raise WeightsError(
+            "unsupported-dtype", f"The weights use dtype {code!r}, which numpy here cannot build."
+        ) from None
+    if state[1] == "<":
+        dtype = dtype.newbyteorder("<")
+    elif state[1] == ">":
+        dtype = dtype.newbyteorder(">")
     return dtype
 
 
@@ -267,6 +281,7 @@ def _array_from_state(machine: _Machine, state: Any) -> ArrayRef | ObjectRoot:
     ):
         raise _unsupported("an array state with a bad shape, dtype or order")
     dtype = dtype_ref.dtype
+    check_shape(shape, dtype, f"Array {len(machine.arrays)}")
     if dtype.hasobject:
         if machine.root is not None or shape != (2,) or not isinstance(data, list):
             raise _forbidden(
@@ -341,6 +356,8 @@ def _run(machine: _Machine) -> Any:
             machine.push(_uint(machine, 2))
         elif op == b"J":  # BININT
             machine.push(struct.unpack("<i", machine.read(4))[0])
+        elif op == b"G":  # BINFLOAT: a float sample count is refused by the type rules, not here
+            machine.push(struct.unpack(">d", machine.read(8))[0])
         elif op in (b"\x8a", b"\x8b"):  # LONG1, LONG4
             size = _uint(machine, 1 if op == b"\x8a" else 4)
             if size > _MAX_LONG_BYTES:
@@ -487,14 +504,22 @@ def _check_pair(items: list[Any], arrays: list[ArrayRef], size: int) -> ObjectNp
     return ObjectNpy(num_samples=num_samples, layers=tuple(refs), size=size)
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
+def check_sample_count(count: int, policy: ValidationPolicy) -> None:
+    """The strict weighting rule for v1 files: a sample count from 0 to 2**63 - 1."""
+    if policy.strict_weighting and not 0 <= count <= _INT64_MAX:
+        raise WeightsError(
+            "bad-weighting",
+            f"The sample count must be between 0 and 2**63 - 1 (got {count}).",
+        )
+
+
 def inspect_object_npy(path: Path, policy: ValidationPolicy) -> Payload:
     """Validate a v1 object `.npy` and describe it like any other payload."""
     parsed = read_object_npy(path, policy.limits, _finite_sink if policy.deep else None)
-    if policy.strict_weighting and parsed.num_samples < 0:
-        raise WeightsError(
-            "bad-weighting",
-            f"The sample count must be >= 0 (got {parsed.num_samples}).",
-        )
+    check_sample_count(parsed.num_samples, policy)
     return Payload(
         format="npy-object",
         kind=LEARNING,
