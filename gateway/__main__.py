@@ -108,6 +108,73 @@ def pack(
     typer.echo(f"wrote {dst} ({payload.layer_count} layers, weighting {payload.weighting:g})")
 
 
+@app.command()
+def aggregator(
+    host: Annotated[
+        str, typer.Option(envvar="BK_AGGREGATOR_HOST", help="Interface to bind.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="BK_AGGREGATOR_PORT", help="Port to bind.")] = 8080,
+    data_dir: Annotated[
+        Path, typer.Option(envvar="BK_AGGREGATOR_DATA_DIR", help="State, uploads and results.")
+    ] = Path("./aggregator-data"),
+    leaves_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="BK_AGGREGATOR_LEAVES_FILE", help="JSON list of leaf credentials (v3 shape)."
+        ),
+    ] = None,
+    dev_leaves: Annotated[
+        int,
+        typer.Option(
+            envvar="BK_AGGREGATOR_DEV_LEAVES", help="Leaves to create without a leaves file."
+        ),
+    ] = 3,
+    min_leaves: Annotated[
+        int | None,
+        typer.Option(
+            envvar="BK_AGGREGATOR_MIN_LEAVES", help="Leaves per round (default: all of the branch)."
+        ),
+    ] = None,
+    admin_token: Annotated[
+        str | None, typer.Option(envvar="BK_AGGREGATOR_ADMIN_TOKEN", help="Bearer token of /admin.")
+    ] = None,
+) -> None:
+    """Run the local BranchKey-compatible aggregator (protocol v3)."""
+    import uvicorn
+
+    from gateway.aggregator.app import create_aggregator_app
+    from gateway.aggregator.leaves import LeavesFileError
+    from gateway.aggregator.notify import uvicorn_ws_options
+    from gateway.aggregator.settings import AggregatorSettings
+
+    settings = AggregatorSettings(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        leaves_file=leaves_file,
+        dev_leaves=dev_leaves,
+        min_leaves=min_leaves,
+        admin_token=admin_token,
+    )
+    try:
+        server = create_aggregator_app(settings)
+    except LeavesFileError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(code=2) from None
+    leaves_path = leaves_file or data_dir / "leaves.json"
+    typer.echo(f"BranchKey-compatible aggregator on http://{host}:{port} (data in {data_dir})")
+    typer.echo(f"leaf credentials: {leaves_path}")
+    if admin_token is None:
+        typer.echo(f"admin token (also in {data_dir / 'admin-token'}): {server.state.admin_token}")
+    uvicorn.run(
+        server,
+        host=host,
+        port=port,
+        timeout_graceful_shutdown=10,
+        **uvicorn_ws_options(settings.ping_interval_s, settings.ping_timeout_s),
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="branchkey-gateway")

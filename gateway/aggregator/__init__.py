@@ -1,0 +1,1 @@
+"""The embedded BranchKey-compatible local aggregator."""

@@ -1,0 +1,414 @@
+"""The aggregator's persistent state: SQLite (WAL) for records, plain files for payloads and results.
+
+Every method is synchronous and short; the app calls them from worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS leaves (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, session_token TEXT NOT NULL,
+    tree_id TEXT NOT NULL, branch_id TEXT NOT NULL, owner_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS branches (
+    branch_id TEXT PRIMARY KEY, tree_id TEXT NOT NULL, run_status TEXT NOT NULL,
+    run_number INTEGER NOT NULL, round INTEGER NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    file_id TEXT PRIMARY KEY, leaf_id TEXT NOT NULL, branch_id TEXT NOT NULL,
+    run_number INTEGER NOT NULL, round INTEGER NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
+    path TEXT NOT NULL, kind TEXT NOT NULL, weighting REAL, metadata TEXT NOT NULL,
+    created_at TEXT NOT NULL, active INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS uploads_dedup ON uploads (leaf_id, run_number, round, digest);
+CREATE TABLE IF NOT EXISTS aggregations (
+    aggregation_id TEXT PRIMARY KEY, branch_id TEXT NOT NULL, run_number INTEGER NOT NULL,
+    round INTEGER NOT NULL, status TEXT NOT NULL, path TEXT, size INTEGER, sha256 TEXT,
+    contributors TEXT NOT NULL, error TEXT, created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, leaf_id TEXT NOT NULL, branch_id TEXT NOT NULL,
+    tree_id TEXT NOT NULL, aggregation_id TEXT NOT NULL, mode TEXT NOT NULL, data TEXT NOT NULL,
+    received_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+LEAF_FIELDS = ("id", "name", "session_token", "tree_id", "branch_id", "owner_id")
+
+
+def now_iso() -> str:
+    """The current UTC time, RFC 3339."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A leaf's credentials (the v3 `Credentials` fields)."""
+
+    id: str
+    name: str
+    session_token: str
+    tree_id: str
+    branch_id: str
+    owner_id: str
+
+    def public(self) -> dict[str, str]:
+        """Everything but the token."""
+        return {k: getattr(self, k) for k in LEAF_FIELDS if k != "session_token"}
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A branch and its run."""
+
+    branch_id: str
+    tree_id: str
+    run_status: str
+    run_number: int
+    round: int
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One stored upload."""
+
+    file_id: str
+    leaf_id: str
+    branch_id: str
+    run_number: int
+    round: int
+    digest: str
+    size: int
+    path: str
+    kind: str
+    weighting: float | None
+    metadata: str
+    created_at: str
+    active: int
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """One aggregation (pending, done or failed)."""
+
+    aggregation_id: str
+    branch_id: str
+    run_number: int
+    round: int
+    status: str
+    path: str | None
+    size: int | None
+    sha256: str | None
+    contributors: str
+    error: str | None
+    created_at: str
+
+
+class Store:
+    """State under one data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.uploads_dir = data_dir / "uploads"
+        self.results_dir = data_dir / "aggregations"
+        self.tmp_dir = data_dir / "tmp"
+        for folder in (self.uploads_dir, self.results_dir, self.tmp_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp_dir.iterdir():  # partial uploads of a previous process
+            leftover.unlink(missing_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(data_dir / "aggregator.db", check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._db:
+            yield self._db
+
+    # ------------------------------------------------------------ secrets, leaves, branches
+
+    def secret(self, name: str) -> str:
+        """A random secret that survives restarts (created on first use)."""
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                return str(row["value"])
+            value = secrets.token_urlsafe(32)
+            db.execute("INSERT INTO secrets (name, value) VALUES (?, ?)", (name, value))
+            return value
+
+    def replace_leaves(self, leaves: list[Leaf], initial_status: str) -> None:
+        """Make `leaves` the known leaves, creating their branches (existing runs are kept)."""
+        stamp = now_iso()
+        with self._tx() as db:
+            db.execute("DELETE FROM leaves")
+            db.executemany(
+                "INSERT INTO leaves VALUES (?, ?, ?, ?, ?, ?)",
+                [tuple(getattr(leaf, k) for k in LEAF_FIELDS) for leaf in leaves],
+            )
+            for leaf in leaves:
+                run_number = 1 if initial_status == "start" else 0
+                db.execute(
+                    "INSERT OR IGNORE INTO branches VALUES (?, ?, ?, ?, 0, ?, ?)",
+                    (leaf.branch_id, leaf.tree_id, initial_status, run_number, stamp, stamp),
+                )
+
+    def leaf(self, leaf_id: str) -> Leaf | None:
+        """A leaf by id."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM leaves WHERE id = ?", (leaf_id,)).fetchone()
+        return Leaf(**dict(row)) if row else None
+
+    def leaves(self, branch_id: str | None = None) -> list[Leaf]:
+        """All leaves (of one branch)."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT * FROM leaves WHERE ?1 IS NULL OR branch_id = ?1 ORDER BY id", (branch_id,)
+            ).fetchall()
+        return [Leaf(**dict(row)) for row in rows]
+
+    def branch(self, branch_id: str) -> Branch | None:
+        """A branch by id."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM branches WHERE branch_id = ?", (branch_id,)).fetchone()
+        return Branch(**dict(row)) if row else None
+
+    def branches(self) -> list[Branch]:
+        """All branches."""
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM branches ORDER BY branch_id").fetchall()
+        return [Branch(**dict(row)) for row in rows]
+
+    def set_run_status(self, branch_id: str, status: str) -> Branch:
+        """Change a run's status; every change to `start` opens a new run (run_number + 1, round 0)."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM branches WHERE branch_id = ?", (branch_id,)).fetchone()
+            if row is None:
+                raise KeyError(branch_id)
+            if status == "start" and row["run_status"] != "start":
+                db.execute(
+                    "UPDATE branches SET run_status = ?, run_number = run_number + 1, round = 0, "
+                    "updated_at = ? WHERE branch_id = ?",
+                    (status, now_iso(), branch_id),
+                )
+            elif status != row["run_status"]:
+                db.execute(
+                    "UPDATE branches SET run_status = ?, updated_at = ? WHERE branch_id = ?",
+                    (status, now_iso(), branch_id),
+                )
+            updated = db.execute(
+                "SELECT * FROM branches WHERE branch_id = ?", (branch_id,)
+            ).fetchone()
+        return Branch(**dict(updated))
+
+    # ------------------------------------------------------------ uploads and rounds
+
+    def add_upload(
+        self,
+        leaf: Leaf,
+        branch: Branch,
+        digest: str,
+        size: int,
+        source: Path,
+        kind: str,
+        weighting: float | None,
+        metadata: dict[str, Any],
+    ) -> tuple[str, bool]:
+        """Store an upload in the branch's current round; returns (file_id, duplicate).
+
+        A duplicate (same leaf, round and digest) returns the first file id and stores nothing.
+        A new upload replaces the leaf's earlier upload of the same round.
+        """
+        file_id = str(uuid.uuid4())
+        target = self.uploads_dir / f"{file_id}.npz"
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT file_id FROM uploads WHERE leaf_id = ? AND run_number = ? AND round = ? AND digest = ?",
+                (leaf.id, branch.run_number, branch.round, digest),
+            ).fetchone()
+            if row is not None:
+                return str(row["file_id"]), True
+            os.replace(source, target)
+            db.execute(
+                "UPDATE uploads SET active = 0 WHERE leaf_id = ? AND run_number = ? AND round = ?",
+                (leaf.id, branch.run_number, branch.round),
+            )
+            db.execute(
+                "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                (
+                    file_id,
+                    leaf.id,
+                    branch.branch_id,
+                    branch.run_number,
+                    branch.round,
+                    digest,
+                    size,
+                    str(target),
+                    kind,
+                    weighting,
+                    json.dumps(metadata),
+                    now_iso(),
+                ),
+            )
+        return file_id, False
+
+    def round_uploads(self, branch_id: str, run_number: int, round_: int) -> list[Upload]:
+        """The active (latest per leaf) uploads of one round."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT * FROM uploads WHERE branch_id = ? AND run_number = ? AND round = ? AND active = 1 "
+                "ORDER BY created_at",
+                (branch_id, run_number, round_),
+            ).fetchall()
+        return [Upload(**dict(row)) for row in rows]
+
+    def close_round(
+        self, branch_id: str, run_number: int, round_: int
+    ) -> tuple[str, list[Upload]] | None:
+        """Atomically end a round: its uploads, a new pending aggregation id; later uploads go to the next round."""
+        aggregation_id = str(uuid.uuid4())
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT run_number, round FROM branches WHERE branch_id = ?", (branch_id,)
+            ).fetchone()
+            if row is None or (row["run_number"], row["round"]) != (run_number, round_):
+                return None  # somebody else closed it
+            rows = db.execute(
+                "SELECT * FROM uploads WHERE branch_id = ? AND run_number = ? AND round = ? AND active = 1 "
+                "ORDER BY created_at",
+                (branch_id, run_number, round_),
+            ).fetchall()
+            if not rows:
+                return None
+            uploads = [Upload(**dict(r)) for r in rows]
+            db.execute(
+                "UPDATE branches SET round = round + 1, updated_at = ? WHERE branch_id = ?",
+                (now_iso(), branch_id),
+            )
+            db.execute(
+                "INSERT INTO aggregations VALUES (?, ?, ?, ?, 'pending', NULL, NULL, NULL, ?, NULL, ?)",
+                (
+                    aggregation_id,
+                    branch_id,
+                    run_number,
+                    round_,
+                    json.dumps([u.leaf_id for u in uploads]),
+                    now_iso(),
+                ),
+            )
+        return aggregation_id, uploads
+
+    def finish_aggregation(
+        self,
+        aggregation_id: str,
+        path: Path | None,
+        size: int | None,
+        sha256: str | None,
+        error: str | None,
+    ) -> None:
+        """Record an aggregation's result (or its failure)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE aggregations SET status = ?, path = ?, size = ?, sha256 = ?, error = ? "
+                "WHERE aggregation_id = ?",
+                (
+                    "failed" if error else "done",
+                    str(path) if path else None,
+                    size,
+                    sha256,
+                    error,
+                    aggregation_id,
+                ),
+            )
+
+    def pending_aggregations(self) -> list[tuple[Aggregation, list[Upload]]]:
+        """Aggregations a previous process started but did not finish, with their inputs."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT * FROM aggregations WHERE status = 'pending' ORDER BY created_at"
+            ).fetchall()
+            found = []
+            for row in rows:
+                uploads = db.execute(
+                    "SELECT * FROM uploads WHERE branch_id = ? AND run_number = ? AND round = ? "
+                    "AND active = 1 ORDER BY created_at",
+                    (row["branch_id"], row["run_number"], row["round"]),
+                ).fetchall()
+                found.append((Aggregation(**dict(row)), [Upload(**dict(u)) for u in uploads]))
+        return found
+
+    def aggregation(self, aggregation_id: str) -> Aggregation | None:
+        """An aggregation by id."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT * FROM aggregations WHERE aggregation_id = ?", (aggregation_id,)
+            ).fetchone()
+        return Aggregation(**dict(row)) if row else None
+
+    def aggregations(self, branch_id: str | None = None) -> list[Aggregation]:
+        """All aggregations (of one branch), oldest first."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT * FROM aggregations WHERE ?1 IS NULL OR branch_id = ?1 ORDER BY created_at",
+                (branch_id,),
+            ).fetchall()
+        return [Aggregation(**dict(row)) for row in rows]
+
+    def upload(self, file_id: str) -> Upload | None:
+        """An upload by id."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM uploads WHERE file_id = ?", (file_id,)).fetchone()
+        return Upload(**dict(row)) if row else None
+
+    def uploads(self, branch_id: str | None = None) -> list[Upload]:
+        """All uploads (of one branch), oldest first."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT * FROM uploads WHERE ?1 IS NULL OR branch_id = ?1 ORDER BY created_at",
+                (branch_id,),
+            ).fetchall()
+        return [Upload(**dict(row)) for row in rows]
+
+    # ------------------------------------------------------------ metrics
+
+    def add_metric(self, leaf: Leaf, aggregation_id: str, mode: str, data: str) -> int:
+        """Store one performance report; returns its id."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT INTO metrics (leaf_id, branch_id, tree_id, aggregation_id, mode, data, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (leaf.id, leaf.branch_id, leaf.tree_id, aggregation_id, mode, data, now_iso()),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def metrics(self, branch_id: str | None = None) -> list[dict[str, Any]]:
+        """All performance reports (of one branch), oldest first."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT * FROM metrics WHERE ?1 IS NULL OR branch_id = ?1 ORDER BY id", (branch_id,)
+            ).fetchall()
+        return [dict(row) for row in rows]

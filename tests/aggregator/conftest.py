@@ -1,0 +1,116 @@
+"""A running local aggregator on a free port, with three development leaves."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.aggregator.app import create_aggregator_app
+from gateway.aggregator.notify import uvicorn_ws_options
+from gateway.aggregator.settings import AggregatorSettings
+from tests.servers import serve
+
+ADMIN = "admin-secret-token"
+
+
+@dataclass
+class Running:
+    """A live aggregator and handles for tests."""
+
+    url: str
+    data_dir: Path
+    leaves: list[dict[str, str]]
+
+    def auth(self, leaf: int = 0) -> dict[str, str]:
+        """The headers the official client sends for leaf `leaf`."""
+        creds = self.leaves[leaf]
+        return {
+            "Authorization": f"Bearer {creds['id']}:{creds['session_token']}",
+            "accept": "application/json",
+            "LEAF": "true",
+        }
+
+    @property
+    def admin(self) -> dict[str, str]:
+        """Admin API headers."""
+        return {"Authorization": f"Bearer {ADMIN}"}
+
+    @property
+    def branch(self) -> str:
+        """The branch of the development leaves."""
+        return self.leaves[0]["branch_id"]
+
+    def upload(
+        self, client: httpx.Client, path: Path, leaf: int = 0, **headers: str
+    ) -> httpx.Response:
+        """POST a weights file as BranchKey's client does (integrity headers, data then file part)."""
+        body = path.read_bytes()
+        digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        meta = {
+            "client_version": "test",
+            "file_size": len(body),
+            "file_digest": f"sha256={digest}",
+            "kind": "federated_learning",
+        }
+        sent = {
+            "x-bk-file-size": str(len(body)),
+            "x-bk-file-digest": f"sha256={digest}",
+            **self.auth(leaf),
+        }
+        sent.update({k.replace("_", "-"): v for k, v in headers.items()})
+        data = {
+            "data": json.dumps(
+                {"leaf_name": self.leaves[leaf]["name"], "metadata": json.dumps(meta)}
+            )
+        }
+        return client.post(
+            f"{self.url}/api/v1/file/upload",
+            headers=sent,
+            data=data,
+            files={"file": (path.name, body)},
+        )
+
+    def set_run(self, client: httpx.Client, status: str) -> dict[str, Any]:
+        """Set the run status through the admin API."""
+        response = client.post(f"{self.url}/admin/run", headers=self.admin, json={"status": status})
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()["data"]
+        return data
+
+
+def settings_for(data_dir: Path, **overrides: Any) -> AggregatorSettings:
+    """Test settings: three dev leaves, a known admin token, no .env file."""
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "dev_leaves": 3,
+        "admin_token": ADMIN,
+        **overrides,
+    }
+    return AggregatorSettings(_env_file=None, **values)
+
+
+@pytest.fixture
+def aggregator(tmp_path: Path) -> Iterator[Running]:
+    """An aggregator on a free port with default settings."""
+    with start(tmp_path / "agg") as running:
+        yield running
+
+
+@contextmanager
+def start(data_dir: Path, **overrides: Any) -> Iterator[Running]:
+    """Start an aggregator for `data_dir`; stop it on exit."""
+    settings = settings_for(data_dir, **overrides)
+    app = create_aggregator_app(settings)
+    with serve(app, **uvicorn_ws_options(ping_interval_s=5, ping_timeout_s=5)) as url:
+        source = settings.leaves_file or data_dir / "leaves.json"
+        leaves = json.loads(source.read_text())
+        yield Running(url=url, data_dir=data_dir, leaves=leaves)
