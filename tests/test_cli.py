@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from tests.weights.util import sdk_weights
@@ -57,3 +61,67 @@ def test_convert_and_pack(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     with np.load(tmp_path / "packed.npz", allow_pickle=False) as data:
         assert data.files == ["weighting", "layer_0"]
+
+
+def free_port() -> int:
+    """A port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_aggregator_command_serves_dev_leaves(tmp_path: Path) -> None:
+    """`aggregator` creates dev leaves, serves the v3 API on the given port and stops on SIGINT."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "aggregator",
+            "--port",
+            str(port),
+            "--data-dir",
+            "data",
+            "--dev-leaves",
+            "2",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        leaves_file = tmp_path / "data" / "leaves.json"
+        deadline = time.monotonic() + 30
+        status = 0
+        while time.monotonic() < deadline and status != 200:
+            time.sleep(0.1)
+            if not leaves_file.exists():
+                continue
+            leaf = json.loads(leaves_file.read_text())[0]
+            try:
+                status = httpx.get(
+                    f"http://127.0.0.1:{port}/api/v1/run/{leaf['branch_id']}",
+                    headers={"Authorization": f"Bearer {leaf['id']}:{leaf['session_token']}"},
+                ).status_code
+            except httpx.TransportError:
+                continue
+        assert status == 200
+        assert len(json.loads(leaves_file.read_text())) == 2
+        assert (tmp_path / "data" / "admin-token").stat().st_mode & 0o077 == 0
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "leaf credentials" in out
+    assert leaf["session_token"] not in out + err
+
+
+def test_aggregator_command_explains_a_bad_leaves_file(tmp_path: Path) -> None:
+    """A malformed leaves file stops the command with exit code 2 and a sentence naming the problem."""
+    (tmp_path / "leaves.json").write_text('[{"id": "a"}]')
+    result = run("aggregator", "--leaves-file", "leaves.json", "--data-dir", "data", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "needs the string fields" in result.stderr
