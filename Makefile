@@ -1,10 +1,10 @@
-# The two commands of the README: `make test` (and, once the server lands, `make run`).
+# The two commands of the README: `make run` and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+run: install
+	$(BIN)/branchkey-gateway serve
 
 lint: install
 	$(BIN)/ruff check .

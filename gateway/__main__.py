@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import asdict
 from enum import StrEnum
@@ -106,6 +107,38 @@ def pack(
         _fail(error)
         return
     typer.echo(f"wrote {dst} ({payload.layer_count} layers, weighting {payload.weighting:g})")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (GATEWAY_HOST, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (GATEWAY_PORT, 8000).")] = None,
+) -> None:
+    """Run the gateway (against BranchKey when BK_HOST is set, else the embedded local aggregator)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from gateway.app import create_app
+    from gateway.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        for problem in error.errors():
+            name = "_".join(str(part) for part in problem["loc"]).upper() or "settings"
+            typer.echo(f"{name}: {problem['msg']}", err=True)
+        raise typer.Exit(code=2) from None
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    bind_host = host or settings.gateway_host
+    bind_port = settings.gateway_port if port is None else port
+    uvicorn.run(
+        create_app(settings),
+        host=bind_host,
+        port=bind_port,
+        timeout_graceful_shutdown=10,
+        log_level="info",
+    )
 
 
 @app.command()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import ByteSize, Field
+import ssl
+from pathlib import Path
+from typing import Literal
+
+from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.weights import Limits, ValidationPolicy
@@ -49,3 +53,83 @@ class WeightsSettings(BaseSettings):
                 max_pickle_bytes=int(self.max_uncompressed_bytes),
             ),
         )
+
+
+class Settings(BaseSettings):
+    """The gateway's settings: `BK_*` for the upstream session, `GATEWAY_*` for the local side."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    bk_host: str | None = Field(
+        None, description="Upstream BranchKey base URL; unset runs the embedded local aggregator."
+    )
+    bk_dialect: Literal["v3", "v1"] = Field("v3", description="Upstream protocol dialect.")
+    bk_credentials_file: Path | None = Field(
+        None, description="JSON credentials (v3 or v1 client shape)."
+    )
+    bk_leaf_id: str | None = None
+    bk_leaf_name: str | None = None
+    bk_session_token: SecretStr | None = None
+    bk_tree_id: str | None = None
+    bk_branch_id: str | None = None
+    bk_owner_id: str | None = None
+    bk_response_host: str | None = None
+    bk_ssl_verify: str = Field("true", description="true, false, or the path of a CA bundle.")
+    bk_proxies: dict[str, str] | None = Field(None, description="JSON like the client's `proxies`.")
+    bk_wait_for_run: bool = Field(False, description="Uploads wait for the run to start.")
+    bk_run_check_interval_s: float = Field(30.0, gt=0, description="Run status poll interval.")
+    bk_connect_timeout_s: float = Field(10.0, gt=0, description="Upstream connect timeout.")
+    bk_read_timeout_s: float = Field(120.0, gt=0, description="Upstream read timeout.")
+    bk_max_retries: int = Field(3, ge=0, le=10, description="Retries of a failed upstream call.")
+    gateway_host: str = Field("127.0.0.1", description="Interface the gateway binds.")
+    gateway_port: int = Field(8000, ge=0, le=65535, description="Port the gateway binds.")
+    gateway_data_dir: Path = Field(Path("./gateway-data"), description="Temp files and cache.")
+    gateway_max_upload_bytes: ByteSize = Field(
+        ByteSize(8 * 1024**3), ge=1, description="Largest upload."
+    )
+    gateway_token: SecretStr | None = Field(
+        None, description="When set, every route but /healthz needs `Bearer <token>`."
+    )
+    gateway_cache_keep: int = Field(8, ge=1, description="Aggregations kept in the download cache.")
+    gateway_wait_timeout_s: float = Field(600.0, gt=0, description="Longest `wait=true` upload.")
+    weights: WeightsSettings = Field(default_factory=WeightsSettings)
+
+    @field_validator("bk_host")
+    @classmethod
+    def _check_host(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None  # noqa: S101 - narrowed above
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(
+                "BK_HOST must start with http:// or https://, e.g. https://app.branchkey.com"
+            )
+        return value
+
+    @field_validator("bk_ssl_verify")
+    @classmethod
+    def _check_verify(cls, value: str) -> str:
+        if value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower()
+        if not Path(value).is_file():
+            raise ValueError(
+                "BK_SSL_VERIFY must be true, false, or the path of an existing CA bundle file"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_dialect(self) -> Settings:
+        if self.bk_dialect == "v1":
+            raise ValueError(
+                "BK_DIALECT=v1 is not supported by this version of the gateway yet; use v3 "
+                "(BranchKey's current protocol) or leave BK_DIALECT unset"
+            )
+        return self
+
+    def ssl_verify(self) -> bool | ssl.SSLContext:
+        """`BK_SSL_VERIFY` as httpx's `verify` argument."""
+        if self.bk_ssl_verify in ("true", "1", "yes"):
+            return True
+        if self.bk_ssl_verify in ("false", "0", "no"):
+            return False
+        return ssl.create_default_context(cafile=self.bk_ssl_verify)

@@ -458,7 +458,9 @@ async def create_ticket(leaf: LeafDep, state: StateDep) -> JSONResponse:
     try:
         ticket = state.tickets.issue(leaf.id, leaf.branch_id)
     except TicketCapacityError:
-        raise AggregatorError(503, "Too many WebSocket tickets are outstanding; retry shortly.") from None
+        raise AggregatorError(
+            503, "Too many WebSocket tickets are outstanding; retry shortly."
+        ) from None
     body = {
         "ticket_id": ticket.ticket_id,
         "request_id": ticket.request_id,

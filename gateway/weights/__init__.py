@@ -2,6 +2,7 @@
 
 from gateway.weights.averaging import fedavg
 from gateway.weights.convert import (
+    aggregate_to_object_npy,
     detect_format,
     inspect_payload,
     layers_to_npz,
@@ -10,6 +11,7 @@ from gateway.weights.convert import (
     npz_to_object_npy,
     object_npy_to_npz,
     to_npz,
+    with_weighting,
 )
 from gateway.weights.errors import ErrorCode, WeightsError
 from gateway.weights.layers import parse_weighting
@@ -28,6 +30,7 @@ __all__ = [
     "PayloadKind",
     "ValidationPolicy",
     "WeightsError",
+    "aggregate_to_object_npy",
     "detect_format",
     "fedavg",
     "inspect_aggregate",
@@ -41,4 +44,5 @@ __all__ = [
     "object_npy_to_npz",
     "parse_weighting",
     "to_npz",
+    "with_weighting",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -164,6 +165,35 @@ def layers_to_npz(
     return payload
 
 
+def with_weighting(
+    src: Path, weighting: str | float, dst: Path, policy: ValidationPolicy | None = None
+) -> Payload:
+    """A learning NPZ with its `weighting` replaced (or supplied), layers copied one at a time."""
+    policy = policy or ValidationPolicy()
+    value = parse_weighting(weighting, policy)
+    payload = inspect_npz(src, dataclasses.replace(policy, strict_weighting=False))
+    if payload.kind != LEARNING:
+        raise WeightsError(
+            "unsupported-kind", "Only a learning payload has a weighting to replace."
+        )
+    with Archive(src, policy.limits) as archive, atomic_path(dst) as tmp:
+        members = {m.key: m for m in archive.members}
+        with NpzWriter(tmp, compress=False) as writer:
+            writer.write_weighting(value)
+            for info in payload.arrays:
+                member = members[info.key]
+                header = member.header
+                writer.write_stream(
+                    info.key,
+                    header.dtype,
+                    header.shape,
+                    header.fortran_order,
+                    archive.iter_data(member),
+                )
+        result = inspect_npz(tmp, policy)
+    return result
+
+
 def npz_to_layers(
     src: Path, dst_dir: Path, policy: ValidationPolicy | None = None
 ) -> tuple[float | None, list[Path]]:
@@ -184,6 +214,36 @@ def npz_to_layers(
                     out.write(chunk)
             written.append(target)
     return payload.weighting, written
+
+
+def aggregate_to_object_npy(
+    src: Path, dst: Path, limits: Limits | None = None, *, num_samples: int = 0
+) -> Payload:
+    """A (normalised) learning aggregate as the v1 object `.npy`: `(num_samples, [layer_0, ...])`.
+
+    An aggregate carries no weighting, so the sample count is `num_samples` (0 unless given).
+    """
+    limits = limits or Limits()
+    payload = inspect_aggregate(src, ValidationPolicy.lenient(limits))
+    if payload.kind != LEARNING:
+        raise WeightsError(
+            "unsupported-kind",
+            "An analytics aggregate has no v1 form: v1 carries model weights only.",
+        )
+    with Archive(src, limits) as archive, atomic_path(dst) as tmp:
+        members = {m.key: m for m in archive.members}
+        sources = [
+            LayerSource(
+                dtype=members[info.key].header.dtype,
+                shape=info.shape,
+                fortran_order=info.fortran_order,
+                chunks=functools.partial(archive.iter_data, members[info.key]),
+            )
+            for info in payload.arrays
+        ]
+        with tmp.open("wb") as out:
+            write_object_npy(out, num_samples, sources)
+    return payload
 
 
 def normalize_aggregate(src: Path, dst: Path, limits: Limits | None = None) -> Payload:

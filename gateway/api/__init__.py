@@ -1,0 +1,1 @@
+"""Trainer-facing routes, one module per resource."""

@@ -1,0 +1,120 @@
+"""The leaf session, the run status, metrics and health routes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from gateway.dependencies import SessionDep, StateDep
+from gateway.errors import BadRequestError, NotReadyError
+from gateway.upstream.credentials import CredentialsError, from_mapping
+
+router = APIRouter()
+
+
+class RunStatus(BaseModel):
+    """The branch's run."""
+
+    run_status: str
+    run_number: Any
+
+
+class SessionInfo(BaseModel):
+    """Who the gateway is, and where it talks to."""
+
+    state: Literal["authenticated", "logged-out"]
+    leaf_id: str | None = None
+    leaf_name: str | None = None
+    tree_id: str | None = None
+    branch_id: str | None = None
+    dialect: str
+    upstream_host: str
+    offline: bool = Field(description="True when the upstream is the embedded local aggregator.")
+    run_status: str | None = None
+    run_number: Any = None
+
+
+class PerformanceReport(BaseModel):
+    """A performance report for an aggregation."""
+
+    aggregation_id: str = Field(min_length=1)
+    mode: Literal["test", "train", "non-federated"]
+    data: dict[str, Any] | str
+
+
+@router.get("/healthz")
+async def get_health() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz", responses={503: {"description": "No session, or the upstream is unreachable."}}
+)
+async def get_ready(session: SessionDep) -> dict[str, Any]:
+    """The session is authenticated and the upstream answers."""
+    if session.upstream is None:
+        raise NotReadyError("No leaf session: set credentials or POST them to /session.")
+    try:
+        info = await session.refresh_run()
+    except Exception as exc:
+        detail = getattr(exc, "detail", None) or str(exc)
+        raise NotReadyError(f"The upstream does not answer: {detail}") from None
+    return {"status": "ready", "run_status": info.run_status}
+
+
+@router.get("/run")
+async def get_run(session: SessionDep) -> RunStatus:
+    """The run status, fresh from the upstream."""
+    info = await session.refresh_run()
+    return RunStatus(run_status=info.run_status, run_number=info.run_number)
+
+
+def _session_info(state: StateDep) -> SessionInfo:
+    session = state.session
+    creds = session.credentials
+    return SessionInfo(
+        state="authenticated" if creds else "logged-out",
+        leaf_id=creds.id if creds else None,
+        leaf_name=creds.name if creds else None,
+        tree_id=creds.tree_id if creds else None,
+        branch_id=creds.branch_id if creds else None,
+        dialect=state.settings.bk_dialect,
+        upstream_host=session.host,
+        offline=session.offline,
+        run_status=session.run.run_status if session.run else None,
+        run_number=session.run.run_number if session.run else None,
+    )
+
+
+@router.get("/session")
+async def get_session_info(state: StateDep) -> SessionInfo:
+    """The current leaf, tree and branch, the dialect, the upstream and the session state."""
+    return _session_info(state)
+
+
+@router.post("/session")
+async def create_session(credentials: dict[str, Any], state: StateDep) -> SessionInfo:
+    """Log in (or switch leaf) with JSON credentials in the v3 or v1 client shape."""
+    try:
+        parsed = from_mapping(credentials, "The request body")
+    except CredentialsError as exc:
+        raise BadRequestError(str(exc)) from None
+    await state.session.login(parsed)
+    return _session_info(state)
+
+
+@router.delete("/session")
+async def delete_session(state: StateDep) -> SessionInfo:
+    """Log out: uploads get 401 problems until the next login."""
+    state.session.logout()
+    return _session_info(state)
+
+
+@router.post("/performance", status_code=201)
+async def create_performance(report: PerformanceReport, session: SessionDep) -> dict[str, str]:
+    """Send a performance report for an aggregation to BranchKey."""
+    await session.require().send_metrics(report.aggregation_id, report.mode, report.data)
+    return {"status": "sent"}

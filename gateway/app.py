@@ -1,0 +1,164 @@
+"""The gateway application: `create_app(settings)`; the lifespan owns every long-lived object."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from anyio import to_thread
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway import __version__
+from gateway.api import aggregations, session, uploads
+from gateway.dependencies import GatewayState
+from gateway.embedded import EmbeddedAggregator
+from gateway.errors import (
+    PROBLEM_JSON,
+    PROBLEM_TYPES,
+    GatewayError,
+    NotAuthenticatedError,
+    add_exception_handlers,
+)
+from gateway.session import Session
+from gateway.settings import Settings
+from gateway.upstream.credentials import from_settings
+from gateway.upstream.v3 import RetryPolicy
+
+log = logging.getLogger("gateway")
+
+
+class RequireToken:
+    """When GATEWAY_TOKEN is set, every route but /healthz needs `Authorization: Bearer <token>`."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.token is None
+            or scope["type"] not in ("http", "websocket")
+            or scope["path"] == "/healthz"
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token):
+            await self.app(scope, receive, send)
+            return
+        error = NotAuthenticatedError(
+            "Send 'Authorization: Bearer <GATEWAY_TOKEN>' with every request."
+        )
+        body = json.dumps(error.body()).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": error.status,
+                "headers": [
+                    (b"content-type", PROBLEM_JSON.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b"Bearer"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _client(settings: Settings) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(
+        connect=settings.bk_connect_timeout_s,
+        read=settings.bk_read_timeout_s,
+        write=settings.bk_read_timeout_s,
+        pool=settings.bk_connect_timeout_s,
+    )
+    mounts: dict[str, httpx.AsyncBaseTransport | None] | None = None
+    if settings.bk_proxies:
+        mounts = {
+            f"{scheme}://": httpx.AsyncHTTPTransport(proxy=url, verify=settings.ssl_verify())
+            for scheme, url in settings.bk_proxies.items()
+        }
+    return httpx.AsyncClient(
+        timeout=timeout, verify=settings.ssl_verify(), mounts=mounts, trust_env=True
+    )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The gateway for `settings`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        data_dir = settings.gateway_data_dir
+        tmp_dir, cache_dir = data_dir / "tmp", data_dir / "cache"
+        for folder in (tmp_dir, cache_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        await to_thread.run_sync(_clear, tmp_dir)
+        embedded: EmbeddedAggregator | None = None
+        credentials = from_settings(settings)
+        host = settings.bk_host
+        if host is None:
+            embedded = EmbeddedAggregator(settings)
+            await to_thread.run_sync(embedded.start)
+            host = embedded.url
+            credentials = credentials or embedded.credentials()
+            log.warning("offline: no BK_HOST set, using the embedded local aggregator at %s", host)
+        retry = RetryPolicy(max_retries=settings.bk_max_retries)
+        async with _client(settings) as client:
+            session_ = Session(
+                client, host, retry, settings.bk_run_check_interval_s, offline=embedded is not None
+            )
+            if credentials is not None:
+                try:
+                    await session_.login(credentials)
+                except GatewayError as exc:
+                    session_.adopt(credentials)
+                    log.warning(
+                        "upstream not reachable at start-up (%s); retrying on demand", exc.detail
+                    )
+            app.state.gateway = GatewayState(
+                settings=settings,
+                client=client,
+                session=session_,
+                tmp_dir=tmp_dir,
+                cache_dir=cache_dir,
+                embedded=embedded,
+            )
+            try:
+                yield
+            finally:
+                if embedded is not None:
+                    await to_thread.run_sync(embedded.stop)
+
+    app = FastAPI(
+        title="BranchKey Gateway",
+        version=__version__,
+        description="Federated learning on BranchKey for any trainer, over localhost HTTP.",
+        lifespan=lifespan,
+        responses={
+            error.status: {"description": f"{error.title} (problem type /problems/{error.type})"}
+            for error in PROBLEM_TYPES
+        },
+    )
+    token = settings.gateway_token.get_secret_value() if settings.gateway_token else None
+    app.add_middleware(RequireToken, token=token)
+    add_exception_handlers(app)
+    app.include_router(session.router)
+    app.include_router(uploads.router)
+    app.include_router(aggregations.router)
+    return app
+
+
+def _clear(folder: Path) -> None:
+    """Remove what an earlier process left in a scratch folder."""
+    for leftover in folder.iterdir():
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""The BranchKey protocol dialects behind one small interface."""

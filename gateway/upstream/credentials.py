@@ -1,0 +1,106 @@
+"""A leaf's credentials, from a credentials file (v3 or v1 client shape) or BK_* variables."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.settings import Settings
+
+V3_FIELDS = ("id", "name", "session_token", "tree_id", "branch_id", "owner_id")
+V1_FIELDS = ("leaf_name", "leaf_id", "leaf_session_token", "response_host")
+
+
+class CredentialsError(ValueError):
+    """Credentials are missing or malformed; the message names what to set."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The v3 credential fields (the token is kept out of repr)."""
+
+    id: str
+    name: str
+    session_token: str = field(repr=False)
+    tree_id: str
+    branch_id: str
+    owner_id: str = ""
+
+    def public(self) -> dict[str, str]:
+        """Everything but the token."""
+        return {
+            "leaf_id": self.id,
+            "leaf_name": self.name,
+            "tree_id": self.tree_id,
+            "branch_id": self.branch_id,
+        }
+
+
+def from_mapping(data: Any, origin: str) -> Credentials:
+    """Credentials from a JSON object in the v3 shape or the v1 client's shape (plus tree/branch ids)."""
+    if not isinstance(data, dict):
+        raise CredentialsError(f"{origin} must be a JSON object with the leaf's credentials.")
+    data = _v3_names(data)
+    missing = [k for k in V3_FIELDS[:5] if not isinstance(data.get(k), str) or not data[k]]
+    if missing:
+        raise CredentialsError(
+            f"{origin} lacks {', '.join(missing)}: give id, name, session_token, tree_id and branch_id "
+            "(v1-shaped credentials need tree_id and branch_id added)."
+        )
+    owner = data.get("owner_id") or ""
+    return Credentials(
+        id=str(data["id"]),
+        name=str(data["name"]),
+        session_token=str(data["session_token"]),
+        tree_id=str(data["tree_id"]),
+        branch_id=str(data["branch_id"]),
+        owner_id=str(owner),
+    )
+
+
+_V1_TO_V3 = {"leaf_id": "id", "leaf_name": "name", "leaf_session_token": "session_token"}
+
+
+def _v3_names(data: dict[str, Any]) -> dict[str, Any]:
+    """The v1 client's key names (leaf_id, leaf_name, leaf_session_token) as v3 names."""
+    renamed = {
+        _V1_TO_V3.get(key, key): value for key, value in data.items() if key not in _V1_TO_V3
+    }
+    for old, new in _V1_TO_V3.items():
+        if old in data and new not in data:
+            renamed[new] = data[old]
+    return renamed
+
+
+def from_settings(settings: Settings) -> Credentials | None:
+    """Credentials from BK_CREDENTIALS_FILE, then BK_* variables filling any gaps; None if none are set."""
+    data: dict[str, Any] = {}
+    if settings.bk_credentials_file is not None:
+        try:
+            loaded = json.loads(Path(settings.bk_credentials_file).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CredentialsError(f"BK_CREDENTIALS_FILE cannot be read: {exc}.") from None
+        if not isinstance(loaded, dict):
+            raise CredentialsError("BK_CREDENTIALS_FILE must hold one JSON object.")
+        data = dict(loaded)
+    overrides = {
+        "id": settings.bk_leaf_id,
+        "name": settings.bk_leaf_name,
+        "session_token": settings.bk_session_token.get_secret_value()
+        if settings.bk_session_token
+        else None,
+        "tree_id": settings.bk_tree_id,
+        "branch_id": settings.bk_branch_id,
+        "owner_id": settings.bk_owner_id,
+    }
+    data = _v3_names(data)
+    for key, value in overrides.items():
+        if value:
+            data[key] = value
+    if not data:
+        return None
+    return from_mapping(
+        data, "BK_CREDENTIALS_FILE" if settings.bk_credentials_file else "The BK_* variables"
+    )
