@@ -111,7 +111,9 @@ def pack(
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Interface to bind (GATEWAY_HOST, 127.0.0.1).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind (GATEWAY_HOST, 127.0.0.1).")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind (GATEWAY_PORT, 8000).")] = None,
 ) -> None:
     """Run the gateway (against BranchKey when BK_HOST is set, else the embedded local aggregator)."""
@@ -139,6 +141,23 @@ def serve(
         timeout_graceful_shutdown=10,
         log_level="info",
     )
+
+
+@app.command()
+def openapi(
+    out: Annotated[
+        Path | None, typer.Option(help="Write here instead of openapi/openapi.json.")
+    ] = None,
+) -> None:
+    """Regenerate the gateway's OpenAPI document (openapi/openapi.json)."""
+    from gateway.app import create_app
+    from gateway.openapi import OPENAPI_PATH, render
+    from gateway.settings import Settings
+
+    target = out or OPENAPI_PATH
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render(create_app(Settings(_env_file=None))), encoding="utf-8")
+    typer.echo(f"wrote {target}")
 
 
 @app.command()

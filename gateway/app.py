@@ -21,11 +21,11 @@ from gateway.dependencies import GatewayState
 from gateway.embedded import EmbeddedAggregator
 from gateway.errors import (
     PROBLEM_JSON,
-    PROBLEM_TYPES,
     GatewayError,
     NotAuthenticatedError,
     add_exception_handlers,
 )
+from gateway.openapi import problem_responses
 from gateway.session import Session
 from gateway.settings import Settings
 from gateway.upstream.credentials import from_settings
@@ -141,10 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description="Federated learning on BranchKey for any trainer, over localhost HTTP.",
         lifespan=lifespan,
-        responses={
-            error.status: {"description": f"{error.title} (problem type /problems/{error.type})"}
-            for error in PROBLEM_TYPES
-        },
+        responses=problem_responses(),
     )
     token = settings.gateway_token.get_secret_value() if settings.gateway_token else None
     app.add_middleware(RequireToken, token=token)

@@ -84,7 +84,8 @@ class UnsupportedMediaTypeError(GatewayError):
 class UpstreamRejectedError(GatewayError):
     """BranchKey answered with a client error; its status and `error` text are passed through."""
 
-    type, title = "upstream-rejected", "BranchKey refused the request"
+    status, type, title = 400, "upstream-rejected", "BranchKey refused the request"
+    """(The status documented; the answer carries BranchKey's own 4xx status.)"""
 
     def __init__(self, status: int, detail: str, **extra: Any) -> None:
         super().__init__(detail, **extra)

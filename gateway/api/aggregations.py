@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from anyio import to_thread
@@ -44,13 +44,22 @@ def check_id(aggregation_id: str) -> None:
         )
 
 
-@router.api_route(
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}, "description": "The aggregated model."}
+}
+
+
+@router.head(
     "/aggregations/{aggregation_id}",
-    methods=["GET", "HEAD"],
     response_class=FileResponse,
-    responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "The aggregated model."}
-    },
+    responses=_RESPONSES,
+    operation_id="head_aggregation",
+)
+@router.get(
+    "/aggregations/{aggregation_id}",
+    response_class=FileResponse,
+    responses=_RESPONSES,
+    operation_id="stream_aggregation",
 )
 async def stream_aggregation(
     aggregation_id: str,

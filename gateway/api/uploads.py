@@ -92,18 +92,7 @@ class _Received:
     filename: str
 
 
-@router.post(
-    "/upload",
-    status_code=201,
-    responses={
-        409: {"description": "The run is not started (problem type /problems/run-not-started)."},
-        413: {"description": "The upload is over GATEWAY_MAX_UPLOAD_BYTES."},
-        415: {"description": "Neither multipart/form-data nor application/octet-stream."},
-        422: {
-            "description": "The weights file is invalid (problem type /problems/weights/<code>)."
-        },
-    },
-)
+@router.post("/upload", status_code=201)
 async def create_upload(
     request: Request,
     state: StateDep,

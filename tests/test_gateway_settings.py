@@ -1,0 +1,100 @@
+"""Gateway settings and credentials: defaults, validation naming the variable, both credential shapes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.settings import Settings
+from gateway.upstream.credentials import CredentialsError, from_settings
+
+V3 = {
+    "id": "l1",
+    "name": "leaf",
+    "session_token": "s:t",
+    "tree_id": "t1",
+    "branch_id": "b1",
+    "owner_id": "o1",
+}
+
+
+def test_defaults_are_local_and_offline() -> None:
+    """Unset BK_HOST means the embedded aggregator; the gateway binds loopback on 8000."""
+    settings = Settings(_env_file=None)
+    assert settings.bk_host is None
+    assert settings.gateway_host == "127.0.0.1"
+    assert settings.gateway_port == 8000
+    assert int(settings.gateway_max_upload_bytes) == 8 * 1024**3
+    assert settings.bk_dialect == "v3"
+    assert settings.ssl_verify() is True
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("BK_DIALECT", "v1", "BK_DIALECT=v1 is not supported"),
+        ("BK_HOST", "app.branchkey.com", "BK_HOST must start with http"),
+        ("BK_SSL_VERIFY", "/no/such/ca.pem", "BK_SSL_VERIFY"),
+        ("GATEWAY_PORT", "70000", "gateway_port"),
+    ],
+)
+def test_bad_settings_are_explained(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, fragment: str
+) -> None:
+    """A bad variable fails at start-up with a sentence naming it."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)
+    assert fragment in str(caught.value)
+
+
+def test_credentials_file_v3_and_v1_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A v3 credentials file is read as is; a v1 one (leaf_id, leaf_session_token) needs tree and branch ids."""
+    v3 = tmp_path / "v3.json"
+    v3.write_text(json.dumps(V3))
+    creds = from_settings(Settings(_env_file=None, bk_credentials_file=v3))
+    assert creds is not None
+    assert (creds.id, creds.session_token, creds.branch_id) == ("l1", "s:t", "b1")
+    assert "s:t" not in repr(creds)
+    v1 = tmp_path / "v1.json"
+    v1.write_text(
+        json.dumps(
+            {
+                "leaf_name": "leaf",
+                "leaf_id": "l2",
+                "leaf_session_token": "tok",
+                "response_host": "h",
+            }
+        )
+    )
+    with pytest.raises(CredentialsError, match="tree_id, branch_id"):
+        from_settings(Settings(_env_file=None, bk_credentials_file=v1))
+    monkeypatch.setenv("BK_TREE_ID", "t2")
+    monkeypatch.setenv("BK_BRANCH_ID", "b2")
+    creds = from_settings(Settings(_env_file=None, bk_credentials_file=v1))
+    assert creds is not None
+    assert (creds.id, creds.name, creds.session_token, creds.branch_id) == (
+        "l2",
+        "leaf",
+        "tok",
+        "b2",
+    )
+
+
+def test_credentials_from_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BK_LEAF_ID, BK_SESSION_TOKEN, ... make credentials without a file; none set means none."""
+    assert from_settings(Settings(_env_file=None)) is None
+    for key, value in {
+        "BK_LEAF_ID": "l3",
+        "BK_LEAF_NAME": "n",
+        "BK_SESSION_TOKEN": "x",
+        "BK_TREE_ID": "t",
+        "BK_BRANCH_ID": "b",
+    }.items():
+        monkeypatch.setenv(key, value)
+    creds = from_settings(Settings(_env_file=None))
+    assert creds is not None
+    assert creds.id == "l3"

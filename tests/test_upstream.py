@@ -1,0 +1,165 @@
+"""The v3 upstream client's error mapping and retries (httpx.MockTransport: unit tests of mapping only)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from gateway.errors import (
+    GatewayError,
+    NotFoundError,
+    UpstreamRejectedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from gateway.upstream.credentials import Credentials
+from gateway.upstream.v3 import RetryPolicy, V3Upstream
+
+CREDS = Credentials(
+    id="leaf-1", name="leaf", session_token="tok:en", tree_id="t", branch_id="b", owner_id="o"
+)
+FAST = RetryPolicy(max_retries=2, backoff_s=0.01, max_delay_s=0.05)
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def call_run(handler: Handler, retry: RetryPolicy = FAST) -> tuple[object, list[httpx.Request]]:
+    """Run the run-status call against `handler`; return its result (or the error) and the requests seen."""
+    seen: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return handler(request)
+
+    async def main() -> object:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(record)) as client:
+            try:
+                return await V3Upstream(client, "https://bk.example/", CREDS, retry).run()
+            except GatewayError as error:
+                return error
+
+    return anyio.run(main), seen
+
+
+def test_headers_and_url_like_the_official_client() -> None:
+    """Bearer id:token (not base64), LEAF: true, accept JSON, host trailing slash handled."""
+    result, seen = call_run(
+        lambda _: httpx.Response(200, json={"data": {"run_status": "start", "run_number": 4}})
+    )
+    assert getattr(result, "run_number", None) == 4
+    request = seen[0]
+    assert str(request.url) == "https://bk.example/api/v1/run/b"
+    assert request.headers["authorization"] == "Bearer leaf-1:tok:en"
+    assert request.headers["leaf"] == "true"
+    assert request.headers["accept"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("status", "expected", "fragment"),
+    [
+        (400, UpstreamRejectedError, "bad thing"),
+        (403, UpstreamRejectedError, "bad thing"),
+        (404, NotFoundError, "bad thing"),
+        (500, UpstreamUnavailableError, "bad thing"),
+    ],
+)
+def test_status_mapping_keeps_the_upstream_error_text(
+    status: int, expected: type[GatewayError], fragment: str
+) -> None:
+    """4xx pass through with BranchKey's `error` sentence; 5xx become 502."""
+    result, seen = call_run(lambda _: httpx.Response(status, json={"error": "bad thing"}))
+    assert isinstance(result, expected)
+    assert fragment in result.detail
+    assert len(seen) == 1  # none of these is retried
+    if isinstance(result, UpstreamRejectedError):
+        assert result.body()["status"] == status
+
+
+def test_retries_honour_retry_after_then_succeed() -> None:
+    """503 with Retry-After and 429 are retried; the third answer is used."""
+    answers = iter(
+        [
+            httpx.Response(503, headers={"Retry-After": "0"}),
+            httpx.Response(429),
+            httpx.Response(200, json={"data": {"run_status": "stop", "run_number": 1}}),
+        ]
+    )
+    result, seen = call_run(lambda _: next(answers))
+    assert getattr(result, "run_status", None) == "stop"
+    assert len(seen) == 3
+
+
+def test_retries_are_bounded() -> None:
+    """A persistent 502 is retried max_retries times, then reported as 502."""
+    result, seen = call_run(lambda _: httpx.Response(502, text="<html>bad gateway</html>"))
+    assert isinstance(result, UpstreamUnavailableError)
+    assert "bad gateway" in result.detail
+    assert len(seen) == 3
+
+
+def test_transport_errors_map_to_502_and_504() -> None:
+    """Connection failures become 502, timeouts 504, after the retries."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    refused, seen = call_run(refuse)
+    assert isinstance(refused, UpstreamUnavailableError)
+    assert len(seen) == 3
+    timed_out, seen = call_run(slow)
+    assert isinstance(timed_out, UpstreamTimeoutError)
+    assert (
+        len(seen) == 1
+    )  # a read timeout is retried only where the upstream deduplicates (uploads)
+
+
+def test_retry_after_http_date_and_caps() -> None:
+    """Retry-After may be seconds or an HTTP date; waits are capped."""
+    policy = RetryPolicy(max_retries=3, backoff_s=1.0, max_delay_s=10.0)
+    assert policy.delay(1, "3") == 3.0
+    assert policy.delay(1, "999") == 10.0
+    assert policy.delay(1, "Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert policy.delay(3, None) == 4.0
+    assert policy.delay(1, "soon") == 1.0
+
+
+def test_upload_body_is_the_clients_multipart(tmp_path: Path) -> None:
+    """The upload streams data then file parts with integrity headers and an exact Content-Length."""
+    payload = tmp_path / "w.npz"
+    payload.write_bytes(b"PK" + b"x" * 5000)
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        request.read()
+        seen.append(request)
+        return httpx.Response(201, json={"data": {"file_id": "f-1"}})
+
+    async def main() -> str:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            upstream = V3Upstream(client, "https://bk.example", CREDS, FAST)
+            return await upstream.upload(
+                payload, 5002, "A" * 43 + "=", "federated_learning", 'we"ird\nname.npz'
+            )
+
+    assert anyio.run(main) == "f-1"
+    request = seen[0]
+    body = request.content
+    assert int(request.headers["content-length"]) == len(body)
+    assert request.headers["x-bk-file-size"] == "5002"
+    assert request.headers["x-bk-file-digest"] == "sha256=" + "A" * 43 + "="
+    assert body.index(b'name="data"') < body.index(b'name="file"; filename="weirdname.npz"')
+    data = json.loads(body.split(b"\r\n\r\n", 1)[1].split(b"\r\n--", 1)[0])
+    metadata = json.loads(data["metadata"])
+    assert data["leaf_name"] == "leaf"
+    assert metadata["file_size"] == 5002
+    assert metadata["kind"] == "federated_learning"
+    assert metadata["client_version"].startswith("branchkey-gateway/")
+    assert b"x" * 5000 in body
