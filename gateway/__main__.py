@@ -8,7 +8,7 @@ import shutil
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -134,13 +134,19 @@ def serve(
     logging.getLogger("httpx").setLevel(logging.WARNING)
     bind_host = host or settings.gateway_host
     bind_port = settings.gateway_port if port is None else port
-    uvicorn.run(
-        create_app(settings),
-        host=bind_host,
-        port=bind_port,
-        timeout_graceful_shutdown=10,
-        log_level="info",
+    gateway = create_app(settings)
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            stop_streams = getattr(gateway.state, "stop_streams", None)
+            if callable(stop_streams):  # open SSE streams end now instead of holding shutdown
+                stop_streams()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        gateway, host=bind_host, port=bind_port, timeout_graceful_shutdown=10, log_level="info"
     )
+    _Server(config).run()
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -10,13 +11,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import httpx
 from anyio import to_thread
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import __version__
-from gateway.api import aggregations, session, uploads
+from gateway.api import aggregations, events, session, uploads
 from gateway.dependencies import GatewayState
 from gateway.embedded import EmbeddedAggregator
 from gateway.errors import (
@@ -25,9 +27,11 @@ from gateway.errors import (
     NotAuthenticatedError,
     add_exception_handlers,
 )
+from gateway.events import EventHub, EventLog, Events
 from gateway.openapi import problem_responses
 from gateway.session import Session
 from gateway.settings import Settings
+from gateway.upstream.consumer import ConsumerSettings, NotificationConsumer
 from gateway.upstream.credentials import from_settings
 from gateway.upstream.v3 import RetryPolicy
 
@@ -122,6 +126,25 @@ def create_app(settings: Settings) -> FastAPI:
                     log.warning(
                         "upstream not reachable at start-up (%s); retrying on demand", exc.detail
                     )
+            event_log = await to_thread.run_sync(
+                lambda: EventLog(
+                    data_dir / "events.db",
+                    settings.gateway_events_max_count,
+                    settings.gateway_events_max_age_s,
+                )
+            )
+            hub = EventHub(settings.gateway_sse_buffer)
+            events = Events(event_log, hub)
+            consumer = NotificationConsumer(
+                session_,
+                events,
+                settings.ssl_verify(),
+                ConsumerSettings(
+                    backoff_max_s=settings.bk_ws_backoff_max_s,
+                    ping_interval_s=settings.bk_ws_ping_interval_s,
+                    ping_timeout_s=settings.bk_ws_ping_timeout_s,
+                ),
+            )
             app.state.gateway = GatewayState(
                 settings=settings,
                 client=client,
@@ -129,10 +152,19 @@ def create_app(settings: Settings) -> FastAPI:
                 tmp_dir=tmp_dir,
                 cache_dir=cache_dir,
                 embedded=embedded,
+                events=events,
+                consumer=consumer,
             )
+            loop = asyncio.get_running_loop()
+            app.state.stop_streams = lambda: loop.call_soon_threadsafe(hub.close)
             try:
-                yield
+                async with anyio.create_task_group() as group:
+                    group.start_soon(consumer.run)
+                    yield
+                    hub.close()
+                    group.cancel_scope.cancel()
             finally:
+                event_log.close()
                 if embedded is not None:
                     await to_thread.run_sync(embedded.stop)
 
@@ -148,6 +180,7 @@ def create_app(settings: Settings) -> FastAPI:
     add_exception_handlers(app)
     app.include_router(session.router)
     app.include_router(uploads.router)
+    app.include_router(events.router)  # before aggregations: /aggregations/latest is not an id
     app.include_router(aggregations.router)
     return app
 

@@ -11,8 +11,10 @@ import httpx
 from fastapi import Depends, Request
 
 from gateway.embedded import EmbeddedAggregator
+from gateway.events import Events
 from gateway.session import Session
 from gateway.settings import Settings
+from gateway.upstream.consumer import NotificationConsumer
 
 
 @dataclass
@@ -25,6 +27,8 @@ class GatewayState:
     tmp_dir: Path
     cache_dir: Path
     embedded: EmbeddedAggregator | None
+    events: Events
+    consumer: NotificationConsumer
     fetch_locks: dict[str, anyio.Lock] = field(default_factory=dict)
 
 

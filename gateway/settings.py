@@ -91,6 +91,21 @@ class Settings(BaseSettings):
         None, description="When set, every route but /healthz needs `Bearer <token>`."
     )
     gateway_cache_keep: int = Field(8, ge=1, description="Aggregations kept in the download cache.")
+    gateway_events_max_count: int = Field(10_000, ge=10, description="Events kept for replay.")
+    gateway_events_max_age_s: float = Field(
+        7 * 86400.0, gt=0, description="Oldest event kept for replay."
+    )
+    gateway_sse_keepalive_s: float = Field(
+        15.0, gt=0, le=15, description="SSE keep-alive comment interval."
+    )
+    gateway_sse_buffer: int = Field(256, ge=1, description="Events buffered per SSE subscriber.")
+    bk_ws_ping_interval_s: float = Field(
+        20.0, gt=0, description="Notification WebSocket ping interval."
+    )
+    bk_ws_ping_timeout_s: float = Field(
+        20.0, gt=0, description="Declare the WebSocket dead after this."
+    )
+    bk_ws_backoff_max_s: float = Field(60.0, gt=0, description="Longest wait between reconnects.")
     gateway_wait_timeout_s: float = Field(600.0, gt=0, description="Longest `wait=true` upload.")
     weights: WeightsSettings = Field(default_factory=WeightsSettings)
 

@@ -28,5 +28,10 @@ def serve(app: Any, **options: Any) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
+        stop_streams = getattr(getattr(app, "state", None), "stop_streams", None)
+        if callable(
+            stop_streams
+        ):  # end SSE streams first, as the gateway's own server does on exit
+            stop_streams()
         server.should_exit = True
         thread.join(timeout=30)

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from gateway.dependencies import SessionDep, StateDep
-from gateway.errors import BadRequestError, NotReadyError
+from gateway.errors import BadRequestError, GatewayError, NotReadyError
 from gateway.upstream.credentials import CredentialsError, from_mapping
 
 router = APIRouter()
@@ -50,19 +50,27 @@ async def get_health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get(
-    "/readyz", responses={503: {"description": "No session, or the upstream is unreachable."}}
-)
-async def get_ready(session: SessionDep) -> dict[str, Any]:
-    """The session is authenticated and the upstream answers."""
+@router.get("/readyz")
+async def get_ready(state: StateDep) -> dict[str, Any]:
+    """The session is authenticated, the upstream answers, and the notification channel is connected."""
+    session = state.session
+    channel = state.consumer.status
     if session.upstream is None:
-        raise NotReadyError("No leaf session: set credentials or POST them to /session.")
+        raise NotReadyError(
+            "No leaf session: set credentials or POST them to /session.", channel=channel.state
+        )
     try:
         info = await session.refresh_run()
-    except Exception as exc:
-        detail = getattr(exc, "detail", None) or str(exc)
-        raise NotReadyError(f"The upstream does not answer: {detail}") from None
-    return {"status": "ready", "run_status": info.run_status}
+    except GatewayError as exc:
+        raise NotReadyError(
+            f"The upstream does not answer: {exc.detail}", channel=channel.state
+        ) from None
+    if channel.state != "connected":
+        raise NotReadyError(
+            f"The notification channel is {channel.state}: {channel.last_error or 'connecting'}.",
+            channel=channel.state,
+        )
+    return {"status": "ready", "run_status": info.run_status, "channel": channel.state}
 
 
 @router.get("/run")
@@ -103,6 +111,7 @@ async def create_session(credentials: dict[str, Any], state: StateDep) -> Sessio
     except CredentialsError as exc:
         raise BadRequestError(str(exc)) from None
     await state.session.login(parsed)
+    state.consumer.session_changed()
     return _session_info(state)
 
 
@@ -110,6 +119,7 @@ async def create_session(credentials: dict[str, Any], state: StateDep) -> Sessio
 async def delete_session(state: StateDep) -> SessionInfo:
     """Log out: uploads get 401 problems until the next login."""
     state.session.logout()
+    state.consumer.session_changed()
     return _session_info(state)
 
 

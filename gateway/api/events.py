@@ -1,0 +1,155 @@
+"""`GET /events` (SSE with replay), the long-poll `GET /aggregations`, and `GET /aggregations/latest`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+from anyio import to_thread
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from gateway.dependencies import GatewayState, StateDep
+from gateway.errors import BadRequestError, NotFoundError
+from gateway.events import EVENT_TYPES, Event
+
+router = APIRouter()
+
+MAX_LONG_POLL_S = 60.0
+_BATCH = 500
+
+
+class AggregationEvent(BaseModel):
+    """An aggregation the upstream announced."""
+
+    id: int
+    aggregation_id: str
+    run_number: Any = None
+    received_at: str
+
+
+def _types(raw: str | None) -> tuple[str, ...]:
+    if raw is None:
+        return EVENT_TYPES
+    wanted = tuple(part.strip() for part in raw.split(",") if part.strip())
+    unknown = [t for t in wanted if t not in EVENT_TYPES]
+    if unknown or not wanted:
+        raise BadRequestError(
+            f"Unknown event type(s) {unknown}: use any of {', '.join(EVENT_TYPES)}."
+        )
+    return wanted
+
+
+def _start_id(last_event_id: str | None, after: int | None) -> int | None:
+    raw = after if after is not None else last_event_id
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequestError("Last-Event-ID / after must be an event id (an integer).") from None
+    if value < 0:
+        raise BadRequestError("Last-Event-ID / after must be >= 0.")
+    return value
+
+
+@router.get(
+    "/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events."}},
+)
+async def stream_events(
+    state: StateDep,
+    last_event_id: Annotated[str | None, Header(description="Resume after this event id.")] = None,
+    after: Annotated[
+        int | None, Query(description="Resume after this event id (instead of the header).")
+    ] = None,
+    types: Annotated[
+        str | None, Query(description="Comma-separated: aggregation, run_status, gap.")
+    ] = None,
+) -> StreamingResponse:
+    """Events as they happen: `id`, `event: aggregation|run_status|gap`, one-line JSON `data`; replays after an id."""
+    wanted = _types(types)
+    start = _start_id(last_event_id, after)
+    return StreamingResponse(
+        _stream(state, wanted, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _stream(
+    state: GatewayState, wanted: tuple[str, ...], start: int | None
+) -> AsyncIterator[bytes]:
+    hub, log = state.events.hub, state.events.log
+    keepalive = state.settings.gateway_sse_keepalive_s
+    subscriber = hub.subscribe(wanted)  # before reading the log, so nothing falls between the two
+    try:
+        yield b"retry: 3000\n\n"
+        oldest, newest = await to_thread.run_sync(log.bounds)
+        last = newest if start is None else start
+        if start is not None and start < newest and oldest > start + 1:
+            gap = {"reason": "log-truncated", "since": start}
+            yield f"event: gap\ndata: {json.dumps(gap, separators=(',', ':'))}\n\n".encode()
+        while True:  # replay what is stored after `last`
+            batch: list[Event] = await to_thread.run_sync(log.after, last, wanted, _BATCH)
+            for event in batch:
+                yield event.sse()
+                last = event.id
+            if len(batch) < _BATCH:
+                break
+        while True:
+            with anyio.move_on_after(keepalive) as waited:
+                try:
+                    event = await subscriber.receive.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    return  # shutdown, or too slow: the client reconnects with its last id
+            if waited.cancelled_caught:
+                yield b": keep-alive\n\n"
+                continue
+            if event.id > last:
+                yield event.sse()
+                last = event.id
+    finally:
+        hub.unsubscribe(subscriber)
+
+
+@router.get("/aggregations/latest")
+async def get_latest_aggregation(state: StateDep) -> AggregationEvent:
+    """The newest aggregation the gateway has heard of."""
+    event = await to_thread.run_sync(state.events.log.latest, "aggregation")
+    if event is None:
+        raise NotFoundError("No aggregation has been announced yet.")
+    return _aggregation(event)
+
+
+@router.get("/aggregations")
+async def list_aggregations(
+    state: StateDep,
+    after: Annotated[
+        int | None, Query(ge=0, description="Return aggregation events after this id.")
+    ] = None,
+    wait: Annotated[
+        float, Query(ge=0, description=f"Seconds to wait for one (max {MAX_LONG_POLL_S:g}).")
+    ] = 0,
+) -> list[AggregationEvent]:
+    """Long-poll: aggregation events after `after` at once, or wait up to `wait` s for the next; [] on timeout."""
+    log = state.events.log
+    if after is None:
+        after = (await to_thread.run_sync(log.bounds))[1]
+    deadline = anyio.current_time() + min(wait, MAX_LONG_POLL_S)
+    while True:
+        changed = state.events.changed
+        found: list[Event] = await to_thread.run_sync(log.after, after, ("aggregation",), _BATCH)
+        remaining = deadline - anyio.current_time()
+        if found or remaining <= 0:
+            return [_aggregation(event) for event in found]
+        with anyio.move_on_after(remaining):
+            await changed.wait()
+
+
+def _aggregation(event: Event) -> AggregationEvent:
+    return AggregationEvent(id=event.id, **event.data)

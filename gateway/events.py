@@ -1,0 +1,213 @@
+"""The event log (persisted, monotonic ids, bounded retention) and the fan-out hub for subscribers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+log = logging.getLogger("gateway.events")
+
+EventType = Literal["aggregation", "run_status", "gap"]
+EVENT_TYPES: tuple[EventType, ...] = ("aggregation", "run_status", "gap")
+
+
+def now_iso() -> str:
+    """Current UTC time, RFC 3339 with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One stored event."""
+
+    id: int
+    type: EventType
+    data: dict[str, Any]
+    created: float
+
+    def sse(self) -> bytes:
+        """The event in text/event-stream framing."""
+        return f"id: {self.id}\nevent: {self.type}\ndata: {json.dumps(self.data, separators=(',', ':'))}\n\n".encode()
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    dedup TEXT UNIQUE,
+    created REAL NOT NULL
+);
+"""
+
+
+class EventLog:
+    """Append-only SQLite log; ids never repeat (AUTOINCREMENT), even after trimming or a restart."""
+
+    def __init__(self, path: Path, max_count: int, max_age_s: float) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self.max_count = max_count
+        self.max_age_s = max_age_s
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def append(
+        self, type_: EventType, data: dict[str, Any], dedup: str | None = None
+    ) -> Event | None:
+        """Store an event; None when an event with the same `dedup` key is already stored."""
+        created = time.time()
+        with self._lock, self._db:
+            try:
+                cursor = self._db.execute(
+                    "INSERT INTO events (type, data, dedup, created) VALUES (?, ?, ?, ?)",
+                    (type_, json.dumps(data), dedup, created),
+                )
+            except sqlite3.IntegrityError:
+                return None
+            event_id = int(cursor.lastrowid or 0)
+            self._trim(created)
+        return Event(event_id, type_, data, created)
+
+    def _trim(self, now: float) -> None:
+        self._db.execute("DELETE FROM events WHERE created < ?", (now - self.max_age_s,))
+        self._db.execute(
+            "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (self.max_count,),
+        )
+
+    def after(
+        self, after_id: int, types: Iterable[str] = EVENT_TYPES, limit: int = 1000
+    ) -> list[Event]:
+        """Stored events with id > after_id, oldest first (at most `limit`)."""
+        wanted = tuple(types)
+        marks = ",".join("?" * len(wanted))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id, type, data, created FROM events WHERE id > ? AND type IN ({marks}) "  # noqa: S608 - only '?' marks are interpolated
+                "ORDER BY id LIMIT ?",
+                (after_id, *wanted, limit),
+            ).fetchall()
+        return [Event(int(r[0]), r[1], json.loads(r[2]), float(r[3])) for r in rows]
+
+    def bounds(self) -> tuple[int, int]:
+        """(oldest retained id, newest id ever issued); (0, newest) when the log is empty."""
+        with self._lock:
+            oldest = self._db.execute("SELECT MIN(id) FROM events").fetchone()[0]
+            newest = self._db.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+            ).fetchone()
+        return int(oldest or 0), int(newest[0]) if newest else 0
+
+    def latest(self, type_: EventType) -> Event | None:
+        """The newest stored event of one type."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, type, data, created FROM events WHERE type = ? ORDER BY id DESC LIMIT 1",
+                (type_,),
+            ).fetchone()
+        return Event(int(row[0]), row[1], json.loads(row[2]), float(row[3])) if row else None
+
+    def count(self) -> int:
+        """Events currently retained."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+
+class Subscriber:
+    """One stream's bounded buffer; `lagged` is set when it could not keep up and must reconnect."""
+
+    def __init__(
+        self,
+        send: MemoryObjectSendStream[Event],
+        receive: MemoryObjectReceiveStream[Event],
+        types: frozenset[str],
+    ) -> None:
+        self.send = send
+        self.receive = receive
+        self.types = types
+        self.lagged = False
+
+
+class EventHub:
+    """Fan-out of new events to live subscribers; never blocks on a slow one."""
+
+    def __init__(self, buffer: int = 256) -> None:
+        self.buffer = buffer
+        self.subscribers: set[Subscriber] = set()
+        self.closing = anyio.Event()
+
+    def subscribe(self, types: Iterable[str] = EVENT_TYPES) -> Subscriber:
+        """A new subscriber (call `unsubscribe` when done)."""
+        send, receive = anyio.create_memory_object_stream[Event](self.buffer)
+        subscriber = Subscriber(send, receive, frozenset(types))
+        self.subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        """Forget a subscriber and close its buffer."""
+        self.subscribers.discard(subscriber)
+        subscriber.send.close()
+        subscriber.receive.close()
+
+    def publish(self, event: Event) -> None:
+        """Queue `event` for every interested subscriber; one whose buffer is full is cut off."""
+        for subscriber in list(self.subscribers):
+            if event.type not in subscriber.types:
+                continue
+            try:
+                subscriber.send.send_nowait(event)
+            except anyio.WouldBlock:
+                subscriber.lagged = True
+                self.subscribers.discard(subscriber)
+                subscriber.send.close()
+                log.info(
+                    "an event subscriber fell %d events behind and was disconnected", self.buffer
+                )
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self.subscribers.discard(subscriber)
+
+    def close(self) -> None:
+        """End every stream (shutdown)."""
+        self.closing.set()
+        for subscriber in list(self.subscribers):
+            subscriber.send.close()
+        self.subscribers.clear()
+
+
+class Events:
+    """The log and the hub together: what producers call."""
+
+    def __init__(self, log_: EventLog, hub: EventHub) -> None:
+        self.log = log_
+        self.hub = hub
+        self.changed = anyio.Event()
+
+    async def emit(
+        self, type_: EventType, data: dict[str, Any], dedup: str | None = None
+    ) -> Event | None:
+        """Persist and fan out an event (stored once per dedup key)."""
+        event = await anyio.to_thread.run_sync(self.log.append, type_, data, dedup)
+        if event is not None:
+            self.hub.publish(event)
+            self.changed.set()
+            self.changed = anyio.Event()
+        return event

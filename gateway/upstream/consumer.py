@@ -1,0 +1,248 @@
+"""The upstream notification consumer (v3): ticket -> WebSocket -> events, supervised, never silent."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from gateway.errors import GatewayError
+from gateway.events import Events, now_iso
+from gateway.session import Session
+
+log = logging.getLogger("gateway.consumer")
+
+ChannelState = Literal["starting", "connecting", "connected", "down", "stopped"]
+
+
+@dataclass
+class ChannelStatus:
+    """What /readyz and /metrics report about the notification channel."""
+
+    state: ChannelState = "starting"
+    since: float = 0.0
+    reconnects: int = 0
+    last_error: str | None = None
+    last_message_at: float | None = None
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """Timing of the consumer."""
+
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    healthy_after_s: float = 10.0
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+    open_timeout_s: float = 10.0
+
+
+def ws_url(host: str, ticket_id: str, request_id: str) -> str:
+    """The WebSocket URL the official client builds from the API host (§5.6.1)."""
+    base = host.rstrip("/")
+    if base.startswith("https://"):
+        base = "wss://" + base[len("https://") :]
+    elif base.startswith("http://"):
+        base = "ws://" + base[len("http://") :]
+    else:
+        base = "wss://" + base
+    return f"{base}/api/v1/ws?ticket={ticket_id}&request_id={request_id}"
+
+
+class NotificationConsumer:
+    """Keeps one WebSocket to the upstream open for the current session and turns messages into events."""
+
+    def __init__(
+        self,
+        session: Session,
+        events: Events,
+        verify: bool | ssl.SSLContext,
+        settings: ConsumerSettings | None = None,
+    ) -> None:
+        self.session = session
+        self.events = events
+        self.verify = verify
+        self.settings = settings or ConsumerSettings()
+        self.status = ChannelStatus(since=time.time())
+        self._session_changed = anyio.Event()
+        self._down_since: str | None = None
+        self._restarted = False
+
+    def session_changed(self) -> None:
+        """The leaf session was replaced or ended: drop the connection and start over."""
+        self._session_changed.set()
+        self._session_changed = anyio.Event()
+
+    async def run(self) -> None:
+        """Supervise the channel until cancelled: reconnect with capped, jittered exponential backoff."""
+        attempt = 0
+        self._restarted = await anyio.to_thread.run_sync(self._log_has_events)
+        while True:
+            changed = self._session_changed
+            if self.session.upstream is None:
+                self._set("down", "no leaf session")
+                await changed.wait()
+                continue
+            self._set("connecting")
+            opened_at = time.monotonic()
+            reason = "the upstream closed the channel"
+            async with anyio.create_task_group() as group:
+                group.start_soon(_cancel_on, changed, group.cancel_scope)
+                try:
+                    await self._connect_and_read()
+                except (
+                    OSError,
+                    InvalidHandshake,
+                    InvalidURI,
+                    ConnectionClosed,
+                    TimeoutError,
+                    GatewayError,
+                ) as exc:
+                    reason = _describe(exc)
+                group.cancel_scope.cancel()
+            if changed.is_set():  # a new session: connect again at once, nothing was missed
+                attempt = 0
+                self._down_since = None
+                continue
+            self._set("down", reason)
+            if self._down_since is None:
+                self._down_since = now_iso()
+            healthy = time.monotonic() - opened_at >= self.settings.healthy_after_s
+            attempt = 1 if healthy else attempt + 1
+            self.status.reconnects += 1
+            delay = min(
+                self.settings.backoff_initial_s * 2 ** (attempt - 1), self.settings.backoff_max_s
+            )
+            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+            log.warning("notification channel down (%s); reconnecting in %.1f s", reason, delay)
+            with anyio.move_on_after(delay):
+                await changed.wait()
+
+    async def _connect_and_read(self) -> None:
+        upstream = self.session.require()
+        ticket = await upstream.ticket()
+        url = ws_url(upstream.host, str(ticket["ticket_id"]), str(ticket.get("request_id", "")))
+        ssl_option: ssl.SSLContext | None = None
+        if url.startswith("wss://"):
+            ssl_option = (
+                self.verify if isinstance(self.verify, ssl.SSLContext) else _context(self.verify)
+            )
+        async with connect(
+            url,
+            ssl=ssl_option,
+            open_timeout=self.settings.open_timeout_s,
+            ping_interval=self.settings.ping_interval_s,
+            ping_timeout=self.settings.ping_timeout_s,
+            max_size=1 << 20,
+            proxy=None,
+        ) as connection:
+            self._set("connected")
+            log.info("notification channel connected")
+            info = await self.session.refresh_run()
+            if self._down_since is not None or self._restarted:
+                reason = (
+                    "channel-reconnected" if self._down_since is not None else "gateway-restarted"
+                )
+                await self.events.emit(
+                    "gap", {"reason": reason, "since": self._down_since or now_iso()}
+                )
+                await self.events.emit(
+                    "run_status", {"run_status": info.run_status, "run_number": info.run_number}
+                )
+            self._down_since = None
+            self._restarted = False
+            await self._read(connection)
+
+    async def _read(self, connection: ClientConnection) -> None:
+        async for raw in connection:
+            self.status.last_message_at = time.time()
+            try:
+                message = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                log.warning("skipped a notification that is not JSON")
+                continue
+            if not isinstance(message, dict):
+                log.warning("skipped a notification that is not a JSON object")
+                continue
+            await self._handle(message)
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        kind = message.get("message_type")
+        body = message.get("body")
+        if not isinstance(body, dict):
+            log.warning("skipped a %s notification without a body object", kind)
+            return
+        if kind == "aggregation_status":
+            aggregation_id = body.get("aggregation_id")
+            if not isinstance(aggregation_id, str) or not aggregation_id:
+                log.warning("skipped an aggregation notification without an id")
+                return
+            run = self.session.run
+            data = {
+                "aggregation_id": aggregation_id,
+                "run_number": run.run_number if run else None,
+                "received_at": now_iso(),
+            }
+            await self.events.emit("aggregation", data, dedup=f"aggregation:{aggregation_id}")
+        elif kind == "run_status":
+            status = body.get("run_status")
+            if not isinstance(status, str) or not status:
+                log.warning("skipped a run_status notification without a status")
+                return
+            previous = self.session.run
+            self.session.notify_run_status(status)
+            if status == "start":
+                try:
+                    await self.session.refresh_run()
+                except GatewayError as exc:
+                    log.warning(
+                        "run status refresh failed after a start notification: %s", exc.detail
+                    )
+            run = self.session.run
+            if previous is None or (previous.run_status, previous.run_number) != (
+                run.run_status if run else status,
+                run.run_number if run else None,
+            ):
+                await self.events.emit(
+                    "run_status",
+                    {"run_status": status, "run_number": run.run_number if run else None},
+                )
+        else:
+            log.warning("skipped a notification of unknown type %r", kind)
+
+    def _set(self, state: ChannelState, error: str | None = None) -> None:
+        if state != self.status.state:
+            self.status.state = state
+            self.status.since = time.time()
+        if error is not None:
+            self.status.last_error = error
+
+    def _log_has_events(self) -> bool:
+        return self.events.log.bounds()[1] > 0
+
+
+async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+def _context(verify: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _describe(exc: BaseException) -> str:
+    detail = getattr(exc, "detail", None)
+    return str(detail) if detail else f"{type(exc).__name__}: {exc}"
