@@ -122,6 +122,9 @@ class _FileSink:
 _Op = tuple[_FileSink, memoryview | None]
 
 
+_FLUSH_BYTES = 1 << 20
+
+
 def _apply(ops: Iterable[_Op]) -> None:
     for sink, data in ops:
         if data is None:
@@ -347,13 +350,19 @@ async def read_multipart(
     try:
         try:
             async with contextlib.aclosing(request.stream()) as stream:
+                pending = 0
                 async for chunk in stream:
                     reader.feed(chunk)
-                    if reader.ops:
-                        ops, reader.ops = reader.ops, []
+                    pending += len(chunk)
+                    # One worker-thread call per ~1 MiB, not per network chunk: far fewer thread hops.
+                    if reader.ops and (pending >= _FLUSH_BYTES or reader.ended):
+                        ops, reader.ops, pending = reader.ops, [], 0
                         await anyio.to_thread.run_sync(_apply, ops)
                     if reader.ended:
                         break
+                if reader.ops:
+                    ops, reader.ops = reader.ops, []
+                    await anyio.to_thread.run_sync(_apply, ops)
         except ClientDisconnect:
             raise MultipartError(
                 400, "The client disconnected before the form was complete; retry the upload."

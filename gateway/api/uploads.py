@@ -29,6 +29,7 @@ from gateway.weights import Payload, layers_to_npz, to_npz, with_weighting
 
 router = APIRouter()
 
+_FLUSH_BYTES = 1 << 20
 _LAYER_PART = re.compile(r"layer_(0|[1-9][0-9]*)", re.ASCII)
 
 
@@ -213,6 +214,8 @@ async def _read_raw(request: Request, scratch: _Scratch, limit: int) -> _Receive
     digest = hashlib.sha256()
     size = 0
     stream = await to_thread.run_sync(path.open, "wb")
+    pending: list[bytes] = []
+    pending_size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
@@ -220,7 +223,12 @@ async def _read_raw(request: Request, scratch: _Scratch, limit: int) -> _Receive
                 raise PayloadTooLargeError(
                     f"The upload is over GATEWAY_MAX_UPLOAD_BYTES ({limit} bytes)."
                 )
-            await to_thread.run_sync(_write, stream, digest, chunk)
+            pending.append(chunk)
+            pending_size += len(chunk)
+            if pending_size >= _FLUSH_BYTES:  # one worker-thread hop per ~1 MiB
+                await to_thread.run_sync(_write, stream, digest, pending)
+                pending, pending_size = [], 0
+        await to_thread.run_sync(_write, stream, digest, pending)
     except ClientDisconnect:
         raise BadRequestError("The client disconnected before the upload was complete.") from None
     finally:
@@ -230,9 +238,10 @@ async def _read_raw(request: Request, scratch: _Scratch, limit: int) -> _Receive
     return _Received(path, size, digest.digest(), "weights.npz")
 
 
-def _write(stream: Any, digest: Any, chunk: bytes) -> None:
-    stream.write(chunk)
-    digest.update(chunk)
+def _write(stream: Any, digest: Any, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        stream.write(chunk)
+        digest.update(chunk)
 
 
 def _sha256(path: Path) -> bytes:

@@ -154,16 +154,25 @@ def _average_chunks(
     step = max(1, _CHUNK_BYTES // itemsize)
     streams = [_Exact(archive.iter_data(member, step * itemsize)) for archive, member in layer]
     left = layer[0][1].header.count
+    # Buffers allocated once per layer and reused for every chunk.
+    acc_buffer = np.empty(min(step, left), dtype=acc_dtype)
+    scratch_buffer = np.empty_like(acc_buffer)
+    out_buffer = np.empty(min(step, left), dtype=out_dtype)
     while left > 0:
         count = min(step, left)
-        acc = np.zeros(count, dtype=acc_dtype)
-        scratch = np.empty(count, dtype=acc_dtype)
-        for stream, (_, member), weight in zip(streams, layer, weights, strict=True):
+        acc, scratch, out = acc_buffer[:count], scratch_buffer[:count], out_buffer[:count]
+        for index, (stream, (_, member), weight) in enumerate(
+            zip(streams, layer, weights, strict=True)
+        ):
             values = np.frombuffer(stream.read(count * itemsize), dtype=member.header.dtype)
-            np.multiply(values, weight, out=scratch, casting="unsafe")
-            acc += scratch
+            np.multiply(values, weight, out=acc if index == 0 else scratch, casting="unsafe")
+            if index:
+                acc += scratch
         acc /= total
-        yield _finish(acc, out_dtype).tobytes()
+        if out_dtype.kind in "biu":
+            np.rint(acc, out=acc)
+        np.copyto(out, acc, casting="unsafe")
+        yield out.tobytes()
         left -= count
     for stream in streams:
         stream.finish()
