@@ -165,7 +165,8 @@ def _average_chunks(
             zip(streams, layer, weights, strict=True)
         ):
             values = np.frombuffer(stream.read(count * itemsize), dtype=member.header.dtype)
-            np.multiply(values, weight, out=acc if index == 0 else scratch, casting="unsafe")
+            target = acc if index == 0 else scratch
+            np.multiply(values, weight, out=target, dtype=acc_dtype, casting="unsafe")
             if index:
                 acc += scratch
         acc /= total

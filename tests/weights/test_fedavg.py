@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +180,27 @@ def test_corrupt_input_fails_without_output(tmp_path: Path) -> None:
     assert caught.value.code == "crc-mismatch"
     assert not (tmp_path / "avg.npz").exists()
     assert not list(tmp_path.glob(".avg.npz.*"))
+
+
+def test_products_are_computed_in_float64() -> None:
+    """Weighted products are formed in the float64 accumulator, not in the layer's own precision."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        big = np.array([1000.0, -1000.0], dtype=np.float16)  # 1000 x 100 overflows float16
+        a = sdk_weights(d / "a.npz", 100, [big])
+        b = sdk_weights(d / "b.npz", 100, [big])
+        fedavg([a, b], d / "avg.npz")
+        assert averaged(d / "avg.npz")[0].tolist() == [1000.0, -1000.0]
+        rng = np.random.default_rng(20250131)
+        layers = [rng.standard_normal((32, 16)).astype(np.float32) for _ in range(3)]
+        weights = [3.0, 11.0, 26.0]
+        paths = [
+            sdk_weights(d / f"{k}.npz", w, [x])
+            for k, (w, x) in enumerate(zip(weights, layers, strict=True))
+        ]
+        fedavg(paths, d / "exact.npz")
+        exact = np.zeros((32, 16))
+        for w, x in zip(weights, layers, strict=True):
+            exact += w * x.astype(np.float64)
+        exact /= sum(weights)
+        np.testing.assert_array_equal(averaged(d / "exact.npz")[0], exact.astype(np.float32))
