@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -11,6 +12,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.multipart import MultipartError
 from gateway.weights import WeightsError
+
+log = logging.getLogger("gateway")
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "/problems/"
@@ -179,6 +182,18 @@ def add_exception_handlers(app: FastAPI) -> None:
             }
         )
 
+    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error", exc_info=exc)
+        return problem(
+            {
+                "type": PROBLEM_BASE + "internal",
+                "title": "Internal gateway error",
+                "status": 500,
+                "detail": "The gateway failed unexpectedly; the error is in its log. Retry the request.",
+            }
+        )
+
+    app.add_exception_handler(Exception, unexpected_error)
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(WeightsError, weights_error)
     app.add_exception_handler(MultipartError, multipart_error)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,6 +14,7 @@ import anyio
 from anyio import to_thread
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 
 from gateway.dependencies import GatewayState, StateDep
 from gateway.errors import BadRequestError
@@ -71,33 +74,56 @@ async def stream_aggregation(
 ) -> FileResponse:
     """The aggregated model: `layer_0 ..` as an NPZ of plain arrays, or (`?format=npy`) the v1 object array."""
     check_id(aggregation_id)
-    path = await _cached(state, aggregation_id, fmt)
-    digest = await to_thread.run_sync(_digest_of, path)
+    served, digest = await _cached(state, aggregation_id, fmt)
     return FileResponse(
-        path,
+        served,
         media_type="application/octet-stream",
         filename=f"{aggregation_id}.{fmt.value}",
         headers={"ETag": f'"{digest}"', "Cache-Control": "private, max-age=31536000, immutable"},
+        background=BackgroundTask(to_thread.run_sync, lambda: served.unlink(missing_ok=True)),
     )
 
 
-async def _cached(state: GatewayState, aggregation_id: str, fmt: Format) -> Path:
-    """The cached file for (id, format), fetched and converted at most once at a time."""
+async def _cached(state: GatewayState, aggregation_id: str, fmt: Format) -> tuple[Path, str]:
+    """A private hard link to the cached file for (id, format), and its sha256.
+
+    One lock per aggregation id: both formats of one id are produced one at a time, and eviction
+    never removes an id whose lock is held. The link keeps a response readable even if the cache
+    entry is evicted while it is being sent.
+    """
     cache = state.cache_dir
     target = cache / f"{aggregation_id}.{fmt.value}"
-    lock = state.fetch_locks.setdefault(f"{aggregation_id}.{fmt.value}", anyio.Lock())
+    lock = state.fetch_locks.setdefault(aggregation_id, anyio.Lock())
     async with lock:
-        if await to_thread.run_sync(target.exists):
-            return target
-        plain = cache / f"{aggregation_id}.npz"
-        if not await to_thread.run_sync(plain.exists):
-            await _fetch(state, aggregation_id, plain)
-        if fmt is Format.npy:
-            limits = state.settings.weights.policy().limits
-            await to_thread.run_sync(aggregate_to_object_npy, plain, target, limits)
-            await to_thread.run_sync(_write_digest, target)
-        await to_thread.run_sync(_evict, cache, state.settings.gateway_cache_keep)
-    return target
+        if not await to_thread.run_sync(target.exists):
+            plain = cache / f"{aggregation_id}.npz"
+            if not await to_thread.run_sync(plain.exists):
+                await _fetch(state, aggregation_id, plain)
+            if fmt is Format.npy:
+                limits = state.settings.weights.policy().limits
+                await _publish(
+                    cache, target, lambda tmp: aggregate_to_object_npy(plain, tmp, limits)
+                )
+        digest = await to_thread.run_sync(_digest_of, target)
+        served = state.tmp_dir / f".serve-{secrets.token_hex(8)}"
+        await to_thread.run_sync(os.link, target, served)
+    await _evict(state, state.settings.gateway_cache_keep)
+    return served, digest
+
+
+async def _publish(cache: Path, target: Path, produce: Callable[[Path], object]) -> None:
+    """Produce a cache file under a private name, record its digest, then make it visible."""
+    tmp = cache / f".{target.name}.{secrets.token_hex(8)}"
+
+    def build() -> None:
+        try:
+            produce(tmp)
+            _write_digest(tmp, target)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    await to_thread.run_sync(build)
 
 
 async def _fetch(state: GatewayState, aggregation_id: str, plain: Path) -> None:
@@ -113,30 +139,47 @@ async def _fetch(state: GatewayState, aggregation_id: str, plain: Path) -> None:
             finally:
                 await to_thread.run_sync(stream.close)
         limits = state.settings.weights.policy().limits
-        await to_thread.run_sync(normalize_aggregate, raw, plain, limits)
-        await to_thread.run_sync(_write_digest, plain)
+        await _publish(state.cache_dir, plain, lambda tmp: normalize_aggregate(raw, tmp, limits))
     finally:
         await to_thread.run_sync(lambda: raw.unlink(missing_ok=True))
 
 
-def _write_digest(path: Path) -> None:
+def _write_digest(source: Path, target: Path) -> None:
+    """`<target>.sha256` holding the sha256 of `source` (written before `target` appears)."""
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
+    with source.open("rb") as stream:
         while chunk := stream.read(1 << 20):
             digest.update(chunk)
-    path.with_name(path.name + ".sha256").write_text(digest.hexdigest())
+    target.with_name(target.name + ".sha256").write_text(digest.hexdigest())
 
 
 def _digest_of(path: Path) -> str:
     return path.with_name(path.name + ".sha256").read_text().strip()
 
 
-def _evict(cache: Path, keep: int) -> None:
-    """Keep the `keep` most recent aggregations (all their formats)."""
+async def _evict(state: GatewayState, keep: int) -> None:
+    """Keep the `keep` most recent aggregations (all formats); each removal holds that id's lock."""
+    for stale in await to_thread.run_sync(_stale_ids, state.cache_dir, keep):
+        lock = state.fetch_locks.setdefault(stale, anyio.Lock())
+        if lock.locked():
+            continue  # being produced or served right now: next time
+        async with lock:
+            await to_thread.run_sync(_remove_id, state.cache_dir, stale)
+        if not lock.locked() and state.fetch_locks.get(stale) is lock:
+            del state.fetch_locks[stale]
+
+
+def _stale_ids(cache: Path, keep: int) -> list[str]:
     ids: dict[str, float] = {}
     for entry in cache.iterdir():
-        if entry.suffix in (".npz", ".npy"):
-            ids[entry.stem] = max(ids.get(entry.stem, 0.0), entry.stat().st_mtime)
-    for stale in sorted(ids, key=ids.__getitem__)[:-keep]:
-        for suffix in (".npz", ".npy", ".npz.sha256", ".npy.sha256"):
-            (cache / f"{stale}{suffix}").unlink(missing_ok=True)
+        if entry.suffix in (".npz", ".npy") and not entry.name.startswith("."):
+            try:
+                ids[entry.stem] = max(ids.get(entry.stem, 0.0), entry.stat().st_mtime)
+            except FileNotFoundError:
+                continue
+    return sorted(ids, key=ids.__getitem__)[:-keep]
+
+
+def _remove_id(cache: Path, aggregation_id: str) -> None:
+    for suffix in (".npz", ".npy", ".npz.sha256", ".npy.sha256"):
+        (cache / f"{aggregation_id}{suffix}").unlink(missing_ok=True)

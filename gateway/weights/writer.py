@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -75,7 +76,7 @@ class NpzWriter:
 @contextlib.contextmanager
 def atomic_path(dst: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `dst`; it replaces `dst` only if the block succeeds."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(6)}.partial")
     try:
         yield tmp
         os.replace(tmp, dst)
