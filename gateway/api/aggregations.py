@@ -23,6 +23,7 @@ from gateway.weights import aggregate_to_object_npy, normalize_aggregate
 router = APIRouter()
 
 _MAX_ID = 200
+_FLUSH_BYTES = 1 << 20
 
 
 class Format(StrEnum):
@@ -134,8 +135,15 @@ async def _fetch(state: GatewayState, aggregation_id: str, plain: Path) -> None:
         async with upstream.blob(url) as response:
             stream = await to_thread.run_sync(raw.open, "wb")
             try:
+                pending: list[bytes] = []
+                size = 0
                 async for chunk in response.aiter_bytes():
-                    await to_thread.run_sync(stream.write, chunk)
+                    pending.append(chunk)
+                    size += len(chunk)
+                    if size >= _FLUSH_BYTES:  # one worker-thread hop per ~1 MiB
+                        await to_thread.run_sync(stream.writelines, pending)
+                        pending, size = [], 0
+                await to_thread.run_sync(stream.writelines, pending)
             finally:
                 await to_thread.run_sync(stream.close)
         limits = state.settings.weights.policy().limits

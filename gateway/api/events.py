@@ -147,8 +147,18 @@ async def list_aggregations(
         remaining = deadline - anyio.current_time()
         if found or remaining <= 0:
             return [_aggregation(event) for event in found]
+        closing = state.events.hub.closing
+        if closing.is_set():
+            return []  # shutting down: answer now rather than hold the server open
         with anyio.move_on_after(remaining):
-            await changed.wait()
+            async with anyio.create_task_group() as group:
+                group.start_soon(_cancel_when_set, changed, group.cancel_scope)
+                group.start_soon(_cancel_when_set, closing, group.cancel_scope)
+
+
+async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 def _aggregation(event: Event) -> AggregationEvent:

@@ -76,6 +76,7 @@ class NotificationConsumer:
         self._session_changed = anyio.Event()
         self._down_since: str | None = None
         self._restarted = False
+        self._announced: tuple[str, Any] | None = None
 
     def session_changed(self) -> None:
         """The leaf session was replaced or ended: drop the connection and start over."""
@@ -155,9 +156,10 @@ class NotificationConsumer:
                 await self.events.emit(
                     "gap", {"reason": reason, "since": self._down_since or now_iso()}
                 )
-                await self.events.emit(
-                    "run_status", {"run_status": info.run_status, "run_number": info.run_number}
-                )
+                self._announced = None  # after a gap, say where the run stands now
+                await self._announce_run(info.run_status, info.run_number)
+            else:
+                self._announced = (info.run_status, info.run_number)  # the baseline, not news
             self._down_since = None
             self._restarted = False
             await self._read(connection)
@@ -198,7 +200,6 @@ class NotificationConsumer:
             if not isinstance(status, str) or not status:
                 log.warning("skipped a run_status notification without a status")
                 return
-            previous = self.session.run
             self.session.notify_run_status(status)
             if status == "start":
                 try:
@@ -207,17 +208,19 @@ class NotificationConsumer:
                     log.warning(
                         "run status refresh failed after a start notification: %s", exc.detail
                     )
+            # Announce what the run is now (a start may already be followed by a stop), once.
             run = self.session.run
-            if previous is None or (previous.run_status, previous.run_number) != (
-                run.run_status if run else status,
-                run.run_number if run else None,
-            ):
-                await self.events.emit(
-                    "run_status",
-                    {"run_status": status, "run_number": run.run_number if run else None},
-                )
+            await self._announce_run(
+                run.run_status if run else status, run.run_number if run else None
+            )
         else:
             log.warning("skipped a notification of unknown type %r", kind)
+
+    async def _announce_run(self, status: str, number: Any) -> None:
+        if self._announced == (status, number):
+            return
+        self._announced = (status, number)
+        await self.events.emit("run_status", {"run_status": status, "run_number": number})
 
     def _set(self, state: ChannelState, error: str | None = None) -> None:
         if state != self.status.state:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import shutil
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -255,6 +257,11 @@ def normalize_aggregate(src: Path, dst: Path, limits: Limits | None = None) -> P
     limits = limits or Limits()
     lenient = ValidationPolicy.lenient(limits)
     fmt = detect_format(src, limits)
+    if fmt == "npz" and _already_plain(src, limits):
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)  # already the target layout: a plain copy, no re-encoding
+            payload = inspect_aggregate(tmp, lenient)
+        return payload
     with atomic_path(dst) as tmp:
         with NpzWriter(tmp, compress=False) as writer:
             if fmt == "npy-object":
@@ -269,6 +276,19 @@ def normalize_aggregate(src: Path, dst: Path, limits: Limits | None = None) -> P
                 inspect_payload(src, lenient)  # raises the precise error
         payload = inspect_aggregate(tmp, lenient)
     return payload
+
+
+def _already_plain(src: Path, limits: Limits) -> bool:
+    """Stored `layer_0 .. layer_{n-1}` in order, little-endian, C order, nothing else."""
+    with Archive(src, limits) as archive:
+        members = archive.members
+        return bool(members) and all(
+            member.key == layer_key(index)
+            and member.info.compress_type == zipfile.ZIP_STORED
+            and member.header.dtype.byteorder != ">"
+            and not member.header.fortran_order
+            for index, member in enumerate(members)
+        )
 
 
 def _normalize_npz(src: Path, writer: NpzWriter, limits: Limits) -> None:
