@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import json
 import logging
@@ -17,7 +18,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway import __version__
+from gateway import __version__, observability
 from gateway.api import aggregations, events, session, uploads
 from gateway.dependencies import GatewayState
 from gateway.embedded import EmbeddedAggregator
@@ -76,7 +77,7 @@ class RequireToken:
         await send({"type": "http.response.body", "body": body})
 
 
-def _client(settings: Settings) -> httpx.AsyncClient:
+def _client(settings: Settings, metrics: observability.Metrics) -> httpx.AsyncClient:
     timeout = httpx.Timeout(
         connect=settings.bk_connect_timeout_s,
         read=settings.bk_read_timeout_s,
@@ -89,13 +90,14 @@ def _client(settings: Settings) -> httpx.AsyncClient:
             f"{scheme}://": httpx.AsyncHTTPTransport(proxy=url, verify=settings.ssl_verify())
             for scheme, url in settings.bk_proxies.items()
         }
-    return httpx.AsyncClient(
-        timeout=timeout, verify=settings.ssl_verify(), mounts=mounts, trust_env=True
+    return observability.MeasuredClient(
+        metrics, timeout=timeout, verify=settings.ssl_verify(), mounts=mounts, trust_env=True
     )
 
 
 def create_app(settings: Settings) -> FastAPI:
     """The gateway for `settings`."""
+    metrics = observability.Metrics.create(lambda: getattr(app.state, "gateway", None))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -114,7 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
             credentials = credentials or embedded.credentials()
             log.warning("offline: no BK_HOST set, using the embedded local aggregator at %s", host)
         retry = RetryPolicy(max_retries=settings.bk_max_retries)
-        async with _client(settings) as client:
+        async with _client(settings, metrics) as client:
             session_ = Session(
                 client, host, retry, settings.bk_run_check_interval_s, offline=embedded is not None
             )
@@ -157,13 +159,20 @@ def create_app(settings: Settings) -> FastAPI:
             )
             loop = asyncio.get_running_loop()
             app.state.stop_streams = lambda: loop.call_soon_threadsafe(hub.close)
+            forget_token = observability.register_secret_source(  # log lines never show it
+                lambda: session_.credentials.session_token if session_.credentials else None
+            )
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(consumer.run)
+                    # Start-up objects live for the whole process: keep them out of every full
+                    # collection, whose pauses would otherwise delay event fan-out.
+                    gc.freeze()
                     yield
                     hub.close()
                     group.cancel_scope.cancel()
             finally:
+                forget_token()
                 event_log.close()
                 if embedded is not None:
                     await to_thread.run_sync(embedded.stop)
@@ -178,6 +187,9 @@ def create_app(settings: Settings) -> FastAPI:
     token = settings.gateway_token.get_secret_value() if settings.gateway_token else None
     app.add_middleware(RequireToken, token=token)
     add_exception_handlers(app)
+    observability.count_problems(app, metrics)  # after every handler is registered
+    app.state.metrics = metrics
+    app.include_router(observability.router)
     app.include_router(session.router)
     app.include_router(uploads.router)
     app.include_router(events.router)  # before aggregations: /aggregations/latest is not an id
