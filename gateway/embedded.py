@@ -40,7 +40,6 @@ class EmbeddedAggregator:
             host="127.0.0.1",
             port=0,
             log_config=None,  # leave the gateway's own logging configuration alone
-            access_log=False,
             timeout_graceful_shutdown=5,
             **uvicorn_ws_options(),
         )

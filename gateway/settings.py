@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     )
     bk_ws_backoff_max_s: float = Field(60.0, gt=0, description="Longest wait between reconnects.")
     gateway_wait_timeout_s: float = Field(600.0, gt=0, description="Longest `wait=true` upload.")
+    gateway_log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or one JSON object per line."
+    )
     weights: WeightsSettings = Field(default_factory=WeightsSettings)
 
     @field_validator("bk_host")

@@ -18,6 +18,7 @@ from starlette.background import BackgroundTask
 
 from gateway.dependencies import GatewayState, StateDep
 from gateway.errors import BadRequestError
+from gateway.observability import MeteredFileResponse, MetricsDep
 from gateway.weights import aggregate_to_object_npy, normalize_aggregate
 
 router = APIRouter()
@@ -68,6 +69,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 async def stream_aggregation(
     aggregation_id: str,
     state: StateDep,
+    metrics: MetricsDep,
     fmt: Annotated[
         Format,
         Query(alias="format", description="npz: plain layer_0.. arrays; npy: the v1 object array."),
@@ -76,12 +78,13 @@ async def stream_aggregation(
     """The aggregated model: `layer_0 ..` as an NPZ of plain arrays, or (`?format=npy`) the v1 object array."""
     check_id(aggregation_id)
     served, digest = await _cached(state, aggregation_id, fmt)
-    return FileResponse(
+    return MeteredFileResponse(
         served,
         media_type="application/octet-stream",
         filename=f"{aggregation_id}.{fmt.value}",
         headers={"ETag": f'"{digest}"', "Cache-Control": "private, max-age=31536000, immutable"},
         background=BackgroundTask(to_thread.run_sync, lambda: served.unlink(missing_ok=True)),
+        on_sent=metrics.record_download,
     )
 
 

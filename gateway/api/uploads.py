@@ -25,6 +25,7 @@ from gateway.errors import (
     UnsupportedMediaTypeError,
 )
 from gateway.multipart import FormData, MultipartLimits, read_multipart
+from gateway.observability import MetricsDep
 from gateway.weights import Payload, layers_to_npz, to_npz, with_weighting
 
 router = APIRouter()
@@ -97,6 +98,7 @@ class _Received:
 async def create_upload(
     request: Request,
     state: StateDep,
+    metrics: MetricsDep,
     wait: Annotated[
         bool | None, Query(description="Wait for the run to start (default BK_WAIT_FOR_RUN).")
     ] = None,
@@ -156,6 +158,7 @@ async def create_upload(
         file_id = await upstream.upload(
             final, size, base64.b64encode(digest).decode(), payload.kind, _npz_name(filename)
         )
+        metrics.record_upload(size)
     finally:
         await to_thread.run_sync(scratch.cleanup)
     return _result(file_id, digest, size, payload)
