@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from dataclasses import asdict
 from enum import StrEnum
@@ -12,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gateway.cli_client import register as register_client_commands  # client commands
 from gateway.settings import WeightsSettings
 from gateway.weights import (
     ValidationPolicy,
@@ -32,6 +32,13 @@ class Target(StrEnum):
     npz = "npz"
     npy = "npy"
     plain = "plain"
+
+
+class LogFormat(StrEnum):
+    """Log line formats (GATEWAY_LOG_FORMAT)."""
+
+    text = "text"
+    json = "json"
 
 
 def _policy(deep: bool, lenient: bool) -> ValidationPolicy:
@@ -121,6 +128,7 @@ def serve(
     from pydantic import ValidationError
 
     from gateway.app import create_app
+    from gateway.observability import configure_logging, register_secret
     from gateway.settings import Settings
 
     try:
@@ -130,8 +138,9 @@ def serve(
             name = "_".join(str(part) for part in problem["loc"]).upper() or "settings"
             typer.echo(f"{name}: {problem['msg']}", err=True)
         raise typer.Exit(code=2) from None
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(settings.gateway_log_format)
+    for secret in (settings.gateway_token, settings.bk_session_token):
+        register_secret(secret.get_secret_value() if secret else None)
     bind_host = host or settings.gateway_host
     bind_port = settings.gateway_port if port is None else port
     gateway = create_app(settings)
@@ -144,7 +153,12 @@ def serve(
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(
-        gateway, host=bind_host, port=bind_port, timeout_graceful_shutdown=10, log_level="info"
+        gateway,
+        host=bind_host,
+        port=bind_port,
+        timeout_graceful_shutdown=10,
+        log_level="info",
+        log_config=None,  # keep configure_logging's handler: JSON or text, secrets redacted
     )
     _Server(config).run()
 
@@ -196,6 +210,9 @@ def aggregator(
     admin_token: Annotated[
         str | None, typer.Option(envvar="BK_AGGREGATOR_ADMIN_TOKEN", help="Bearer token of /admin.")
     ] = None,
+    log_format: Annotated[
+        LogFormat, typer.Option(envvar="GATEWAY_LOG_FORMAT", help="Log lines: text or json.")
+    ] = LogFormat.text,
 ) -> None:
     """Run the local BranchKey-compatible aggregator (protocol v3)."""
     import uvicorn
@@ -204,6 +221,7 @@ def aggregator(
     from gateway.aggregator.leaves import LeavesFileError
     from gateway.aggregator.notify import uvicorn_ws_options
     from gateway.aggregator.settings import AggregatorSettings
+    from gateway.observability import configure_logging, register_secret
 
     settings = AggregatorSettings(
         host=host,
@@ -214,11 +232,13 @@ def aggregator(
         min_leaves=min_leaves,
         admin_token=admin_token,
     )
+    configure_logging(log_format)
     try:
         server = create_aggregator_app(settings)
     except LeavesFileError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(code=2) from None
+    register_secret(server.state.admin_token)
     leaves_path = leaves_file or data_dir / "leaves.json"
     typer.echo(f"BranchKey-compatible aggregator on http://{host}:{port} (data in {data_dir})")
     typer.echo(f"leaf credentials: {leaves_path}")
@@ -229,8 +249,14 @@ def aggregator(
         host=host,
         port=port,
         timeout_graceful_shutdown=10,
+        log_config=None,  # keep configure_logging's handler: tickets in WebSocket URLs are redacted
         **uvicorn_ws_options(settings.ping_interval_s, settings.ping_timeout_s),
     )
+
+
+# --- client commands (gateway/cli_client.py): upload, download, watch, status ---
+register_client_commands(app)
+# --- end of client commands ---
 
 
 def main() -> None:

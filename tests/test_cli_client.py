@@ -1,0 +1,487 @@
+"""The client commands (`upload`, `download`, `watch`, `status`) against a live gateway and aggregator."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from gateway.upstream.consumer import ChannelStatus
+from tests.aggregator.conftest import ADMIN, Running, start
+from tests.gateway.conftest import gateway_settings, write_credentials
+from tests.gateway.util import admin_get
+from tests.weights.util import sdk_weights
+
+CLI_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` every 20 ms; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def serve_on(app: Any, port: int) -> Iterator[str]:
+    """Run `app` under uvicorn on 127.0.0.1:`port` in a thread (a restarted server keeps its URL)."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    wait_until(lambda: server.started or not thread.is_alive(), 20, "the server started")
+    assert server.started, f"the server did not start on port {port}"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        app.state.stop_streams()  # open SSE streams end now, as the gateway's own server does
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@dataclass
+class Gateway:
+    """A live gateway for leaf 0 of the aggregator."""
+
+    url: str
+    settings: Settings
+
+
+@contextlib.contextmanager
+def run_gateway(upstream: Running, folder: Path, port: int, **overrides: Any) -> Iterator[Gateway]:
+    """A gateway for leaf 0 with its data in `folder`; ready once its channel has heard the upstream."""
+    credentials = write_credentials(folder.parent / "leaf0.json", upstream.leaves[0])
+    settings = gateway_settings(
+        folder, bk_host=upstream.url, bk_credentials_file=credentials, **overrides
+    )
+    app = create_app(settings)
+    with serve_on(app, port) as url:
+
+        def heard_upstream() -> bool:
+            status: ChannelStatus = app.state.gateway.consumer.status
+            last = status.last_message_at
+            return status.state == "connected" and last is not None and last >= status.since
+
+        wait_until(heard_upstream, 20, "the gateway's notification channel connected")
+        yield Gateway(url=url, settings=settings)
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[Running]:
+    """A local aggregator whose rounds close with one leaf: every upload yields an aggregation."""
+    with start(tmp_path / "agg", min_leaves=1) as running:
+        yield running
+
+
+@pytest.fixture
+def gateway(upstream: Running, tmp_path: Path) -> Iterator[Gateway]:
+    """A gateway for leaf 0 on a free port."""
+    with run_gateway(upstream, tmp_path / "gw", free_port()) as running:
+        yield running
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    """An HTTP client for checks made beside the CLI."""
+    with httpx.Client(timeout=30) as http:
+        yield http
+
+
+def cli_env(url: str, token: str | None = None) -> dict[str, str]:
+    """The environment of a CLI run: GATEWAY_URL set, GATEWAY_TOKEN only when given, wide help."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GATEWAY_TOKEN", "GATEWAY_URL")}
+    env.update(GATEWAY_URL=url, COLUMNS="160", NO_COLOR="1")
+    if token is not None:
+        env["GATEWAY_TOKEN"] = token
+    return env
+
+
+def cli(
+    *args: str | Path, url: str, cwd: Path, token: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m gateway <args>` as a user does, with GATEWAY_URL=`url`."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=cli_env(url, token),
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+
+
+def weights(folder: Path, value: float, weighting: float = 4.0) -> Path:
+    """A small SDK-layout NPZ whose layer is filled with `value` (so uploads differ)."""
+    name = f"w{value:g}.npz"
+    return sdk_weights(folder / name, weighting, [np.full((2, 3), value, dtype=np.float32)])
+
+
+def upload(gateway: Gateway, path: Path) -> str:
+    """Upload through the CLI; the file id it printed."""
+    result = cli("upload", path, url=gateway.url, cwd=path.parent)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def aggregations(
+    client: httpx.Client, url: str, count: int, after: int = 0
+) -> list[dict[str, Any]]:
+    """The gateway's aggregation events after `after`, once there are `count` of them."""
+    found: list[dict[str, Any]] = []
+
+    def enough() -> bool:
+        answer = client.get(f"{url}/aggregations", params={"after": after})
+        assert answer.status_code == 200, answer.text
+        found[:] = answer.json()
+        return len(found) >= count
+
+    wait_until(enough, 30, f"{count} aggregation(s) reached the gateway")
+    return found
+
+
+class Watcher:
+    """`python -m gateway watch ...` running in the background; its output read line by line."""
+
+    def __init__(self, *args: str, url: str, cwd: Path, program: list[str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, *(program or ["-m", "gateway"]), "watch", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=cwd,
+            env=cli_env(url),
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        assert self.process.stdout is not None
+        assert self.process.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.process.stdout, self.stdout)),
+            threading.Thread(target=self._read, args=(self.process.stderr, self.stderr)),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: Any, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+
+    def wait_for_stderr(self, text: str, occurrences: int = 1) -> None:
+        """Until `text` has appeared in that many stderr lines."""
+        wait_until(
+            lambda: sum(text in line for line in self.stderr) >= occurrences,
+            20,
+            f"watch said {text!r} ({self.stderr})",
+        )
+
+    def wait_for_lines(self, count: int) -> None:
+        """Until `count` lines are on stdout."""
+        wait_until(lambda: len(self.stdout) >= count, 20, f"{count} line(s) from watch")
+
+    def finish(self, timeout: float = 30) -> int:
+        """Wait for the process to exit by itself; its exit code."""
+        code = self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        """Stop it if it still runs (and let it run again if it was stopped)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+        self.finish()
+        assert self.process.stdout is not None
+        assert self.process.stderr is not None
+        self.process.stdout.close()
+        self.process.stderr.close()
+
+
+@contextlib.contextmanager
+def watching(
+    *args: str, url: str, cwd: Path, program: list[str] | None = None
+) -> Iterator[Watcher]:
+    """A background `watch`, killed at the end if it has not exited."""
+    watcher = Watcher(*args, url=url, cwd=cwd, program=program)
+    try:
+        yield watcher
+    finally:
+        watcher.kill()
+
+
+def parse(line: str) -> tuple[int, str, dict[str, Any]]:
+    """`<id> <event> <compact json>` -> its parts."""
+    event_id, event, data = line.split(" ", 2)
+    assert data == json.dumps(json.loads(data), separators=(",", ":"))
+    parsed: dict[str, Any] = json.loads(data)
+    return int(event_id), event, parsed
+
+
+def test_upload_prints_the_file_id_the_aggregator_received(
+    gateway: Gateway, upstream: Running, client: httpx.Client, tmp_path: Path
+) -> None:
+    """`upload` prints the file id, which the aggregator has stored; `--json` prints the whole answer."""
+    file_id = upload(gateway, weights(tmp_path, 1))
+    result = cli(
+        "upload", weights(tmp_path, 2), "--weighting", "7", "--json", url=gateway.url, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["weighting"] == 7.0
+    assert answer["layers"] == [{"key": "layer_0", "dtype": "<f4", "shape": [2, 3]}]
+    stored = {u["file_id"]: u for u in admin_get(upstream.url, ADMIN, "uploads", client)}
+    assert set(stored) == {file_id, answer["file_id"]}
+    assert stored[answer["file_id"]]["weighting"] == 7.0
+
+
+def test_refused_upload_prints_the_problem_and_exits_1(
+    gateway: Gateway, upstream: Running, client: httpx.Client, tmp_path: Path
+) -> None:
+    """A file the gateway refuses gives exit 1 and `error: <title>: <detail>` on stderr, nothing on stdout."""
+    path = tmp_path / "no-weighting.npz"
+    np.savez(path, layer_0=np.ones(2))
+    with path.open("rb") as stream:
+        direct = client.post(f"{gateway.url}/upload", files={"file": stream})
+    problem = direct.json()
+    assert direct.status_code == 422, problem
+    result = cli("upload", path, url=gateway.url, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == f"error: {problem['title']}: {problem['detail']}\n"
+    assert admin_get(upstream.url, ADMIN, "uploads", client) == []
+
+
+def test_upload_to_no_gateway_exits_3(tmp_path: Path) -> None:
+    """With nothing listening at GATEWAY_URL, `upload` and `status` exit 3 and say so."""
+    url = f"http://127.0.0.1:{free_port()}"
+    for args in (("upload", weights(tmp_path, 1)), ("status",)):
+        result = cli(*args, url=url, cwd=tmp_path)
+        assert result.returncode == 3, result.stderr
+        assert result.stderr.startswith(f"error: cannot talk to the gateway at {url}"), result
+    assert cli("status", "--gateway", "localhost:1", url=url, cwd=tmp_path).returncode == 2
+
+
+def test_download_writes_the_aggregation(
+    gateway: Gateway, client: httpx.Client, tmp_path: Path
+) -> None:
+    """`download ID -o PATH` writes what GET /aggregations/ID serves; `--format npy` writes <id>.npy."""
+    upload(gateway, weights(tmp_path, 3))
+    (event,) = aggregations(client, gateway.url, 1)
+    aggregation_id = event["aggregation_id"]
+    served = client.get(f"{gateway.url}/aggregations/{aggregation_id}")
+    assert served.status_code == 200
+    out = tmp_path / "models" / "agg.npz"
+    out.parent.mkdir()
+    result = cli("download", aggregation_id, "-o", out, url=gateway.url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{out}\n"
+    assert out.read_bytes() == served.content
+    assert sorted(p.name for p in out.parent.iterdir()) == ["agg.npz"]  # no temp file left
+    with np.load(out, allow_pickle=False) as data:
+        assert np.array_equal(data["layer_0"], np.full((2, 3), 3, dtype=np.float32))
+
+    result = cli("download", aggregation_id, "--format", "npy", url=gateway.url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    npy = tmp_path / f"{aggregation_id}.npy"
+    assert result.stdout == f"{npy.name}\n"
+    served_npy = client.get(f"{gateway.url}/aggregations/{aggregation_id}?format=npy")
+    assert npy.read_bytes() == served_npy.content
+
+    missing = cli("download", "no-such-aggregation", url=gateway.url, cwd=tmp_path)
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("error: ")
+    assert not (tmp_path / "no-such-aggregation.npz").exists()
+    assert not list(tmp_path.glob(".*.part"))  # the temp file is gone too
+
+
+def test_download_latest(gateway: Gateway, client: httpx.Client, tmp_path: Path) -> None:
+    """`download latest` exits 1 before any aggregation, then writes the newest as <id>.npz."""
+    before = cli("download", "latest", url=gateway.url, cwd=tmp_path)
+    assert before.returncode == 1
+    assert before.stderr == "error: Not found: No aggregation has been announced yet.\n"
+    upload(gateway, weights(tmp_path, 1))
+    upload(gateway, weights(tmp_path, 2))
+    newest = aggregations(client, gateway.url, 2)[-1]["aggregation_id"]
+    result = cli("download", "latest", url=gateway.url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{newest}.npz\n"
+    served = client.get(f"{gateway.url}/aggregations/{newest}")
+    assert (tmp_path / f"{newest}.npz").read_bytes() == served.content
+
+
+def test_watch_count_prints_two_aggregation_lines(
+    gateway: Gateway, client: httpx.Client, tmp_path: Path
+) -> None:
+    """`watch --count 2` prints `<id> aggregation <json>` for two uploads' aggregations, then exits 0."""
+    with watching("--count", "2", url=gateway.url, cwd=tmp_path) as watcher:
+        watcher.wait_for_stderr("following")
+        upload(gateway, weights(tmp_path, 1))
+        upload(gateway, weights(tmp_path, 2))
+        assert watcher.finish() == 0, watcher.stderr
+    stored = aggregations(client, gateway.url, 2)
+    lines = [parse(line) for line in watcher.stdout]
+    assert [(i, e, d["aggregation_id"]) for i, e, d in lines] == [
+        (s["id"], "aggregation", s["aggregation_id"]) for s in stored
+    ]
+
+
+def test_watch_resumes_after_the_gateway_restarts(
+    upstream: Running, client: httpx.Client, tmp_path: Path
+) -> None:
+    """Across a gateway restart (same port and data), `watch` resumes after its last event: none twice, none missed."""
+    port = free_port()
+    folder = tmp_path / "gw"
+    watcher: Watcher | None = None
+    try:
+        with run_gateway(upstream, folder, port) as first:
+            watcher = Watcher("--types", "aggregation", "--count", "3", url=first.url, cwd=tmp_path)
+            watcher.wait_for_stderr("following")
+            upload(first, weights(tmp_path, 1))
+            watcher.wait_for_lines(1)
+            # Hold the watcher while the gateway is away and the next two aggregations happen,
+            # so that they can only reach it by replay after its last event id.
+            watcher.process.send_signal(signal.SIGSTOP)
+        with run_gateway(upstream, folder, port) as second:
+            upload(second, weights(tmp_path, 2))
+            upload(second, weights(tmp_path, 3))
+            first_id = parse(watcher.stdout[0])[0]
+            aggregations(client, second.url, 2, after=first_id)
+            assert len(watcher.stdout) == 1
+            watcher.process.send_signal(signal.SIGCONT)
+            assert watcher.finish() == 0, watcher.stderr
+            stored = aggregations(client, second.url, 3)
+    finally:
+        if watcher is not None:
+            watcher.kill()
+    lines = [parse(line) for line in watcher.stdout]
+    assert [(i, e, d["aggregation_id"]) for i, e, d in lines] == [
+        (s["id"], "aggregation", s["aggregation_id"]) for s in stored
+    ]
+    assert len({d["aggregation_id"] for _, _, d in lines}) == 3
+    assert any(
+        f"following {second.url}/events after event {first_id}" in line for line in watcher.stderr
+    )
+
+
+def test_watch_exits_0_on_ctrl_c(gateway: Gateway, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) ends `watch` with exit 0 and no traceback."""
+    restore_sigint = (  # a shell's background job may have SIGINT ignored; a terminal's has not
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'branchkey-gateway'; from gateway.__main__ import main; main()"
+    )
+    with watching(url=gateway.url, cwd=tmp_path, program=["-c", restore_sigint]) as watcher:
+        watcher.wait_for_stderr("following")
+        watcher.process.send_signal(signal.SIGINT)
+        assert watcher.finish(timeout=20) == 0, watcher.stderr
+    assert watcher.stdout == []
+    assert watcher.stderr == [f"watch: following {gateway.url}/events"]
+
+
+def test_watch_refuses_unknown_types(gateway: Gateway, tmp_path: Path) -> None:
+    """`watch --types` with an unknown type exits 1 with the gateway's problem instead of retrying."""
+    result = cli("watch", "--types", "nonsense", url=gateway.url, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: Malformed request: Unknown event type(s)"), (
+        result.stderr
+    )
+
+
+def test_status_shows_session_run_and_channel(
+    gateway: Gateway, upstream: Running, client: httpx.Client, tmp_path: Path
+) -> None:
+    """`status` summarises the leaf, the run and the channel (exit 0 when ready, 1 once logged out); `--json` too."""
+    leaf = upstream.leaves[0]
+    result = cli("status", url=gateway.url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert rows["gateway"] == gateway.url
+    assert rows["session"].startswith(f"authenticated as leaf {leaf['name']} ({leaf['id']})")
+    assert leaf["branch_id"] in rows["session"]
+    assert rows["upstream"].startswith(upstream.url)
+    assert rows["run"] == "start (run 1)"
+    assert rows["channel"] == "connected"
+    assert rows["ready"] == "yes"
+
+    result = cli("status", "--json", url=gateway.url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["ready"] is True
+    assert document["session"]["leaf_id"] == leaf["id"]
+    assert document["run"] == {"run_status": "start", "run_number": 1}
+    assert document["readyz"]["channel"] == "connected"
+
+    assert client.delete(f"{gateway.url}/session").status_code == 200
+    result = cli("status", url=gateway.url, cwd=tmp_path)
+    assert result.returncode == 1
+    rows = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert rows["session"].startswith("logged out")
+    assert rows["run"].startswith("unknown: ")
+    assert rows["ready"].startswith("no: Not ready: No leaf session")
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("upload", ["--weighting", "--wait", "--wait-timeout", "--json"]),
+        ("download", ["--output", "-o", "--format", "latest"]),
+        ("watch", ["--types", "--after", "--count", "--idle-timeout", "Last-Event-ID"]),
+        ("status", ["--json", "/readyz"]),
+    ],
+)
+def test_help_describes_each_command(command: str, options: list[str], tmp_path: Path) -> None:
+    """`<command> --help` exits 0 and names its options, the connection options and the exit codes."""
+    result = cli(command, "--help", url="http://127.0.0.1:9", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for text in [*options, "--gateway", "GATEWAY_URL", "--token", "GATEWAY_TOKEN", "Exit codes"]:
+        assert text in result.stdout, f"{text!r} missing from {command} --help"
+
+
+def test_token_is_sent_as_bearer(upstream: Running, tmp_path: Path) -> None:
+    """With GATEWAY_TOKEN set on the gateway, commands need --token (or the env variable) and send it as Bearer."""
+    with run_gateway(upstream, tmp_path / "gw", free_port(), gateway_token="s3cret") as gateway:
+        refused = cli("status", url=gateway.url, cwd=tmp_path)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("error: Gateway token required: "), refused.stderr
+        wrong = cli("status", "--token", "wrong", url=gateway.url, cwd=tmp_path)
+        assert wrong.returncode == 1
+        assert cli("status", "--token", "s3cret", url=gateway.url, cwd=tmp_path).returncode == 0
+        path = weights(tmp_path, 5)
+        uploaded = cli("upload", path, url=gateway.url, cwd=tmp_path, token="s3cret")
+        assert uploaded.returncode == 0, uploaded.stderr
+        watched = cli(
+            "watch", "--after", "0", "--count", "1", url=gateway.url, cwd=tmp_path, token="s3cret"
+        )
+        assert watched.returncode == 0, watched.stderr
+        assert watched.stdout.split(" ")[1] in ("aggregation", "run_status", "gap")
