@@ -66,6 +66,12 @@ class NotFoundError(GatewayError):
     status, type, title = 404, "not-found", "Not found"
 
 
+class ConflictError(GatewayError):
+    """The request refers to state this gateway does not have (e.g. an unknown event id)."""
+
+    status, type, title = 409, "unknown-event-id", "Unknown event id"
+
+
 class RunNotStartedError(GatewayError):
     """The branch's run is not started, so uploads are refused."""
 
@@ -206,6 +212,7 @@ PROBLEM_TYPES: tuple[type[GatewayError], ...] = (
     NotAuthenticatedError,
     NoSessionError,
     NotFoundError,
+    ConflictError,
     RunNotStartedError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,

@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from gateway.dependencies import GatewayState, StateDep
-from gateway.errors import BadRequestError, NotFoundError
+from gateway.errors import BadRequestError, ConflictError, NotFoundError
 from gateway.events import EVENT_TYPES, Event
 
 router = APIRouter()
@@ -91,9 +91,12 @@ async def _stream(
         yield b"retry: 3000\n\n"
         oldest, newest = await to_thread.run_sync(log.bounds)
         last = newest if start is None else start
-        if start is not None and start < newest and oldest > start + 1:
-            gap = {"reason": "log-truncated", "since": start}
-            yield f"event: gap\ndata: {json.dumps(gap, separators=(',', ':'))}\n\n".encode()
+        if start is not None and start > newest:
+            # An id this gateway never issued (its data directory was replaced): start from now.
+            yield _gap("unknown-event-id", start)
+            last = newest
+        elif start is not None and start < newest and oldest > start + 1:
+            yield _gap("log-truncated", start)
         while True:  # replay what is stored after `last`
             batch: list[Event] = await to_thread.run_sync(log.after, last, wanted, _BATCH)
             for event in batch:
@@ -138,8 +141,15 @@ async def list_aggregations(
 ) -> list[AggregationEvent]:
     """Long-poll: aggregation events after `after` at once, or wait up to `wait` s for the next; [] on timeout."""
     log = state.events.log
+    newest = (await to_thread.run_sync(log.bounds))[1]
     if after is None:
-        after = (await to_thread.run_sync(log.bounds))[1]
+        after = newest
+    elif after > newest:
+        raise ConflictError(
+            f"Event id {after} was never issued here (the newest is {newest}); "
+            "start again without 'after', or from /aggregations/latest.",
+            newest=newest,
+        )
     deadline = anyio.current_time() + min(wait, MAX_LONG_POLL_S)
     while True:
         changed = state.events.changed
@@ -154,6 +164,11 @@ async def list_aggregations(
             async with anyio.create_task_group() as group:
                 group.start_soon(_cancel_when_set, changed, group.cancel_scope)
                 group.start_soon(_cancel_when_set, closing, group.cancel_scope)
+
+
+def _gap(reason: str, since: int) -> bytes:
+    data = json.dumps({"reason": reason, "since": since}, separators=(",", ":"))
+    return f"event: gap\ndata: {data}\n\n".encode()
 
 
 async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:

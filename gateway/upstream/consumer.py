@@ -137,7 +137,7 @@ class NotificationConsumer:
             ssl_option = (
                 self.verify if isinstance(self.verify, ssl.SSLContext) else _context(self.verify)
             )
-        async with connect(
+        connection = await connect(
             url,
             ssl=ssl_option,
             open_timeout=self.settings.open_timeout_s,
@@ -145,7 +145,8 @@ class NotificationConsumer:
             ping_timeout=self.settings.ping_timeout_s,
             max_size=1 << 20,
             proxy=None,
-        ) as connection:
+        )
+        try:
             self._set("connected")
             log.info("notification channel connected")
             info = await self.session.refresh_run()
@@ -163,6 +164,11 @@ class NotificationConsumer:
             self._down_since = None
             self._restarted = False
             await self._read(connection)
+        finally:
+            # Close politely but briefly, even when cancelled; then make sure the socket is gone.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await connection.close()
+            connection.transport.abort()
 
     async def _read(self, connection: ClientConnection) -> None:
         async for raw in connection:

@@ -83,3 +83,21 @@ def test_latest_aggregation_is_a_404_problem_before_any_and_the_newest_after(liv
         announced[-1],
         1,
     )
+
+
+def test_unknown_resume_ids_are_reported(live: Live) -> None:
+    """An id the gateway never issued gets a gap on /events and a 409 problem from the long-poll, never silence."""
+    live.start_aggregator()
+    gateway = live.start_gateway()
+    live.aggregate()
+    with httpx.Client(timeout=10) as client:
+        answer = client.get(f"{gateway.url}/aggregations", params={"after": 50})
+        assert answer.status_code == 409
+        assert answer.json()["type"] == "/problems/unknown-event-id"
+        with client.stream(
+            "GET", f"{gateway.url}/events", headers={"Last-Event-ID": "50"}
+        ) as stream:
+            lines = stream.iter_lines()
+            seen = [next(lines) for _ in range(4)]
+    assert seen[2] == "event: gap"
+    assert '"reason":"unknown-event-id"' in seen[3]
