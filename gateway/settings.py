@@ -67,13 +67,15 @@ class Settings(BaseSettings):
     bk_credentials_file: Path | None = Field(
         None, description="JSON credentials (v3 or v1 client shape)."
     )
-    bk_leaf_id: str | None = None
-    bk_leaf_name: str | None = None
-    bk_session_token: SecretStr | None = None
-    bk_tree_id: str | None = None
-    bk_branch_id: str | None = None
-    bk_owner_id: str | None = None
-    bk_response_host: str | None = None
+    bk_leaf_id: str | None = Field(None, description="Leaf id (fills or overrides the file's).")
+    bk_leaf_name: str | None = Field(None, description="Leaf name.")
+    bk_session_token: SecretStr | None = Field(None, description="Leaf session token.")
+    bk_tree_id: str | None = Field(None, description="Tree id (needed with v1-shaped credentials).")
+    bk_branch_id: str | None = Field(
+        None, description="Branch id (needed with v1-shaped credentials)."
+    )
+    bk_owner_id: str | None = Field(None, description="Owner id (never sent upstream).")
+    bk_response_host: str | None = Field(None, description="The v1 client's notification host.")
     bk_ssl_verify: str = Field("true", description="true, false, or the path of a CA bundle.")
     bk_proxies: dict[str, str] | None = Field(None, description="JSON like the client's `proxies`.")
     bk_wait_for_run: bool = Field(False, description="Uploads wait for the run to start.")
