@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,11 +19,6 @@ log = logging.getLogger("gateway.events")
 
 EventType = Literal["aggregation", "run_status", "gap"]
 EVENT_TYPES: tuple[EventType, ...] = ("aggregation", "run_status", "gap")
-
-
-def now_iso() -> str:
-    """Current UTC time, RFC 3339 with milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

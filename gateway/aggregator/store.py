@@ -14,9 +14,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from gateway.clock import now_iso
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leaves (
@@ -48,11 +49,6 @@ CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 LEAF_FIELDS = ("id", "name", "session_token", "tree_id", "branch_id", "owner_id")
-
-
-def now_iso() -> str:
-    """The current UTC time, RFC 3339."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

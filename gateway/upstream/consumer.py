@@ -14,8 +14,9 @@ import anyio
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from gateway.clock import now_iso
 from gateway.errors import GatewayError
-from gateway.events import Events, now_iso
+from gateway.events import Events
 from gateway.session import Session
 
 log = logging.getLogger("gateway.consumer")

@@ -97,13 +97,19 @@ def npz_to_object_npy(src: Path, dst: Path, policy: ValidationPolicy | None = No
             "weighting-not-integer",
             f"Protocol v1 needs a whole, non-negative sample count as the weighting (got {weighting!r}).",
         )
+    _write_v1(src, dst, policy.limits, payload, int(weighting))
+    return payload
+
+
+def _write_v1(src: Path, dst: Path, limits: Limits, payload: Payload, num_samples: int) -> None:
+    """The layers of an NPZ as the v1 object `.npy`, streamed member by member."""
     for info in payload.arrays:
         if np.dtype(info.dtype).kind not in "biufc":
             raise WeightsError(
                 "not-numeric",
                 f"{info.key} has dtype {info.dtype}; a v1 weights file holds numeric arrays only.",
             )
-    with Archive(src, policy.limits) as archive, atomic_path(dst) as tmp:
+    with Archive(src, limits) as archive, atomic_path(dst) as tmp:
         members = {m.key: m for m in archive.members}
         sources = [
             LayerSource(
@@ -115,8 +121,7 @@ def npz_to_object_npy(src: Path, dst: Path, policy: ValidationPolicy | None = No
             for info in payload.arrays
         ]
         with tmp.open("wb") as out:
-            write_object_npy(out, int(weighting), sources)
-    return payload
+            write_object_npy(out, num_samples, sources)
 
 
 def object_npy_to_npz(
@@ -232,19 +237,7 @@ def aggregate_to_object_npy(
             "unsupported-kind",
             "An analytics aggregate has no v1 form: v1 carries model weights only.",
         )
-    with Archive(src, limits) as archive, atomic_path(dst) as tmp:
-        members = {m.key: m for m in archive.members}
-        sources = [
-            LayerSource(
-                dtype=members[info.key].header.dtype,
-                shape=info.shape,
-                fortran_order=info.fortran_order,
-                chunks=functools.partial(archive.iter_data, members[info.key]),
-            )
-            for info in payload.arrays
-        ]
-        with tmp.open("wb") as out:
-            write_object_npy(out, num_samples, sources)
+    _write_v1(src, dst, limits, payload, num_samples)
     return payload
 
 
