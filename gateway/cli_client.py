@@ -36,6 +36,8 @@ from rich.progress import (
 DEFAULT_GATEWAY = "http://127.0.0.1:8000"
 CHUNK_BYTES = 1 << 20
 CONNECT_TIMEOUT_S = 10.0
+IDLE_TIMEOUT_S = 900.0
+"""Longest silence from the gateway during an upload or download (waits are at most 600 s)."""
 STATUS_TIMEOUT_S = 60.0
 FIRST_RETRY_S = 0.5
 MAX_RETRY_S = 15.0
@@ -244,7 +246,8 @@ def upload(
     if wait_timeout is not None:
         params["wait_timeout"] = f"{wait_timeout:g}"
     console = _stderr()
-    timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)  # validation and waiting take time
+    # Validation, forwarding and ?wait=true take time, but a gateway silent this long is stuck.
+    timeout = httpx.Timeout(IDLE_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
     with _client(gateway, token, timeout) as client, _progress(console) as progress:
         task = progress.add_task(_label("upload", file.name), total=size)
 
@@ -346,7 +349,9 @@ def download(
     """
     console = _stderr()
     to_stdout = output is not None and str(output) == "-"
-    timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)  # the first fetch goes upstream
+    timeout = httpx.Timeout(
+        IDLE_TIMEOUT_S, connect=CONNECT_TIMEOUT_S
+    )  # the first fetch goes upstream
     target: Path | None = None
     partial: Path | None = None
     with _client(gateway, token, timeout) as client:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, TextIO, get_args
 
+import anyio
 import httpx
 from anyio import to_thread
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -260,9 +261,16 @@ class MeasuredClient(httpx.AsyncClient):
 class MeteredFileResponse(FileResponse):
     """A `FileResponse` that reports the body bytes it sent once it sent them all (not for HEAD)."""
 
-    def __init__(self, *args: Any, on_sent: Callable[[int], None], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        on_sent: Callable[[int], None],
+        cleanup: Callable[[], Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.on_sent = on_sent
+        self.cleanup = cleanup
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the file, counting the body bytes."""
@@ -276,7 +284,12 @@ class MeteredFileResponse(FileResponse):
                 sent += int(self.headers.get("content-length", "0"))
             await send(message)
 
-        await super().__call__(scope, receive, counting)
+        try:
+            await super().__call__(scope, receive, counting)
+        finally:
+            # Also after a refused Range (400/416), where FileResponse skips its background task.
+            if self.cleanup is not None:
+                await anyio.to_thread.run_sync(self.cleanup)
         if scope.get("method") != "HEAD":
             self.on_sent(sent)
 

@@ -324,8 +324,8 @@ async def create_upload(request: Request, leaf: LeafDep, state: StateDep) -> dic
             if not duplicate:
                 await _maybe_close_round(state, branch)
     finally:
-        form.cleanup()
-        converted.unlink(missing_ok=True)
+        await _run(form.cleanup)
+        await _run(lambda: converted.unlink(missing_ok=True))
     return {"data": {"file_id": file_id}}
 
 

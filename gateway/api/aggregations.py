@@ -14,10 +14,9 @@ import anyio
 from anyio import to_thread
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
-from starlette.background import BackgroundTask
 
 from gateway.dependencies import GatewayState, StateDep
-from gateway.errors import BadRequestError
+from gateway.errors import BadRequestError, UpstreamUnavailableError
 from gateway.observability import MeteredFileResponse, MetricsDep
 from gateway.weights import aggregate_to_object_npy, normalize_aggregate
 
@@ -39,7 +38,7 @@ def check_id(aggregation_id: str) -> None:
     if (
         not aggregation_id
         or len(aggregation_id) > _MAX_ID
-        or aggregation_id in (".", "..")
+        or aggregation_id.startswith(".")
         or any(ch in aggregation_id for ch in "/\\\0")
         or not aggregation_id.isprintable()
     ):
@@ -83,7 +82,7 @@ async def stream_aggregation(
         media_type="application/octet-stream",
         filename=f"{aggregation_id}.{fmt.value}",
         headers={"ETag": f'"{digest}"', "Cache-Control": "private, max-age=31536000, immutable"},
-        background=BackgroundTask(to_thread.run_sync, lambda: served.unlink(missing_ok=True)),
+        cleanup=lambda: served.unlink(missing_ok=True),
         on_sent=metrics.record_download,
     )
 
@@ -95,9 +94,20 @@ async def _cached(state: GatewayState, aggregation_id: str, fmt: Format) -> tupl
     never removes an id whose lock is held. The link keeps a response readable even if the cache
     entry is evicted while it is being sent.
     """
+    lock = state.fetch_locks.setdefault(aggregation_id, anyio.Lock())
+    try:
+        return await _cached_locked(state, aggregation_id, fmt, lock)
+    except BaseException:
+        if not lock.locked():
+            state.fetch_locks.pop(aggregation_id, None)  # nothing cached: keep the table bounded
+        raise
+
+
+async def _cached_locked(
+    state: GatewayState, aggregation_id: str, fmt: Format, lock: anyio.Lock
+) -> tuple[Path, str]:
     cache = state.cache_dir
     target = cache / f"{aggregation_id}.{fmt.value}"
-    lock = state.fetch_locks.setdefault(aggregation_id, anyio.Lock())
     async with lock:
         if not await to_thread.run_sync(target.exists):
             plain = cache / f"{aggregation_id}.npz"
@@ -140,9 +150,17 @@ async def _fetch(state: GatewayState, aggregation_id: str, plain: Path) -> None:
             try:
                 pending: list[bytes] = []
                 size = 0
+                total = 0
+                limit = state.settings.weights.policy().limits.max_total_uncompressed_bytes
                 async for chunk in response.aiter_bytes():
                     pending.append(chunk)
                     size += len(chunk)
+                    total += len(chunk)
+                    if total > limit:
+                        raise UpstreamUnavailableError(
+                            f"BranchKey's file for {aggregation_id} is larger than {limit} bytes "
+                            "(GATEWAY_MAX_UNCOMPRESSED_BYTES); refusing to store it."
+                        )
                     if size >= _FLUSH_BYTES:  # one worker-thread hop per ~1 MiB
                         await to_thread.run_sync(stream.writelines, pending)
                         pending, size = [], 0

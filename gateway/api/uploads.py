@@ -152,7 +152,9 @@ async def create_upload(
             digest = await to_thread.run_sync(_sha256, final)
         size = await to_thread.run_sync(os.path.getsize, final)
         if waiting:
-            timeout = wait_timeout or settings.gateway_wait_timeout_s
+            timeout = min(
+                wait_timeout or settings.gateway_wait_timeout_s, settings.gateway_wait_timeout_s
+            )
             await session.wait_for_start(timeout)
         filename = received.filename if received and not layer_parts else "weights.npz"
         file_id = await upstream.upload(

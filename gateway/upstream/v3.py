@@ -12,6 +12,7 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -232,8 +233,9 @@ class V3Upstream:
 
         response = await self.send(build, "the upload", resend_after_body=True)
         raise_for_status(response, 201, "the upload")
-        body = response.json()
-        file_id = body.get("data", {}).get("file_id") if isinstance(body, dict) else None
+        body = _json_or_none(response)
+        answer = body.get("data") if isinstance(body, dict) else None
+        file_id = answer.get("file_id") if isinstance(answer, dict) else None
         if not isinstance(file_id, str) or not file_id:
             raise UpstreamUnavailableError("BranchKey's upload answer lacks data.file_id.")
         return file_id
@@ -242,13 +244,16 @@ class V3Upstream:
         """`GET /api/v1/file/download/{file_id}` -> the blob URL."""
         response = await self.send(
             lambda: self.client.build_request(
-                "GET", self.url(f"/file/download/{file_id}"), headers=self.headers("*/*")
+                "GET",
+                self.url(f"/file/download/{quote(file_id, safe='')}"),
+                headers=self.headers("*/*"),
             ),
             "the download call",
         )
         raise_for_status(response, 200, "the download call")
-        body = response.json()
-        url = body.get("data", {}).get("download_url") if isinstance(body, dict) else None
+        body = _json_or_none(response)
+        answer = body.get("data") if isinstance(body, dict) else None
+        url = answer.get("download_url") if isinstance(answer, dict) else None
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise UpstreamUnavailableError(
                 "BranchKey's download answer lacks an absolute data.download_url."
@@ -291,6 +296,13 @@ class V3Upstream:
         if not isinstance(data, dict) or not isinstance(data.get("ticket_id"), str):
             raise UpstreamUnavailableError("BranchKey's ticket answer lacks ticket_id.")
         return data
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
 
 
 async def _body(head: bytes, path: Path, size: int, tail: bytes) -> AsyncIterator[bytes]:

@@ -118,3 +118,29 @@ def test_performance_report_reaches_branchkey(
     assert stored[0]["leaf_id"] == aggregator.leaves[2]["id"]
     assert stored[0]["aggregation_id"] == "agg-1"
     assert stored[0]["mode"] == "test"
+
+
+def test_without_a_token_only_loopback_is_served(gateway_for: GatewayFactory) -> None:
+    """With no GATEWAY_TOKEN, a foreign Host (DNS rebinding) or a web page's Origin is refused; loopback works."""
+    gateway = gateway_for(0)
+    with httpx.Client() as client:
+        assert client.get(f"{gateway.url}/run").status_code == 200
+        assert (
+            client.get(
+                f"{gateway.url}/run", headers={"Origin": "http://localhost:3000"}
+            ).status_code
+            == 200
+        )
+        rebinding = client.get(f"{gateway.url}/run", headers={"Host": "evil.example:8000"})
+        assert rebinding.status_code == 401
+        assert "loopback" in rebinding.json()["detail"]
+        page = client.post(
+            f"{gateway.url}/upload",
+            headers={"Origin": "https://evil.example"},
+            files={"file": ("w.npz", b"x")},
+        )
+        assert page.status_code == 401
+        assert (
+            client.get(f"{gateway.url}/healthz", headers={"Host": "evil.example"}).status_code
+            == 200
+        )
