@@ -25,7 +25,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,8 +43,8 @@ import httpx
 import numpy as np
 import psutil
 
+from bench.procs import free_port, gateway_command, high_water_mark, reset_high_water_mark
 from bench.weights import (
-    KiB,
     MiB,
     fmt_bytes,
     fmt_seconds,
@@ -166,25 +165,6 @@ def minor_faults(pid: int) -> int:
         return 0
 
 
-def reset_high_water_mark(pid: int) -> bool:
-    """Reset the process's VmHWM to its current RSS (Linux >= 4.0, same user)."""
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def high_water_mark(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * KiB
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 @dataclass(frozen=True)
 class Baseline:
     rss: int
@@ -271,20 +251,6 @@ class Phase:
 
 class BenchError(Exception):
     """A step of the benchmark failed; the message goes into the table."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def gateway_command() -> list[str]:
-    script = Path(sys.executable).with_name("branchkey-gateway")
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-m", "gateway"]
 
 
 @dataclass

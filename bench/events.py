@@ -43,7 +43,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, cast
+
+if __package__ in (None, ""):  # run as `python bench/events.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.procs import (
+    clean_env,
+    free_port,
+    gateway_command,
+    high_water_mark,
+    reset_high_water_mark,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -463,25 +473,6 @@ def worker_main(raw_config: str) -> None:
 # ============================================================================================
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def gateway_command() -> list[str]:
-    script = Path(sys.executable).with_name("branchkey-gateway")
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-m", "gateway"]
-
-
-def clean_env(prefixes: tuple[str, ...]) -> dict[str, str]:
-    """The environment without variables that would configure the servers behind our back."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-
-
 @dataclass(frozen=True)
 class Sample:
     at: float
@@ -547,25 +538,6 @@ def psutil_process(pid: int) -> Any:
     import psutil
 
     return psutil.Process(pid)
-
-
-def reset_high_water_mark(pid: int) -> bool:
-    """Reset the process's VmHWM to its current RSS (Linux >= 4.0, same user)."""
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def high_water_mark(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * KiB
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def thread_count(pid: int) -> int:
