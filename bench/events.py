@@ -1,7 +1,8 @@
 """Benchmark: the gateway's SSE fan-out (`GET /events`) to 1000 concurrent subscribers.
 
     python bench/events.py [--subscribers 1000] [--rounds 20] [--interval 0.5] [--workers W]
-                           [--client raw|httpx] [--loop uvloop|asyncio] [--keep] [--profile]
+                           [--client raw|httpx] [--loop uvloop|asyncio] [--dialect v3|v1]
+                           [--keep] [--profile]
 
 The parent starts a local aggregator (`branchkey-gateway aggregator --dev-leaves 1`) and a gateway
 in front of it (`branchkey-gateway serve`, BK_HOST = the aggregator), both as subprocesses on free
@@ -15,11 +16,14 @@ received the `retry: 3000` preamble the parent measures the gateway's idle RSS (
 then uploads `--rounds` tiny NPZ payloads straight to the aggregator's v3 route, `--interval` s
 apart. With one dev leaf every upload closes a round; the aggregator runs FedAvg and announces the
 aggregation on its WebSocket, and the gateway turns that into one `event: aggregation` per stream.
+With `--dialect v1` the gateway speaks protocol v1 instead: the aggregator (started with `--amqp-url`
+for the RabbitMQ on 127.0.0.1:5672) publishes to the leaf's queue and the gateway consumes it; the
+vhost and user it provisioned are deleted at the end.
 
 Latency of one receipt = the time the subscriber received the event minus the time the upload
 request returned (the aggregator announces right after the FedAvg of a tiny model, which starts
 after the response); every clock is time.time() of one machine. The event's own `received_at`
-(stamped by the gateway when the WebSocket message arrived, millisecond resolution) splits that
+(stamped by the gateway when the notification arrived, millisecond resolution) splits that
 into upstream (received_at - upload return) and fan-out (receipt - received_at). A thread samples
 the gateway's RSS every 10 ms (VmHWM, reset when the rounds start, is the cross-check); the load
 processes report their own CPU time and event-loop lag so that a slow client shows. `--profile`
@@ -72,6 +76,8 @@ MiB = 1024 * KiB
 
 SAMPLE_SECONDS = 0.010
 IDLE_SECONDS = 1.0
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+"""The local broker the aggregator publishes v1 notifications on (`--dialect v1`)."""
 SETTLE_SECONDS = 0.5
 POLL_SECONDS = 0.05
 START_TIMEOUT = 60.0
@@ -653,12 +659,22 @@ class Aggregator(Service):
             "LEAF": "true",
         }
 
-    def start(self) -> None:
+    def start(self, amqp_url: str | None = None) -> None:
         command = [*gateway_command(), "aggregator", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--data-dir", str(self.workdir)]
         command += ["--dev-leaves", "1", "--admin-token", self.admin_token]
+        if amqp_url is not None:  # v1 leaves: notifications over RabbitMQ
+            command += ["--amqp-url", amqp_url]
         self.spawn(command, clean_env(("BK_AGGREGATOR_",)))
         self.wait_ready(self._probe)
+
+    def forget_broker_objects(self) -> None:
+        """Remove the vhost and user the aggregator provisioned for its leaf (v1 runs)."""
+        ctl = shutil.which("rabbitmqctl")
+        if not self.leaf or ctl is None:
+            return
+        for command in (["delete_vhost", self.leaf["tree_id"]], ["delete_user", self.leaf["id"]]):
+            subprocess.run([ctl, "-q", *command], capture_output=True, check=False)
 
     def _probe(self) -> str | None:
         if not self.leaf:
@@ -711,14 +727,25 @@ class Aggregator(Service):
 class Gateway(Service):
     name = "gateway"
 
-    def start(self, upstream: Aggregator, profile: Path | None = None) -> None:
+    def start(self, upstream: Aggregator, profile: Path | None = None, dialect: str = "v3") -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         credentials = self.workdir / "credentials.json"
-        credentials.write_text(json.dumps(upstream.leaf))
+        leaf = upstream.leaf
+        if dialect == "v1":  # the v1 client's credentials: ids come from /v1/leaf/authenticate
+            shaped = {
+                "leaf_name": leaf["name"],
+                "leaf_id": leaf["id"],
+                "leaf_session_token": leaf["session_token"],
+                "response_host": "127.0.0.1",
+            }
+        else:
+            shaped = leaf
+        credentials.write_text(json.dumps(shaped))
         credentials.chmod(0o600)
         env = clean_env(("BK_", "GATEWAY_"))
         env |= {
             "BK_HOST": upstream.base,
+            "BK_DIALECT": dialect,
             "BK_CREDENTIALS_FILE": str(credentials),
             "GATEWAY_HOST": "127.0.0.1",
             "GATEWAY_PORT": str(self.port),
@@ -860,6 +887,7 @@ class Outcome:
     workers: int
     client: str
     loop: str
+    dialect: str = "v3"
     nofile: tuple[int, int] = (0, 0)
     connect_seconds: float | None = None
     connected: int = 0
@@ -893,8 +921,8 @@ def run(args: argparse.Namespace, scratch: Path, out: Outcome) -> None:
     workers: list[LoadWorker] = []
     trace: RssTrace | None = None
     try:
-        aggregator.start()
-        gateway.start(aggregator, scratch / "gateway.prof" if args.profile else None)
+        aggregator.start(AMQP_URL if args.dialect == "v1" else None)
+        gateway.start(aggregator, scratch / "gateway.prof" if args.profile else None, args.dialect)
         trace = RssTrace(gateway.pid)
         trace.start()
         time.sleep(SETTLE_SECONDS)
@@ -919,6 +947,8 @@ def run(args: argparse.Namespace, scratch: Path, out: Outcome) -> None:
         out.lagged_log_lines = gateway.log_text().count("behind and was disconnected")
         for service in (gateway, aggregator):
             out.notes.append(service.stop())
+        if args.dialect == "v1":
+            aggregator.forget_broker_objects()
 
 
 def start_workers(args: argparse.Namespace, gateway: Gateway, scratch: Path) -> list[LoadWorker]:
@@ -1180,7 +1210,8 @@ def print_report(out: Outcome) -> None:
     print()
     print(
         f"GET /events fan-out: {out.subscribers} subscribers in {out.workers} load processes "
-        f"({out.client} client on {out.loop}), {out.rounds} aggregations"
+        f"({out.client} client on {out.loop}), {out.rounds} aggregations, upstream protocol "
+        f"{out.dialect} ({'RabbitMQ' if out.dialect == 'v1' else 'WebSocket'} notifications)"
     )
     print(
         f"host: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -1199,9 +1230,7 @@ def print_report(out: Outcome) -> None:
     print()
     print("latency: receipt time at the subscriber (as data_received starts) minus the time the")
     print("  upload request returned (the aggregator announces after the FedAvg that starts then).")
-    print(
-        "  received_at is the gateway's stamp when the WebSocket message arrived (ms resolution)."
-    )
+    print("  received_at is the gateway's stamp when the notification arrived (ms resolution).")
     print(f"RSS: idle = median over {IDLE_SECONDS:.0f} s with every subscriber connected; peak =")
     print(
         f"  max(sampler every {SAMPLE_SECONDS * 1000:.0f} ms, VmHWM reset when the rounds start)."
@@ -1299,6 +1328,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=default_workers(),
         help="load processes (default: CPUs - 1, 1..4: each one competes with the gateway for CPU)",
     )
+    parser.add_argument(
+        "--dialect",
+        choices=("v3", "v1"),
+        default="v3",
+        help="upstream protocol of the gateway: v3 (WebSocket) or v1 (RabbitMQ on 127.0.0.1:5672)",
+    )
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--keep", action="store_true", help="keep server data and logs")
@@ -1317,7 +1352,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         worker_main(args.worker)
         return
     scratch = Path(tempfile.mkdtemp(prefix="branchkey-bench-events-"))
-    out = Outcome(args.subscribers, args.rounds, max(1, args.workers), args.client, args.loop)
+    out = Outcome(
+        args.subscribers, args.rounds, max(1, args.workers), args.client, args.loop, args.dialect
+    )
     try:
         run(args, scratch, out)
     except BenchError as exc:

@@ -210,12 +210,21 @@ def aggregator(
     admin_token: Annotated[
         str | None, typer.Option(envvar="BK_AGGREGATOR_ADMIN_TOKEN", help="Bearer token of /admin.")
     ] = None,
+    amqp_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BK_AGGREGATOR_AMQP_URL",
+            help="Admin AMQP URL of RabbitMQ (amqp://user:password@host:5672/): notify v1 leaves.",
+            show_envvar=False,
+        ),
+    ] = None,
     log_format: Annotated[
         LogFormat, typer.Option(envvar="GATEWAY_LOG_FORMAT", help="Log lines: text or json.")
     ] = LogFormat.text,
 ) -> None:
-    """Run the local BranchKey-compatible aggregator (protocol v3)."""
+    """Run the local BranchKey-compatible aggregator (protocols v3 and v1)."""
     import uvicorn
+    from pydantic import ValidationError
 
     from gateway.aggregator.app import create_aggregator_app
     from gateway.aggregator.leaves import LeavesFileError
@@ -223,15 +232,21 @@ def aggregator(
     from gateway.aggregator.settings import AggregatorSettings
     from gateway.observability import configure_logging, register_secret
 
-    settings = AggregatorSettings(
-        host=host,
-        port=port,
-        data_dir=data_dir,
-        leaves_file=leaves_file,
-        dev_leaves=dev_leaves,
-        min_leaves=min_leaves,
-        admin_token=admin_token,
-    )
+    try:
+        settings = AggregatorSettings(
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            leaves_file=leaves_file,
+            dev_leaves=dev_leaves,
+            min_leaves=min_leaves,
+            admin_token=admin_token,
+            amqp_url=amqp_url,
+        )
+    except ValidationError as error:
+        for problem in error.errors():
+            typer.echo(str(problem["msg"]).removeprefix("Value error, "), err=True)
+        raise typer.Exit(code=2) from None
     configure_logging(log_format)
     try:
         server = create_aggregator_app(settings)
@@ -244,7 +259,7 @@ def aggregator(
     typer.echo(f"leaf credentials: {leaves_path}")
     if admin_token is None:
         typer.echo(f"admin token (also in {data_dir / 'admin-token'}): {server.state.admin_token}")
-    uvicorn.run(
+    config = uvicorn.Config(
         server,
         host=host,
         port=port,
@@ -252,6 +267,14 @@ def aggregator(
         log_config=None,  # keep configure_logging's handler: tickets in WebSocket URLs are redacted
         **uvicorn_ws_options(settings.ping_interval_s, settings.ping_timeout_s),
     )
+    runner = uvicorn.Server(config)
+    try:
+        runner.run()  # exits with status 3 itself when the lifespan fails
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is the normal way to stop (uvicorn re-raises the signal after shutting down)
+    finally:
+        if not runner.started and server.state.startup_error:  # repeated after uvicorn's traceback
+            typer.echo(server.state.startup_error, err=True)
 
 
 # --- client commands (gateway/cli_client.py): upload, download, watch, status ---

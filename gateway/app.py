@@ -32,7 +32,8 @@ from gateway.events import EventHub, EventLog, Events
 from gateway.openapi import problem_responses
 from gateway.session import Session
 from gateway.settings import Settings
-from gateway.upstream.consumer import ConsumerSettings, NotificationConsumer
+from gateway.upstream.amqp import AmqpConsumer, AmqpSettings
+from gateway.upstream.consumer import ConsumerSettings, NotificationConsumer, WebSocketConsumer
 from gateway.upstream.credentials import from_settings
 from gateway.upstream.v3 import RetryPolicy
 
@@ -127,6 +128,23 @@ def _client(settings: Settings, metrics: observability.Metrics) -> httpx.AsyncCl
     )
 
 
+def _consumer(settings: Settings, session: Session, events: Events) -> NotificationConsumer:
+    """The notification consumer of the configured dialect: v3 WebSocket, or v1 AMQP."""
+    timing = ConsumerSettings(
+        backoff_max_s=settings.bk_ws_backoff_max_s,
+        ping_interval_s=settings.bk_ws_ping_interval_s,
+        ping_timeout_s=settings.bk_ws_ping_timeout_s,
+    )
+    if settings.bk_dialect == "v1":
+        amqp = AmqpSettings(
+            port=settings.bk_amqp_port,
+            heartbeat_s=settings.bk_amqp_heartbeat_s,
+            prefetch=settings.bk_amqp_prefetch,
+        )
+        return AmqpConsumer(session, events, amqp, timing)
+    return WebSocketConsumer(session, events, settings.ssl_verify(), timing)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The gateway for `settings`."""
     metrics = observability.Metrics.create(lambda: getattr(app.state, "gateway", None))
@@ -150,7 +168,12 @@ def create_app(settings: Settings) -> FastAPI:
         retry = RetryPolicy(max_retries=settings.bk_max_retries)
         async with _client(settings, metrics) as client:
             session_ = Session(
-                client, host, retry, settings.bk_run_check_interval_s, offline=embedded is not None
+                client,
+                host,
+                retry,
+                settings.bk_run_check_interval_s,
+                dialect=settings.bk_dialect,
+                offline=embedded is not None,
             )
             if credentials is not None:
                 try:
@@ -169,16 +192,7 @@ def create_app(settings: Settings) -> FastAPI:
             )
             hub = EventHub(settings.gateway_sse_buffer)
             events = Events(event_log, hub)
-            consumer = NotificationConsumer(
-                session_,
-                events,
-                settings.ssl_verify(),
-                ConsumerSettings(
-                    backoff_max_s=settings.bk_ws_backoff_max_s,
-                    ping_interval_s=settings.bk_ws_ping_interval_s,
-                    ping_timeout_s=settings.bk_ws_ping_timeout_s,
-                ),
-            )
+            consumer = _consumer(settings, session_, events)
             app.state.gateway = GatewayState(
                 settings=settings,
                 client=client,

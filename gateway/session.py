@@ -10,6 +10,7 @@ import httpx
 
 from gateway.errors import NoSessionError, RunNotStartedError
 from gateway.upstream.credentials import Credentials
+from gateway.upstream.v1 import V1Upstream
 from gateway.upstream.v3 import RetryPolicy, RunInfo, V3Upstream
 
 log = logging.getLogger("gateway.session")
@@ -25,9 +26,11 @@ class Session:
         retry: RetryPolicy,
         run_check_interval_s: float,
         *,
+        dialect: str = "v3",
         offline: bool = False,
     ) -> None:
         self.client = client
+        self.dialect = dialect
         self.host = host
         self.retry = retry
         self.run_check_interval_s = run_check_interval_s
@@ -52,21 +55,30 @@ class Session:
         return self.upstream
 
     async def login(self, credentials: Credentials) -> RunInfo:
-        """Start a session for `credentials`; the upstream must accept them (run status call)."""
-        upstream = V3Upstream(self.client, self.host, credentials, self.retry)
+        """Start a session for `credentials`; the upstream must accept them (v1 authenticate, then
+        the run status call)."""
+        upstream = self._upstream(credentials)
+        await upstream.authenticate()
         info = await upstream.run()
         self.upstream = upstream
         self.generation += 1
         self._set_run(info)
         log.info(
-            "session started for leaf %s on branch %s", credentials.name, credentials.branch_id
+            "session started for leaf %s on branch %s (protocol %s)",
+            credentials.name,
+            upstream.credentials.branch_id,
+            self.dialect,
         )
         return info
 
     def adopt(self, credentials: Credentials) -> None:
         """Use `credentials` without checking them now (start-up with an unreachable upstream)."""
-        self.upstream = V3Upstream(self.client, self.host, credentials, self.retry)
+        self.upstream = self._upstream(credentials)
         self.generation += 1
+
+    def _upstream(self, credentials: Credentials) -> V3Upstream:
+        kind = V1Upstream if self.dialect == "v1" else V3Upstream
+        return kind(self.client, self.host, credentials, self.retry)
 
     def logout(self) -> None:
         """End the session: later uploads get 401 problems until a new login."""

@@ -63,19 +63,33 @@ class Settings(BaseSettings):
     bk_host: str | None = Field(
         None, description="Upstream BranchKey base URL; unset runs the embedded local aggregator."
     )
-    bk_dialect: Literal["v3", "v1"] = Field("v3", description="Upstream protocol dialect.")
+    bk_dialect: Literal["v3", "v1"] = Field(
+        "v3",
+        description="Upstream protocol: v3 (`/api/v1`, WebSocket) or v1 (`/v1`, Basic auth, RabbitMQ).",
+    )
     bk_credentials_file: Path | None = Field(
         None, description="JSON credentials (v3 or v1 client shape)."
     )
     bk_leaf_id: str | None = Field(None, description="Leaf id (fills or overrides the file's).")
     bk_leaf_name: str | None = Field(None, description="Leaf name.")
     bk_session_token: SecretStr | None = Field(None, description="Leaf session token.")
-    bk_tree_id: str | None = Field(None, description="Tree id (needed with v1-shaped credentials).")
+    bk_tree_id: str | None = Field(
+        None, description="Tree id (v3 with v1-shaped credentials; v1 asks authenticate)."
+    )
     bk_branch_id: str | None = Field(
-        None, description="Branch id (needed with v1-shaped credentials)."
+        None, description="Branch id (v3 with v1-shaped credentials; v1 asks authenticate)."
     )
     bk_owner_id: str | None = Field(None, description="Owner id (never sent upstream).")
-    bk_response_host: str | None = Field(None, description="The v1 client's notification host.")
+    bk_response_host: str | None = Field(
+        None, description="v1: RabbitMQ host of the notifications (else the credentials' own)."
+    )
+    bk_amqp_port: int = Field(5672, ge=1, le=65535, description="v1: RabbitMQ port (plain AMQP).")
+    bk_amqp_heartbeat_s: int = Field(
+        30, ge=0, le=600, description="v1: AMQP heartbeat; a silent broker is dropped after two."
+    )
+    bk_amqp_prefetch: int = Field(
+        32, ge=1, le=10_000, description="v1: notifications in flight before their acks."
+    )
     bk_ssl_verify: str = Field("true", description="true, false, or the path of a CA bundle.")
     bk_proxies: dict[str, str] | None = Field(None, description="JSON like the client's `proxies`.")
     bk_wait_for_run: bool = Field(False, description="Uploads wait for the run to start.")
@@ -107,7 +121,11 @@ class Settings(BaseSettings):
     bk_ws_ping_timeout_s: float = Field(
         20.0, gt=0, description="Declare the WebSocket dead after this."
     )
-    bk_ws_backoff_max_s: float = Field(60.0, gt=0, description="Longest wait between reconnects.")
+    bk_ws_backoff_max_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest wait between notification-channel reconnects (both dialects).",
+    )
     gateway_wait_timeout_s: float = Field(600.0, gt=0, description="Longest `wait=true` upload.")
     gateway_log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text, or one JSON object per line."
@@ -139,10 +157,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_dialect(self) -> Settings:
-        if self.bk_dialect == "v1":
+        if self.bk_dialect == "v1" and self.bk_host is None:
             raise ValueError(
-                "BK_DIALECT=v1 is not supported by this version of the gateway yet; use v3 "
-                "(BranchKey's current protocol) or leave BK_DIALECT unset"
+                "BK_DIALECT=v1 needs BK_HOST (the v1 BranchKey API, e.g. https://api.branchkey.com); "
+                "without BK_HOST the gateway uses its embedded aggregator, which it speaks v3 to"
             )
         return self
 

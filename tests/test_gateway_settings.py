@@ -35,7 +35,7 @@ def test_defaults_are_local_and_offline() -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "fragment"),
     [
-        ("BK_DIALECT", "v1", "BK_DIALECT=v1 is not supported"),
+        ("BK_DIALECT", "v1", "BK_DIALECT=v1 needs BK_HOST"),
         ("BK_HOST", "app.branchkey.com", "BK_HOST must start with http"),
         ("BK_SSL_VERIFY", "/no/such/ca.pem", "BK_SSL_VERIFY"),
         ("GATEWAY_PORT", "70000", "gateway_port"),
@@ -82,6 +82,30 @@ def test_credentials_file_v3_and_v1_shapes(tmp_path: Path, monkeypatch: pytest.M
         "tok",
         "b2",
     )
+
+
+def test_v1_credentials_need_no_ids_but_a_response_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With BK_DIALECT=v1 the v1 client's file is enough (ids come from authenticate); a missing
+    response_host is named, and BK_RESPONSE_HOST supplies or overrides it."""
+    monkeypatch.setenv("BK_HOST", "https://api.example")
+    monkeypatch.setenv("BK_DIALECT", "v1")
+    v1 = tmp_path / "v1.json"
+    v1.write_text(json.dumps({"leaf_name": "n", "leaf_id": "l", "leaf_session_token": "t"}))
+    monkeypatch.setenv("BK_CREDENTIALS_FILE", str(v1))
+    with pytest.raises(CredentialsError, match="lacks response_host"):
+        from_settings(Settings(_env_file=None))
+    monkeypatch.setenv("BK_RESPONSE_HOST", "rabbit.example")
+    creds = from_settings(Settings(_env_file=None))
+    assert creds is not None
+    assert (creds.id, creds.tree_id, creds.branch_id, creds.response_host) == (
+        "l",
+        "",
+        "",
+        "rabbit.example",
+    )
+    assert Settings(_env_file=None).bk_amqp_port == 5672
 
 
 def test_credentials_from_variables(monkeypatch: pytest.MonkeyPatch) -> None:

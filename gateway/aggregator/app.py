@@ -1,4 +1,4 @@
-"""The local aggregator: a BranchKey-compatible server (protocol v3) built by `create_aggregator_app`."""
+"""The local aggregator: a BranchKey-compatible server (protocols v3 and v1) built by `create_aggregator_app`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import anyio.abc
@@ -24,6 +24,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.aggregator.amqp import AmqpNotifier, AmqpSetupError, start_amqp
 from gateway.aggregator.errors import AggregatorError, add_exception_handlers
 from gateway.aggregator.leaves import dev_leaves, load_leaves
 from gateway.aggregator.notify import (
@@ -56,12 +57,20 @@ class AggregatorState:
     admin_token: str
     blob_key: bytes
     task_group: anyio.abc.TaskGroup | None = None
+    amqp: AmqpNotifier | None = None
     branch_locks: dict[str, anyio.Lock] = field(default_factory=dict)
     done: dict[str, anyio.Event] = field(default_factory=dict)
+    v1_locks: dict[str, anyio.Lock] = field(default_factory=dict)
 
     def lock(self, branch_id: str) -> anyio.Lock:
         """The lock that serialises round bookkeeping of one branch."""
         return self.branch_locks.setdefault(branch_id, anyio.Lock())
+
+    def notify(self, branch_id: str, message: dict[str, Any]) -> None:
+        """Tell the branch's leaves: v3 leaves over the WebSocket hub, v1 leaves over AMQP (if enabled)."""
+        self.hub.publish(branch_id, message)
+        if self.amqp is not None:
+            self.amqp.publish_soon(branch_id, message)
 
 
 def _state(request: Request) -> AggregatorState:
@@ -88,6 +97,11 @@ async def _leaf(request: Request, state: StateDep) -> Leaf:
             "Missing or malformed Authorization header: send 'Bearer <leaf id>:<session token>'.",
         )
     leaf_id, _, token = credentials.strip().partition(":")  # tokens may contain colons
+    return await authenticate_leaf(state, leaf_id, token)
+
+
+async def authenticate_leaf(state: AggregatorState, leaf_id: str, token: str) -> Leaf:
+    """The leaf with this id and session token (compared in constant time), else 401."""
     leaf: Leaf | None = await _run(state.store.leaf, leaf_id)
     expected = leaf.session_token if leaf else secrets.token_urlsafe(32)
     if not hmac.compare_digest(expected.encode(), token.encode()) or leaf is None:
@@ -169,7 +183,7 @@ async def _aggregate(
             len(inputs),
             time.perf_counter() - started,
         )
-        state.hub.publish(branch_id, aggregation_message(aggregation_id))
+        state.notify(branch_id, aggregation_message(aggregation_id))
     finally:
         state.done.pop(aggregation_id, anyio.Event()).set()
 
@@ -192,6 +206,11 @@ api = APIRouter(prefix="/api/v1")
 @api.get("/run/{branch_id}")
 async def get_run(branch_id: str, leaf: LeafDep, state: StateDep) -> dict[str, Any]:
     """Run status and number of the leaf's branch."""
+    return await run_details(state, leaf, branch_id)
+
+
+async def run_details(state: AggregatorState, leaf: Leaf, branch_id: str) -> dict[str, Any]:
+    """The run answer of both dialects: `{"data": {"run_status", "run_number"}}`."""
     _own_branch(leaf, branch_id)
     branch = await _branch(state, branch_id)
     return {"data": {"run_status": branch.run_status, "run_number": branch.run_number}}
@@ -262,6 +281,16 @@ def _upload_data(raw: str | None) -> dict[str, Any]:
 @api.post("/file/upload", status_code=201)
 async def create_upload(request: Request, leaf: LeafDep, state: StateDep) -> dict[str, Any]:
     """Receive one weights file: stream, verify integrity, validate, store, maybe close the round."""
+    return {"data": {"file_id": await receive_upload(request, leaf, state)}}
+
+
+async def receive_upload(
+    request: Request, leaf: Leaf, state: AggregatorState, *, whole_weighting: bool = False
+) -> str:
+    """Both dialects' upload: stream, verify the integrity headers if sent, validate, store; the file id.
+
+    `whole_weighting` (protocol v1) also refuses a weighting that is not a whole number of samples.
+    """
     settings = state.settings
     branch = await _branch(state, leaf.branch_id)
     if branch.run_status != "start":
@@ -302,6 +331,16 @@ async def create_upload(request: Request, leaf: LeafDep, state: StateDep) -> dic
             )
         if payload.kind != LEARNING:
             raise AggregatorError(422, "This aggregator combines federated_learning payloads only.")
+        if whole_weighting and not (
+            payload.weighting is not None
+            and payload.weighting >= 0
+            and float(payload.weighting).is_integer()
+        ):
+            raise AggregatorError(
+                422,
+                f"Protocol v1 weights carry a whole number of samples; this file's weighting is "
+                f"{payload.weighting!r}.",
+            )
         digest = base64.b64encode(part.sha256).decode()
         async with state.lock(leaf.branch_id):
             branch = await _branch(state, leaf.branch_id)
@@ -326,7 +365,7 @@ async def create_upload(request: Request, leaf: LeafDep, state: StateDep) -> dic
     finally:
         await _run(form.cleanup)
         await _run(lambda: converted.unlink(missing_ok=True))
-    return {"data": {"file_id": file_id}}
+    return str(file_id)
 
 
 @api.get("/file/download/{file_id}")
@@ -334,18 +373,35 @@ async def get_download(
     file_id: str, request: Request, leaf: LeafDep, state: StateDep
 ) -> dict[str, Any]:
     """A signed, expiring, absolute URL for an aggregation of the leaf's branch or one of its uploads."""
-    await _downloadable(state, leaf, file_id)
+    await downloadable(state, leaf, file_id)
+    return {"data": {"download_url": blob_url(state, request, "npz", file_id)}}
+
+
+BlobFormat = Literal["npz", "npy"]
+_BLOB_PATHS: dict[BlobFormat, str] = {"npz": "/api/v1/blob", "npy": "/v1/blob"}
+
+
+def blob_url(state: AggregatorState, request: Request, fmt: BlobFormat, file_id: str) -> str:
+    """An absolute, signed, expiring URL of `file_id` in format `fmt` (the signature binds the format)."""
     expires = int(time.time() + state.settings.blob_url_ttl_s)
-    signature = _sign(state.blob_key, file_id, expires)
+    signature = _sign(state.blob_key, fmt, file_id, expires)
     base = str(request.base_url).rstrip("/")
-    return {
-        "data": {
-            "download_url": f"{base}/api/v1/blob/{file_id}?expires={expires}&signature={signature}"
-        }
-    }
+    return f"{base}{_BLOB_PATHS[fmt]}/{file_id}?expires={expires}&signature={signature}"
 
 
-async def _downloadable(state: AggregatorState, leaf: Leaf, file_id: str) -> Path:
+def check_blob_signature(
+    state: AggregatorState, fmt: BlobFormat, file_id: str, expires: int, signature: str
+) -> None:
+    """403 unless the URL was signed by this aggregator for this file and format, and is unexpired."""
+    ask = "/v1/file/download" if fmt == "npy" else "/api/v1/file/download"
+    if not hmac.compare_digest(signature, _sign(state.blob_key, fmt, file_id, expires)):
+        raise AggregatorError(403, f"Bad download signature: ask {ask} for a new URL.")
+    if expires < time.time():
+        raise AggregatorError(403, f"This download URL has expired: ask {ask} for a new one.")
+
+
+async def downloadable(state: AggregatorState, leaf: Leaf, file_id: str) -> Path:
+    """The stored NPZ behind `file_id` if this leaf may download it (404/403/409 otherwise)."""
     aggregation = await _run(state.store.aggregation, file_id)
     if aggregation is not None:
         _own_branch(leaf, aggregation.branch_id)
@@ -364,8 +420,8 @@ async def _downloadable(state: AggregatorState, leaf: Leaf, file_id: str) -> Pat
     return Path(upload.path)
 
 
-def _sign(key: bytes, file_id: str, expires: int) -> str:
-    return hmac.new(key, f"{file_id}\n{expires}".encode(), hashlib.sha256).hexdigest()
+def _sign(key: bytes, fmt: BlobFormat, file_id: str, expires: int) -> str:
+    return hmac.new(key, f"{fmt}\n{file_id}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
 
 @api.get("/blob/{file_id}", response_model=None)
@@ -376,14 +432,7 @@ async def get_blob(
     signature: Annotated[str, Query()] = "",
 ) -> FileResponse:
     """The file behind a download URL: no credentials, a valid unexpired signature instead."""
-    if not hmac.compare_digest(signature, _sign(state.blob_key, file_id, expires)):
-        raise AggregatorError(
-            403, "Bad download signature: ask /api/v1/file/download for a new URL."
-        )
-    if expires < time.time():
-        raise AggregatorError(
-            403, "This download URL has expired: ask /api/v1/file/download for a new one."
-        )
+    check_blob_signature(state, "npz", file_id, expires, signature)
     aggregation = await _run(state.store.aggregation, file_id)
     path = aggregation.path if aggregation else None
     if path is None:
@@ -409,6 +458,11 @@ async def _json_body(request: Request) -> Any:
 @api.post("/performance/analysis", status_code=201)
 async def create_metric(request: Request, leaf: LeafDep, state: StateDep) -> dict[str, Any]:
     """Store a performance report (the body is JSON whatever its Content-Type)."""
+    return {"data": {"id": await store_metric(request, leaf, state)}}
+
+
+async def store_metric(request: Request, leaf: Leaf, state: AggregatorState) -> int:
+    """Both dialects' performance report: checked against the leaf, stored; its id."""
     body = await _json_body(request)
     if not isinstance(body, dict):
         raise AggregatorError(400, "The body must be a JSON object.")
@@ -432,8 +486,10 @@ async def create_metric(request: Request, leaf: LeafDep, state: StateDep) -> dic
     if not isinstance(body["aggregation_id"], str):
         raise AggregatorError(400, "aggregation_id must be a string.")
     data = body["data"] if isinstance(body["data"], str) else json.dumps(body["data"])
-    metric_id = await _run(state.store.add_metric, leaf, body["aggregation_id"], body["mode"], data)
-    return {"data": {"id": metric_id}}
+    metric_id: int = await _run(
+        state.store.add_metric, leaf, body["aggregation_id"], body["mode"], data
+    )
+    return metric_id
 
 
 @api.get("/config/branch/{branch_id}")
@@ -506,7 +562,7 @@ async def set_run(request: Request, state: StateDep) -> dict[str, Any]:
     branch = await _admin_branch(state, body.get("branch_id"))
     async with state.lock(branch.branch_id):
         updated: Branch = await _run(state.store.set_run_status, branch.branch_id, body["status"])
-    state.hub.publish(updated.branch_id, run_status_message(updated.run_status))
+    state.notify(updated.branch_id, run_status_message(updated.run_status))
     return {"data": updated.__dict__}
 
 
@@ -620,30 +676,13 @@ def create_aggregator_app(settings: AggregatorSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store(settings.data_dir)
-        store.replace_leaves(leaves, settings.initial_run_status)
-        state = AggregatorState(
-            settings=settings,
-            store=store,
-            tickets=TicketStore(ttl_s=settings.ticket_ttl_s),
-            hub=Hub(),
-            admin_token=admin_token,
-            blob_key=store.secret("blob-key").encode(),
-        )
-        app.state.aggregator = state
+        amqp = await _start_amqp(app, settings, leaves)
         try:
-            async with anyio.create_task_group() as group:
-                state.task_group = group
-                for aggregation, inputs in store.pending_aggregations():
-                    log.info("resuming aggregation %s after a restart", aggregation.aggregation_id)
-                    _start_aggregation(
-                        state, aggregation.aggregation_id, aggregation.branch_id, inputs
-                    )
+            async with _serving(app, settings, leaves, admin_token, amqp):
                 yield
-                # uvicorn has closed every WebSocket (1012, so clients back off) before this point.
-                group.cancel_scope.cancel()
         finally:
-            store.close()
+            if amqp is not None:
+                await amqp.aclose()
 
     app = FastAPI(
         title="BranchKey Gateway local aggregator",
@@ -654,10 +693,68 @@ def create_aggregator_app(settings: AggregatorSettings) -> FastAPI:
     app.add_middleware(CollapseLeadingSlashes)
     add_exception_handlers(app)
     app.include_router(api)
+    # The v1 routes build on this module's helpers, so they are imported once it is complete.
+    from gateway.aggregator.v1 import v1_api
+
+    app.include_router(v1_api)
     app.include_router(admin)
     app.state.leaves = leaves
     app.state.admin_token = admin_token
+    app.state.startup_error = None
     return app
+
+
+async def _start_amqp(
+    app: FastAPI, settings: AggregatorSettings, leaves: list[Leaf]
+) -> AmqpNotifier | None:
+    if settings.amqp_url is None:
+        log.info(
+            "v1 leaves get HTTP service only (no notifications): start with --amqp-url "
+            "(BK_AGGREGATOR_AMQP_URL) to publish them over RabbitMQ"
+        )
+        return None
+    try:
+        return await start_amqp(settings, leaves)
+    except AmqpSetupError as exc:
+        app.state.startup_error = str(exc)
+        log.error("%s", exc)
+        raise
+
+
+@asynccontextmanager
+async def _serving(
+    app: FastAPI,
+    settings: AggregatorSettings,
+    leaves: list[Leaf],
+    admin_token: str,
+    amqp: AmqpNotifier | None,
+) -> AsyncIterator[None]:
+    """The store, the shared state and the background tasks, for the app's whole life."""
+    store = Store(settings.data_dir)
+    store.replace_leaves(leaves, settings.initial_run_status)
+    state = AggregatorState(
+        settings=settings,
+        store=store,
+        tickets=TicketStore(ttl_s=settings.ticket_ttl_s),
+        hub=Hub(),
+        admin_token=admin_token,
+        blob_key=store.secret("blob-key").encode(),
+        amqp=amqp,
+    )
+    app.state.aggregator = state
+    try:
+        async with anyio.create_task_group() as group:
+            state.task_group = group
+            if amqp is not None:
+                group.start_soon(amqp.run)
+            for aggregation, inputs in store.pending_aggregations():
+                log.info("resuming aggregation %s after a restart", aggregation.aggregation_id)
+                _start_aggregation(state, aggregation.aggregation_id, aggregation.branch_id, inputs)
+            yield
+            # uvicorn has closed every WebSocket (1012, so clients back off) before this point.
+            group.cancel_scope.cancel()
+    finally:
+        store.close()
 
 
 def _stored_admin_token(data_dir: Path) -> str:

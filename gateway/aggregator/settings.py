@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ByteSize, Field, SecretStr
+from pydantic import ByteSize, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.settings import WeightsSettings
 
 RunStatus = Literal["start", "stop", "pause"]
+Provisioner = Literal["auto", "management", "rabbitmqctl"]
 
 
 class AggregatorSettings(BaseSettings):
@@ -46,4 +47,37 @@ class AggregatorSettings(BaseSettings):
         ByteSize(8 * 1024**3), ge=1, description="Largest weights file."
     )
     max_metadata_bytes: int = Field(64 * 1024, ge=256, description="Largest `data` form field.")
+    amqp_url: SecretStr | None = Field(
+        None,
+        description="Admin AMQP URL of the RabbitMQ broker v1 leaves consume notifications from, "
+        "e.g. `amqp://guest:guest@127.0.0.1:5672/` (unset: v1 leaves get HTTP service only).",
+    )
+    amqp_management_url: str | None = Field(
+        None,
+        description="RabbitMQ management API used to provision vhosts, users and permissions "
+        "(default: `http://<amqp host>:15672`).",
+    )
+    amqp_provisioner: Provisioner = Field(
+        "auto",
+        description="How to provision the broker: `management` (HTTP API), `rabbitmqctl` (on PATH), "
+        "or `auto` (the management API when it answers, else rabbitmqctl).",
+    )
+    amqp_queue_max_length: int = Field(
+        10_000,
+        ge=1,
+        description="`x-max-length` of each leaf's queue: beyond it the oldest notifications are dropped.",
+    )
+    amqp_publish_attempts: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Attempts to publish one notification (backing off up to 5 s) before it is logged as lost.",
+    )
     weights: WeightsSettings = Field(default_factory=WeightsSettings)
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("amqp://", "amqps://")):
+            raise ValueError("BK_AGGREGATOR_AMQP_URL must start with amqp:// or amqps://")
+        return value

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse
 from gateway.dependencies import GatewayState, StateDep
 from gateway.errors import BadRequestError, UpstreamUnavailableError
 from gateway.observability import MeteredFileResponse, MetricsDep
-from gateway.weights import aggregate_to_object_npy, normalize_aggregate
+from gateway.weights import aggregate_to_object_npy, detect_format, normalize_aggregate
 
 router = APIRouter()
 
@@ -74,7 +74,8 @@ async def stream_aggregation(
         Query(alias="format", description="npz: plain layer_0.. arrays; npy: the v1 object array."),
     ] = Format.npz,
 ) -> FileResponse:
-    """The aggregated model: `layer_0 ..` as an NPZ of plain arrays, or (`?format=npy`) the v1 object array."""
+    """The aggregated model: `layer_0 ..` as an NPZ of plain arrays, or (`?format=npy`) the v1 object
+    array (a v1 upstream's own file; from a v3 upstream, the layers written in that layout)."""
     check_id(aggregation_id)
     served, digest = await _cached(state, aggregation_id, fmt)
     return MeteredFileResponse(
@@ -169,6 +170,10 @@ async def _fetch(state: GatewayState, aggregation_id: str, plain: Path) -> None:
                 await to_thread.run_sync(stream.close)
         limits = state.settings.weights.policy().limits
         await _publish(state.cache_dir, plain, lambda tmp: normalize_aggregate(raw, tmp, limits))
+        if await to_thread.run_sync(detect_format, raw, limits) == "npy-object":
+            # A v1 upstream's own file (it just parsed cleanly above) is what ?format=npy serves.
+            original = state.cache_dir / f"{aggregation_id}.npy"
+            await _publish(state.cache_dir, original, lambda tmp: os.replace(raw, tmp))
     finally:
         await to_thread.run_sync(lambda: raw.unlink(missing_ok=True))
 

@@ -107,7 +107,10 @@ async def get_session_info(state: StateDep) -> SessionInfo:
 async def create_session(credentials: dict[str, Any], state: StateDep) -> SessionInfo:
     """Log in (or switch leaf) with JSON credentials in the v3 or v1 client shape."""
     try:
-        parsed = from_mapping(credentials, "The request body")
+        settings = state.settings
+        parsed = from_mapping(
+            credentials, "The request body", settings.bk_dialect, settings.bk_response_host
+        )
     except CredentialsError as exc:
         raise BadRequestError(str(exc)) from None
     await state.session.login(parsed)

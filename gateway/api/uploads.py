@@ -26,7 +26,7 @@ from gateway.errors import (
 )
 from gateway.multipart import FormData, MultipartLimits, read_multipart
 from gateway.observability import MetricsDep
-from gateway.weights import Payload, layers_to_npz, to_npz, with_weighting
+from gateway.weights import Payload, layers_to_npz, npz_to_object_npy, to_npz, with_weighting
 
 router = APIRouter()
 
@@ -43,7 +43,8 @@ class LayerInfo(BaseModel):
 
 
 class UploadResult(BaseModel):
-    """What BranchKey received."""
+    """What BranchKey received (`sha256` and `size` are of the file sent upstream: the NPZ, or in
+    protocol v1 the object `.npy`)."""
 
     file_id: str
     sha256: str
@@ -148,6 +149,12 @@ async def create_upload(
                     with_weighting, final, chosen_weighting, target, policy
                 )
                 final, digest = target, None
+        if upstream.upload_format == "npy-object":
+            # Protocol v1 carries the pickled object layout: written by our own writer from the
+            # validated NPZ, never by pickling (or passing on) anything the trainer sent.
+            target = scratch.new(".npy")
+            await to_thread.run_sync(npz_to_object_npy, final, target, policy)
+            final, digest = target, None
         if digest is None:
             digest = await to_thread.run_sync(_sha256, final)
         size = await to_thread.run_sync(os.path.getsize, final)

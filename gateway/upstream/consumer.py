@@ -1,4 +1,5 @@
-"""The upstream notification consumer (v3): ticket -> WebSocket -> events, supervised, never silent."""
+"""Upstream notification consumers: one supervised loop (backoff, `gap` and run-status re-reads after
+every outage) shared by the v3 WebSocket consumer here and the v1 AMQP consumer (`upstream/amqp.py`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import random
 import ssl
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -59,19 +61,23 @@ def ws_url(host: str, ticket_id: str, request_id: str) -> str:
     return f"{base}/api/v1/ws?ticket={ticket_id}&request_id={request_id}"
 
 
-class NotificationConsumer:
-    """Keeps one WebSocket to the upstream open for the current session and turns messages into events."""
+class NotificationConsumer(ABC):
+    """Keeps one notification channel to the upstream open for the current session and turns its
+    messages into events. Subclasses open the channel (`_connect_and_read`); the hub, the log and the
+    routes only see this interface: `run()`, `session_changed()` and `status`."""
+
+    transient_errors: tuple[type[BaseException], ...] = (
+        OSError,
+        TimeoutError,
+        GatewayError,
+    )
+    """Failures that end one connection attempt; the channel is reopened after a backoff."""
 
     def __init__(
-        self,
-        session: Session,
-        events: Events,
-        verify: bool | ssl.SSLContext,
-        settings: ConsumerSettings | None = None,
+        self, session: Session, events: Events, settings: ConsumerSettings | None = None
     ) -> None:
         self.session = session
         self.events = events
-        self.verify = verify
         self.settings = settings or ConsumerSettings()
         self.status = ChannelStatus(since=time.time())
         self._session_changed = anyio.Event()
@@ -101,14 +107,7 @@ class NotificationConsumer:
                 group.start_soon(_cancel_on, changed, group.cancel_scope)
                 try:
                     await self._connect_and_read()
-                except (
-                    OSError,
-                    InvalidHandshake,
-                    InvalidURI,
-                    ConnectionClosed,
-                    TimeoutError,
-                    GatewayError,
-                ) as exc:
+                except self.transient_errors as exc:
                     reason = _describe(exc)
                 group.cancel_scope.cancel()
             if changed.is_set():  # a new session: connect again at once, nothing was missed
@@ -129,6 +128,118 @@ class NotificationConsumer:
             with anyio.move_on_after(delay):
                 await changed.wait()
 
+    @abstractmethod
+    async def _connect_and_read(self) -> None:
+        """Open the channel, call `_connected()` once it is up, then read until it ends."""
+
+    async def _connected(self) -> None:
+        """The channel is up: re-read the run, and after an outage or a restart say so (`gap`)."""
+        self._set("connected")
+        log.info("notification channel connected (protocol %s)", self.session.dialect)
+        info = await self.session.refresh_run()
+        if self._down_since is not None or self._restarted:
+            reason = "channel-reconnected" if self._down_since is not None else "gateway-restarted"
+            await self.events.emit(
+                "gap", {"reason": reason, "since": self._down_since or now_iso()}
+            )
+            self._announced = None  # after a gap, say where the run stands now
+            await self._announce_run(info.run_status, info.run_number)
+        else:
+            self._announced = (info.run_status, info.run_number)  # the baseline, not news
+        self._down_since = None
+        self._restarted = False
+
+    async def _handle_raw(self, raw: str | bytes) -> bool:
+        """One message as received: True when it was understood and is now in the event log."""
+        self.status.last_message_at = time.time()
+        try:
+            message = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            log.warning("skipped a notification that is not JSON")
+            return False
+        if not isinstance(message, dict):
+            log.warning("skipped a notification that is not a JSON object")
+            return False
+        return await self._handle(message)
+
+    async def _handle(self, message: dict[str, Any]) -> bool:
+        kind = message.get("message_type")
+        body = message.get("body")
+        if not isinstance(body, dict):
+            log.warning("skipped a %s notification without a body object", kind)
+            return False
+        if kind == "aggregation_status":
+            aggregation_id = body.get("aggregation_id")
+            if not isinstance(aggregation_id, str) or not aggregation_id:
+                log.warning("skipped an aggregation notification without an id")
+                return False
+            run = self.session.run
+            data = {
+                "aggregation_id": aggregation_id,
+                "run_number": run.run_number if run else None,
+                "received_at": now_iso(),
+            }
+            await self.events.emit("aggregation", data, dedup=f"aggregation:{aggregation_id}")
+        elif kind == "run_status":
+            status = body.get("run_status")
+            if not isinstance(status, str) or not status:
+                log.warning("skipped a run_status notification without a status")
+                return False
+            self.session.notify_run_status(status)
+            if status == "start":
+                try:
+                    await self.session.refresh_run()
+                except GatewayError as exc:
+                    log.warning(
+                        "run status refresh failed after a start notification: %s", exc.detail
+                    )
+            # Announce what the run is now (a start may already be followed by a stop), once.
+            run = self.session.run
+            await self._announce_run(
+                run.run_status if run else status, run.run_number if run else None
+            )
+        else:
+            log.warning("skipped a notification of unknown type %r", kind)
+            return False
+        return True
+
+    async def _announce_run(self, status: str, number: Any) -> None:
+        if self._announced == (status, number):
+            return
+        self._announced = (status, number)
+        await self.events.emit("run_status", {"run_status": status, "run_number": number})
+
+    def _set(self, state: ChannelState, error: str | None = None) -> None:
+        if state != self.status.state:
+            self.status.state = state
+            self.status.since = time.time()
+        if error is not None:
+            self.status.last_error = error
+
+    def _log_has_events(self) -> bool:
+        return self.events.log.bounds()[1] > 0
+
+
+class WebSocketConsumer(NotificationConsumer):
+    """Protocol v3: a fresh ticket per attempt, then the WebSocket (§5.6)."""
+
+    transient_errors = (
+        *NotificationConsumer.transient_errors,
+        InvalidHandshake,
+        InvalidURI,
+        ConnectionClosed,
+    )
+
+    def __init__(
+        self,
+        session: Session,
+        events: Events,
+        verify: bool | ssl.SSLContext,
+        settings: ConsumerSettings | None = None,
+    ) -> None:
+        super().__init__(session, events, settings)
+        self.verify = verify
+
     async def _connect_and_read(self) -> None:
         upstream = self.session.require()
         ticket = await upstream.ticket()
@@ -148,22 +259,7 @@ class NotificationConsumer:
             proxy=None,
         )
         try:
-            self._set("connected")
-            log.info("notification channel connected")
-            info = await self.session.refresh_run()
-            if self._down_since is not None or self._restarted:
-                reason = (
-                    "channel-reconnected" if self._down_since is not None else "gateway-restarted"
-                )
-                await self.events.emit(
-                    "gap", {"reason": reason, "since": self._down_since or now_iso()}
-                )
-                self._announced = None  # after a gap, say where the run stands now
-                await self._announce_run(info.run_status, info.run_number)
-            else:
-                self._announced = (info.run_status, info.run_number)  # the baseline, not news
-            self._down_since = None
-            self._restarted = False
+            await self._connected()
             await self._read(connection)
         finally:
             # Close politely but briefly, even when cancelled; then make sure the socket is gone.
@@ -173,71 +269,7 @@ class NotificationConsumer:
 
     async def _read(self, connection: ClientConnection) -> None:
         async for raw in connection:
-            self.status.last_message_at = time.time()
-            try:
-                message = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                log.warning("skipped a notification that is not JSON")
-                continue
-            if not isinstance(message, dict):
-                log.warning("skipped a notification that is not a JSON object")
-                continue
-            await self._handle(message)
-
-    async def _handle(self, message: dict[str, Any]) -> None:
-        kind = message.get("message_type")
-        body = message.get("body")
-        if not isinstance(body, dict):
-            log.warning("skipped a %s notification without a body object", kind)
-            return
-        if kind == "aggregation_status":
-            aggregation_id = body.get("aggregation_id")
-            if not isinstance(aggregation_id, str) or not aggregation_id:
-                log.warning("skipped an aggregation notification without an id")
-                return
-            run = self.session.run
-            data = {
-                "aggregation_id": aggregation_id,
-                "run_number": run.run_number if run else None,
-                "received_at": now_iso(),
-            }
-            await self.events.emit("aggregation", data, dedup=f"aggregation:{aggregation_id}")
-        elif kind == "run_status":
-            status = body.get("run_status")
-            if not isinstance(status, str) or not status:
-                log.warning("skipped a run_status notification without a status")
-                return
-            self.session.notify_run_status(status)
-            if status == "start":
-                try:
-                    await self.session.refresh_run()
-                except GatewayError as exc:
-                    log.warning(
-                        "run status refresh failed after a start notification: %s", exc.detail
-                    )
-            # Announce what the run is now (a start may already be followed by a stop), once.
-            run = self.session.run
-            await self._announce_run(
-                run.run_status if run else status, run.run_number if run else None
-            )
-        else:
-            log.warning("skipped a notification of unknown type %r", kind)
-
-    async def _announce_run(self, status: str, number: Any) -> None:
-        if self._announced == (status, number):
-            return
-        self._announced = (status, number)
-        await self.events.emit("run_status", {"run_status": status, "run_number": number})
-
-    def _set(self, state: ChannelState, error: str | None = None) -> None:
-        if state != self.status.state:
-            self.status.state = state
-            self.status.since = time.time()
-        if error is not None:
-            self.status.last_error = error
-
-    def _log_has_events(self) -> bool:
-        return self.events.log.bounds()[1] > 0
+            await self._handle_raw(raw)
 
 
 async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:

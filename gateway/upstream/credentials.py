@@ -27,6 +27,7 @@ class Credentials:
     tree_id: str
     branch_id: str
     owner_id: str = ""
+    response_host: str = ""
 
     def public(self) -> dict[str, str]:
         """Everything but the token."""
@@ -38,25 +39,44 @@ class Credentials:
         }
 
 
-def from_mapping(data: Any, origin: str) -> Credentials:
-    """Credentials from a JSON object in the v3 shape or the v1 client's shape (plus tree/branch ids)."""
+def from_mapping(
+    data: Any, origin: str, dialect: str = "v3", default_response_host: str | None = None
+) -> Credentials:
+    """Credentials from a JSON object in the v3 shape or the v1 client's shape.
+
+    With the v3 dialect the tree and branch ids must be given (v1-shaped credentials need them added);
+    with v1 they come from `/v1/leaf/authenticate`, and the notification host is needed instead
+    (`response_host`, else `default_response_host`, i.e. BK_RESPONSE_HOST).
+    """
     if not isinstance(data, dict):
         raise CredentialsError(f"{origin} must be a JSON object with the leaf's credentials.")
     data = _v3_names(data)
-    missing = [k for k in V3_FIELDS[:5] if not isinstance(data.get(k), str) or not data[k]]
+    if not isinstance(data.get("response_host"), str) or not data["response_host"]:
+        data["response_host"] = default_response_host or ""
+    required = V3_FIELDS[:3] if dialect == "v1" else V3_FIELDS[:5]
+    missing = [k for k in required if not isinstance(data.get(k), str) or not data[k]]
     if missing:
+        if dialect == "v1":
+            hint = "give leaf_id, leaf_name and leaf_session_token (the v1 client's credentials)."
+        else:
+            hint = (
+                "give id, name, session_token, tree_id and branch_id "
+                "(v1-shaped credentials need tree_id and branch_id added)."
+            )
+        raise CredentialsError(f"{origin} lacks {', '.join(missing)}: {hint}")
+    if dialect == "v1" and not data.get("response_host"):
         raise CredentialsError(
-            f"{origin} lacks {', '.join(missing)}: give id, name, session_token, tree_id and branch_id "
-            "(v1-shaped credentials need tree_id and branch_id added)."
+            f"{origin} lacks response_host: protocol v1 needs the RabbitMQ host of the "
+            "notifications (set response_host in the credentials or BK_RESPONSE_HOST)."
         )
-    owner = data.get("owner_id") or ""
     return Credentials(
         id=str(data["id"]),
         name=str(data["name"]),
         session_token=str(data["session_token"]),
-        tree_id=str(data["tree_id"]),
-        branch_id=str(data["branch_id"]),
-        owner_id=str(owner),
+        tree_id=str(data.get("tree_id") or ""),
+        branch_id=str(data.get("branch_id") or ""),
+        owner_id=str(data.get("owner_id") or ""),
+        response_host=str(data.get("response_host") or ""),
     )
 
 
@@ -94,6 +114,7 @@ def from_settings(settings: Settings) -> Credentials | None:
         "tree_id": settings.bk_tree_id,
         "branch_id": settings.bk_branch_id,
         "owner_id": settings.bk_owner_id,
+        "response_host": settings.bk_response_host,
     }
     data = _v3_names(data)
     for key, value in overrides.items():
@@ -102,5 +123,7 @@ def from_settings(settings: Settings) -> Credentials | None:
     if not data:
         return None
     return from_mapping(
-        data, "BK_CREDENTIALS_FILE" if settings.bk_credentials_file else "The BK_* variables"
+        data,
+        "BK_CREDENTIALS_FILE" if settings.bk_credentials_file else "The BK_* variables",
+        settings.bk_dialect,
     )

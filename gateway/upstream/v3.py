@@ -101,6 +101,8 @@ class V3Upstream:
     """One leaf's session with a v3 upstream, over a shared `httpx.AsyncClient`."""
 
     dialect = "v3"
+    upload_format = "npz"
+    """The file format this dialect uploads: `npz`, or `npy-object` (the v1 pickled layout)."""
 
     def __init__(
         self,
@@ -126,6 +128,11 @@ class V3Upstream:
             "accept": accept,
             "LEAF": "true",
         }
+
+    def call_headers(self, path: str) -> dict[str, str]:
+        """The headers of a JSON API call to `path`."""
+        del path  # v3 sends the same headers on every call
+        return self.headers()
 
     async def send(
         self,
@@ -160,13 +167,18 @@ class V3Upstream:
             await anyio.sleep(delay)
 
     async def call_json(
-        self, method: str, path: str, what: str, expected: int, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        what: str,
+        expected: int,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
     ) -> Any:
         """One JSON API call; returns the parsed body."""
+        sent = headers or self.call_headers(path)
         response = await self.send(
-            lambda: self.client.build_request(
-                method, self.url(path), headers=self.headers(), **kwargs
-            ),
+            lambda: self.client.build_request(method, self.url(path), headers=sent, **kwargs),
             what,
         )
         raise_for_status(response, expected, what)
@@ -177,17 +189,23 @@ class V3Upstream:
                 f"BranchKey answered {what} with a body that is not JSON."
             ) from None
 
+    def run_path(self) -> str:
+        """The run status path of this dialect."""
+        return f"/run/{self.credentials.branch_id}"
+
     async def run(self) -> RunInfo:
-        """`GET /api/v1/run/{branch_id}`."""
-        body = await self.call_json(
-            "GET", f"/run/{self.credentials.branch_id}", "the run status call", 200
-        )
+        """The run status call (`GET /api/v1/run/{branch_id}` in v3)."""
+        body = await self.call_json("GET", self.run_path(), "the run status call", 200)
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, dict) or "run_status" not in data or "run_number" not in data:
             raise UpstreamUnavailableError(
                 "BranchKey's run status answer lacks data.run_status or data.run_number."
             )
         return RunInfo(run_status=str(data["run_status"]), run_number=data["run_number"])
+
+    async def authenticate(self) -> Credentials:
+        """v3 has no login call: the credentials carry every id."""
+        return self.credentials
 
     async def upload(self, path: Path, size: int, digest_b64: str, kind: str, filename: str) -> str:
         """`POST /api/v1/file/upload`, streamed from `path` with the client's exact parts and headers (§5.5.1)."""
@@ -199,26 +217,28 @@ class V3Upstream:
             "file_digest": digest,
             "kind": kind,
         }
-        data = json.dumps(
-            {
-                "leaf_name": self.credentials.name,
-                "metadata": json.dumps(metadata, ensure_ascii=False),
-            }
+        return await self.post_file(
+            path,
+            size,
+            safe_filename(filename, "weights.npz"),
+            json.dumps(metadata, ensure_ascii=False),
+            {"x-bk-file-size": str(size), "x-bk-file-digest": digest},
         )
+
+    async def post_file(
+        self, path: Path, size: int, filename: str, metadata: str, extra: dict[str, str]
+    ) -> str:
+        """The upload call of both dialects: a `data` field, then the `file` part, streamed; 201 + file_id."""
+        data = json.dumps({"leaf_name": self.credentials.name, "metadata": metadata})
         boundary = secrets.token_hex(16)
-        safe_name = (
-            "".join(ch for ch in filename if ch.isprintable() and ch not in '"\\\r\n')
-            or "weights.npz"
-        )
         head = (
             f'--{boundary}\r\nContent-Disposition: form-data; name="data"\r\n\r\n{data}\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{safe_name}"\r\n\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n\r\n'
         ).encode()
         tail = f"\r\n--{boundary}--\r\n".encode()
         headers = {
             **self.headers(),
-            "x-bk-file-size": str(size),
-            "x-bk-file-digest": digest,
+            **extra,
             "Content-Type": f"multipart/form-data; boundary={boundary}",
             "Content-Length": str(len(head) + size + len(tail)),
         }
@@ -240,13 +260,15 @@ class V3Upstream:
             raise UpstreamUnavailableError("BranchKey's upload answer lacks data.file_id.")
         return file_id
 
+    download_accept = "*/*"
+
     async def download_url(self, file_id: str) -> str:
-        """`GET /api/v1/file/download/{file_id}` -> the blob URL."""
+        """`GET <prefix>/file/download/{file_id}` -> the blob URL."""
         response = await self.send(
             lambda: self.client.build_request(
                 "GET",
                 self.url(f"/file/download/{quote(file_id, safe='')}"),
-                headers=self.headers("*/*"),
+                headers=self.headers(self.download_accept),
             ),
             "the download call",
         )
@@ -296,6 +318,11 @@ class V3Upstream:
         if not isinstance(data, dict) or not isinstance(data.get("ticket_id"), str):
             raise UpstreamUnavailableError("BranchKey's ticket answer lacks ticket_id.")
         return data
+
+
+def safe_filename(filename: str, default: str) -> str:
+    """A file name that cannot break the part header."""
+    return "".join(ch for ch in filename if ch.isprintable() and ch not in '"\\\r\n') or default
 
 
 def _json_or_none(response: httpx.Response) -> Any:

@@ -6,7 +6,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import pytest
 from gateway.aggregator.app import create_aggregator_app
 from gateway.aggregator.notify import uvicorn_ws_options
 from gateway.aggregator.settings import AggregatorSettings
+from tests.amqp import broker_cleanup
 from tests.servers import serve
 
 ADMIN = "admin-secret-token"
@@ -107,10 +108,20 @@ def aggregator(tmp_path: Path) -> Iterator[Running]:
 
 @contextmanager
 def start(data_dir: Path, **overrides: Any) -> Iterator[Running]:
-    """Start an aggregator for `data_dir`; stop it on exit."""
+    """Start an aggregator for `data_dir`; stop it on exit.
+
+    With `amqp_url=tests.amqp.AMQP_URL` it provisions RabbitMQ for its leaves at start-up; their vhosts
+    and users are deleted from the broker once the aggregator has stopped.
+    """
     settings = settings_for(data_dir, **overrides)
     app = create_aggregator_app(settings)
-    with serve(app, **uvicorn_ws_options(ping_interval_s=5, ping_timeout_s=5)) as url:
+    cleanup: AbstractContextManager[None] = nullcontext()
+    if settings.amqp_url is not None:
+        cleanup = broker_cleanup(
+            vhosts={leaf.tree_id for leaf in app.state.leaves},
+            users={leaf.id for leaf in app.state.leaves},
+        )
+    with cleanup, serve(app, **uvicorn_ws_options(ping_interval_s=5, ping_timeout_s=5)) as url:
         source = settings.leaves_file or data_dir / "leaves.json"
         leaves = json.loads(source.read_text())
         yield Running(url=url, data_dir=data_dir, leaves=leaves)

@@ -11,13 +11,10 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway.weights import Limits
-from gateway.weights.npy import ArrayHeader, array_from_bytes
-from gateway.weights.objectnpy import read_object_npy
 from tests.aggregator.conftest import ADMIN, Running
 from tests.gateway.conftest import Gateway, GatewayFactory
 from tests.gateway.util import curl, load_npz, wait_for_aggregation
-from tests.weights.util import sdk_weights
+from tests.weights.util import read_v1, sdk_weights
 
 WEIGHTINGS = [1.0, 3.0, 6.0]
 
@@ -38,17 +35,6 @@ def _fedavg(layers: list[list[np.ndarray[Any, Any]]], weights: list[float]) -> l
         sum(w * leaf[i].astype(np.float64) for w, leaf in zip(weights, layers, strict=True)) / total
         for i in range(len(layers[0]))
     ]
-
-
-def _read_v1(path: Path) -> tuple[int, list[np.ndarray[Any, Any]]]:
-    """A v1 object `.npy` parsed by the gateway's pickle-free reader: (num_samples, layers)."""
-    arrays: dict[int, np.ndarray[Any, Any]] = {}
-
-    def sink(index: int, header: ArrayHeader, data: bytes) -> None:
-        arrays[index] = array_from_bytes(header, data).copy()
-
-    parsed = read_object_npy(path, Limits(), sink)
-    return parsed.num_samples, [arrays[ref.index] for ref in parsed.layers]
 
 
 @pytest.fixture
@@ -101,7 +87,7 @@ def test_npy_format_is_the_v1_object_layout(
     assert answer.headers["etag"] == f'"{hashlib.sha256(answer.body).hexdigest()}"'
     path = tmp_path / "aggregated.npy"
     path.write_bytes(answer.body)
-    num_samples, layers = _read_v1(path)
+    num_samples, layers = read_v1(path)
     assert num_samples == 0  # an aggregate carries no sample count
     assert len(layers) == 2
     for index, layer in enumerate(layers):

@@ -10,13 +10,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from gateway.weights import Limits
-from gateway.weights.npy import ArrayHeader, array_from_bytes
-from gateway.weights.objectnpy import read_object_npy
 from tests.aggregator.conftest import Running
 from tests.gateway.conftest import Gateway, GatewayFactory
 from tests.gateway.util import load_npz
-from tests.weights.util import sdk_weights
+from tests.weights.util import read_v1, sdk_weights
 
 ROUNDS = 6
 
@@ -61,13 +58,7 @@ def _layers_of(answer: httpx.Response, fmt: str, tmp_path: Path) -> list[np.ndar
         return [arrays[f"layer_{i}"] for i in range(len(arrays))]
     path = tmp_path / f"{hashlib.sha256(answer.content).hexdigest()}.npy"
     path.write_bytes(answer.content)
-    found: dict[int, np.ndarray[Any, Any]] = {}
-
-    def sink(index: int, header: ArrayHeader, data: bytes) -> None:
-        found[index] = array_from_bytes(header, data).copy()
-
-    parsed = read_object_npy(path, Limits(), sink)
-    return [found[ref.index] for ref in parsed.layers]
+    return read_v1(path)[1]
 
 
 def test_both_formats_fetched_at_once(

@@ -63,6 +63,21 @@ def test_templates_agree_with_each_other(tmp_path: Path) -> None:
         assert from_mapping(single, "template").name == f"leaf-{letter}"
 
 
+def test_v1_template_is_the_v1_clients_shape() -> None:
+    """The v1 template is the 2.x client's credentials dict: unfilled it fails closed; filled in, it is
+    leaf-a for BK_DIALECT=v1 (no tree or branch id needed) and needs them added for v3."""
+    template = _json(CREDENTIALS / "leaf-v1.example.json")
+    assert sorted(template) == ["leaf_id", "leaf_name", "leaf_session_token", "response_host"]
+    with pytest.raises(CredentialsError, match="session_token"):
+        from_mapping(template, "template", "v1")
+    template["leaf_session_token"] = "token-0"
+    creds = from_mapping(template, "template", "v1")
+    assert (creds.id, creds.name) == (_json(CREDENTIALS / "leaf-a.example.json")["id"], "leaf-a")
+    assert creds.response_host == "response.branchkey.com"
+    with pytest.raises(CredentialsError, match="tree_id, branch_id"):
+        from_mapping(template, "template")
+
+
 def test_make_credentials_writes_a_consistent_private_set(tmp_path: Path) -> None:
     """The generator writes loadable, matching leaves and leaf files with fresh tokens, readable by the image's group only."""
     out = tmp_path / "credentials"

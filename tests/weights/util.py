@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from gateway.weights import ValidationPolicy, WeightsError, inspect_payload
+from gateway.weights import Limits, ValidationPolicy, WeightsError, inspect_payload
+from gateway.weights.npy import ArrayHeader, array_from_bytes
+from gateway.weights.objectnpy import read_object_npy
 
 
 def npy_bytes(array: np.ndarray[Any, Any]) -> bytes:
@@ -48,3 +50,14 @@ def refusal(path: Path, policy: ValidationPolicy | None = None) -> str | None:
     except WeightsError as error:
         return error.code
     return None
+
+
+def read_v1(path: Path) -> tuple[int, list[np.ndarray[Any, Any]]]:
+    """A v1 object `.npy` parsed by the gateway's pickle-free reader: (num_samples, layers)."""
+    arrays: dict[int, np.ndarray[Any, Any]] = {}
+
+    def sink(index: int, header: ArrayHeader, data: bytes) -> None:
+        arrays[index] = array_from_bytes(header, data).copy()
+
+    parsed = read_object_npy(path, Limits(), sink)
+    return parsed.num_samples, [arrays[ref.index] for ref in parsed.layers]

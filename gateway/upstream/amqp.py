@@ -1,0 +1,148 @@
+"""The protocol v1 notification consumer: the leaf's RabbitMQ queue -> events, acked only once stored."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import aio_pika
+import aiormq.exceptions
+import anyio
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aio_pika.exceptions import AMQPException
+
+from gateway.errors import GatewayError
+from gateway.events import Events
+from gateway.session import Session
+from gateway.upstream.consumer import ConsumerSettings, NotificationConsumer
+
+log = logging.getLogger("gateway.consumer")
+
+
+@dataclass(frozen=True)
+class AmqpSettings:
+    """Where and how the v1 notifications are consumed."""
+
+    port: int = 5672
+    heartbeat_s: int = 30
+    prefetch: int = 32
+
+
+class AmqpConnectionLostError(ConnectionError):
+    """The broker closed the connection (restart, `rabbitmqctl close_connection`, network loss)."""
+
+
+class AmqpConsumer(NotificationConsumer):
+    """Protocol v1 (§3.5): vhost = tree id, user = leaf id, password = session token, and the queue
+    named after the leaf id, which the server provisions (nothing is declared here).
+
+    Unlike the official v1 client it reconnects with backoff, bounds the unacked messages
+    (`prefetch`), and acks a message only after its event is in the event log, so a crash can
+    never lose an acked aggregation id. A message that can never be understood (not JSON, unknown
+    `message_type`, no id) is rejected without requeue: requeueing would redeliver it forever,
+    and the broker's dead-letter exchange, when one is configured, keeps it for inspection.
+    """
+
+    transient_errors = (
+        *NotificationConsumer.transient_errors,
+        AMQPException,
+        aiormq.exceptions.AMQPError,
+        ConnectionError,
+    )
+
+    def __init__(
+        self,
+        session: Session,
+        events: Events,
+        amqp: AmqpSettings,
+        settings: ConsumerSettings | None = None,
+    ) -> None:
+        super().__init__(session, events, settings)
+        self.amqp = amqp
+
+    async def _connect_and_read(self) -> None:
+        upstream = self.session.require()
+        if not upstream.credentials.tree_id:
+            await upstream.authenticate()  # the vhost is the tree id from /v1/leaf/authenticate
+        creds = upstream.credentials
+        if not creds.response_host:
+            raise GatewayError(
+                "No RabbitMQ host for the notifications: set BK_RESPONSE_HOST or response_host "
+                "in the credentials."
+            )
+        where = f"RabbitMQ at {creds.response_host}:{self.amqp.port}"
+        try:
+            connection = await aio_pika.connect(
+                host=creds.response_host,
+                port=self.amqp.port,
+                login=creds.id,
+                password=creds.session_token,
+                virtualhost=creds.tree_id,
+                timeout=self.settings.open_timeout_s,
+                heartbeat=self.amqp.heartbeat_s,
+                client_properties={"connection_name": f"branchkey-gateway leaf-{creds.id}"},
+            )
+        except aiormq.exceptions.ProbableAuthenticationError as exc:
+            raise GatewayError(
+                f"{where} refused leaf {creds.id} on vhost {creds.tree_id} ({exc}): check the "
+                "session token, and that BranchKey has set up this leaf's notification user."
+            ) from exc
+        except OSError as exc:
+            raise GatewayError(f"{where} cannot be reached ({exc}).") from exc
+        try:
+            channel = await connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=self.amqp.prefetch)
+            queue = await channel.get_queue(creds.id, ensure=False)  # declared by the server
+            try:
+                await self._consume_until_closed(connection, queue)
+            except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                raise GatewayError(
+                    f"{where} has no queue {creds.id} in vhost {creds.tree_id} ({exc}): BranchKey "
+                    "creates it for each leaf."
+                ) from exc
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await connection.close()
+
+    async def _consume_until_closed(
+        self, connection: aio_pika.abc.AbstractConnection, queue: AbstractQueue
+    ) -> None:
+        """Consume until the broker closes the connection (which a queue iterator may not notice)."""
+        lost = False
+        error: BaseException | None = None
+        closed = anyio.Event()
+        # A close by the broker runs the close callbacks (connection.closed() only resolves on
+        # a close we asked for).
+        connection.close_callbacks.add(lambda *_: closed.set())
+        async with anyio.create_task_group() as group:
+
+            async def watch() -> None:
+                nonlocal lost
+                await closed.wait()
+                lost = True
+                group.cancel_scope.cancel()
+
+            group.start_soon(watch)
+            try:
+                await self._consume(queue)
+            except self.transient_errors as exc:  # raised here, outside the task group's wrapping
+                error = exc
+            group.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        if lost:
+            raise AmqpConnectionLostError("the broker closed the connection")
+
+    async def _consume(self, queue: AbstractQueue) -> None:
+        async with queue.iterator(no_ack=False) as messages:
+            await self._connected()
+            async for message in messages:
+                await self._settle(message)
+
+    async def _settle(self, message: AbstractIncomingMessage) -> None:
+        # An exception here (the event log cannot be written) leaves the message unacked: the
+        # connection is dropped and the broker redelivers it after the reconnect.
+        if await self._handle_raw(message.body):
+            await message.ack()
+        else:
+            await message.reject(requeue=False)

@@ -1,0 +1,55 @@
+"""The test RabbitMQ broker (127.0.0.1:5672, guest/guest): its URL, rabbitmqctl, and cleanup of what tests provision."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+"""The admin URL tests pass as `amqp_url`."""
+
+CTL_TIMEOUT_S = 30.0
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run `rabbitmqctl -q <args>` and return its stdout (fails the caller on a non-zero exit)."""
+    executable = shutil.which("rabbitmqctl")
+    if executable is None:
+        raise RuntimeError("rabbitmqctl is not on PATH: the AMQP tests need a local RabbitMQ")
+    done = subprocess.run(
+        [executable, "-q", *args],
+        capture_output=True,
+        text=True,
+        timeout=CTL_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr or done.stdout}")
+    return done.stdout
+
+
+def delete_from_broker(vhosts: Iterable[str] = (), users: Iterable[str] = ()) -> None:
+    """Delete these vhosts (with their queues and exchanges) and users, in parallel; missing ones are fine."""
+    executable = shutil.which("rabbitmqctl") or "rabbitmqctl"
+    commands = [["delete_vhost", v] for v in sorted(set(vhosts))]
+    commands += [["delete_user", u] for u in sorted(set(users))]
+    running = [
+        subprocess.Popen(
+            [executable, "-q", *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for command in commands
+    ]
+    for process in running:
+        process.wait(timeout=CTL_TIMEOUT_S)
+
+
+@contextmanager
+def broker_cleanup(vhosts: Iterable[str] = (), users: Iterable[str] = ()) -> Iterator[None]:
+    """Delete `vhosts` and `users` from the broker when the block ends, whatever happens in it."""
+    vhosts, users = list(vhosts), list(users)
+    try:
+        yield
+    finally:
+        delete_from_broker(vhosts, users)
