@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     )
     bk_amqp_port: int = Field(5672, ge=1, le=65535, description="v1: RabbitMQ port (plain AMQP).")
     bk_amqp_heartbeat_s: int = Field(
-        30, ge=0, le=600, description="v1: AMQP heartbeat; a silent broker is dropped after two."
+        30, ge=1, le=600, description="v1: AMQP heartbeat; a silent broker is dropped after two."
     )
     bk_amqp_prefetch: int = Field(
         32, ge=1, le=10_000, description="v1: notifications in flight before their acks."

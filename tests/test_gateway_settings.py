@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.settings import Settings
-from gateway.upstream.credentials import CredentialsError, from_settings
+from gateway.upstream.credentials import CredentialsError, from_mapping, from_settings
 
 V3 = {
     "id": "l1",
@@ -122,3 +122,29 @@ def test_credentials_from_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     creds = from_settings(Settings(_env_file=None))
     assert creds is not None
     assert creds.id == "l3"
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"leaf_session_token": ""}, "lacks leaf_session_token"),
+        ({"leaf_id": "a:b"}, "leaf_id contains ':'"),
+        ({"leaf_session_token": "tök€n"}, "leaf_session_token has characters outside Latin-1"),
+        ({"response_host": "amqp://rabbit.example:5672"}, "bare host name"),
+        ({"response_host": "rabbit.example:5672"}, "bare host name"),
+    ],
+)
+def test_v1_credentials_that_the_v1_wire_cannot_carry_are_refused(
+    change: dict[str, str], fragment: str
+) -> None:
+    """v1 credentials go into HTTP Basic and an AMQP host: what those cannot carry is refused at
+    login with a sentence naming the v1 key, never sent and refused later with a misleading 401."""
+    data = {
+        "leaf_name": "n",
+        "leaf_id": "l",
+        "leaf_session_token": "t",
+        "response_host": "rabbit.example",
+        **change,
+    }
+    with pytest.raises(CredentialsError, match=fragment):
+        from_mapping(data, "The request body", "v1")

@@ -13,7 +13,12 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway.errors import GatewayError, UpstreamRejectedError, UpstreamUnavailableError
+from gateway.errors import (
+    GatewayError,
+    UpstreamRejectedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
 from gateway.upstream.credentials import Credentials
 from gateway.upstream.v1 import V1_METADATA, V1Upstream
 from gateway.upstream.v3 import RetryPolicy
@@ -154,3 +159,24 @@ def test_authenticate_failures_are_explained(
     result = _talk(lambda _: response, lambda up: up.authenticate())
     assert isinstance(result, expected)
     assert fragment in result.detail
+
+
+def test_a_v1_upload_is_not_resent_after_a_read_timeout(tmp_path: Path) -> None:
+    """A v1 server may count a resent upload twice in a round: a timed-out answer is a 504 after
+    exactly one POST (v3 resends, its service deduplicates)."""
+    npy = tmp_path / "w.npy"
+    npy.write_bytes(b"\x93NUMPY")
+    posts: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/file/upload":
+            posts.append(request)
+            raise httpx.ReadTimeout("no answer", request=request)
+        return _server([])(request)
+
+    async def upload(up: V1Upstream) -> str:
+        return await up.upload(npy, 6, "ignored", "federated_learning", "w.npz")
+
+    result = _talk(handle, upload)
+    assert isinstance(result, UpstreamTimeoutError)
+    assert len(posts) == 1

@@ -48,7 +48,7 @@ MAX_PENDING: Final = 1000
 """Notifications waiting to be published; beyond it new ones are dropped (and logged) while the broker is away."""
 
 _ATTEMPT_TIMEOUT_S: Final = 10.0
-_MAX_BACKOFF_S: Final = 5.0
+_MAX_BACKOFF_S: Final = 10.0
 _CONNECT_TIMEOUT_S: Final = 10.0
 _MANAGEMENT_TIMEOUT_S: Final = 10.0
 # rabbitmqctl starts an Erlang VM (~0.3 s); run a few at once, not hundreds.
@@ -442,6 +442,9 @@ class AmqpNotifier:
 
     async def aclose(self) -> None:
         """Stop accepting notifications and close every connection."""
+        waiting = self._send.statistics().current_buffer_used
+        if waiting:
+            log.warning("%d AMQP notifications not yet published are dropped at shutdown", waiting)
         self._send.close()
         connections, self._connections = self._connections, []
         for connection in connections:

@@ -68,10 +68,11 @@ class AggregatorSettings(BaseSettings):
         description="`x-max-length` of each leaf's queue: beyond it the oldest notifications are dropped.",
     )
     amqp_publish_attempts: int = Field(
-        5,
+        12,
         ge=1,
         le=100,
-        description="Attempts to publish one notification (backing off up to 5 s) before it is logged as lost.",
+        description="Attempts to publish one notification (pauses doubling from 0.5 s up to 10 s, "
+        "so the default rides out about 75 s of broker outage) before it is logged as lost.",
     )
     weights: WeightsSettings = Field(default_factory=WeightsSettings)
 

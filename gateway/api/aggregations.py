@@ -19,6 +19,7 @@ from gateway.dependencies import GatewayState, StateDep
 from gateway.errors import BadRequestError, UpstreamUnavailableError
 from gateway.observability import MeteredFileResponse, MetricsDep
 from gateway.weights import aggregate_to_object_npy, detect_format, normalize_aggregate
+from gateway.weights.objectnpy import read_object_npy
 
 router = APIRouter()
 
@@ -75,7 +76,7 @@ async def stream_aggregation(
     ] = Format.npz,
 ) -> FileResponse:
     """The aggregated model: `layer_0 ..` as an NPZ of plain arrays, or (`?format=npy`) the v1 object
-    array (a v1 upstream's own file; from a v3 upstream, the layers written in that layout)."""
+    array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples)."""
     check_id(aggregation_id)
     served, digest = await _cached(state, aggregation_id, fmt)
     return MeteredFileResponse(
@@ -114,7 +115,7 @@ async def _cached_locked(
             plain = cache / f"{aggregation_id}.npz"
             if not await to_thread.run_sync(plain.exists):
                 await _fetch(state, aggregation_id, plain)
-            if fmt is Format.npy:
+            if fmt is Format.npy and not await to_thread.run_sync(target.exists):
                 limits = state.settings.weights.policy().limits
                 await _publish(
                     cache, target, lambda tmp: aggregate_to_object_npy(plain, tmp, limits)
@@ -171,9 +172,14 @@ async def _fetch(state: GatewayState, aggregation_id: str, plain: Path) -> None:
         limits = state.settings.weights.policy().limits
         await _publish(state.cache_dir, plain, lambda tmp: normalize_aggregate(raw, tmp, limits))
         if await to_thread.run_sync(detect_format, raw, limits) == "npy-object":
-            # A v1 upstream's own file (it just parsed cleanly above) is what ?format=npy serves.
-            original = state.cache_dir / f"{aggregation_id}.npy"
-            await _publish(state.cache_dir, original, lambda tmp: os.replace(raw, tmp))
+            # A v1 upstream's file: ?format=npy serves it with its own sample count, re-written by
+            # our writer (the upstream's pickle bytes are never handed on).
+            samples = (await to_thread.run_sync(read_object_npy, raw, limits)).num_samples
+            await _publish(
+                state.cache_dir,
+                state.cache_dir / f"{aggregation_id}.npy",
+                lambda tmp: aggregate_to_object_npy(plain, tmp, limits, num_samples=samples),
+            )
     finally:
         await to_thread.run_sync(lambda: raw.unlink(missing_ok=True))
 

@@ -62,8 +62,7 @@ class AmqpConsumer(NotificationConsumer):
 
     async def _connect_and_read(self) -> None:
         upstream = self.session.require()
-        if not upstream.credentials.tree_id:
-            await upstream.authenticate()  # the vhost is the tree id from /v1/leaf/authenticate
+        await upstream.ensure_authenticated()  # the vhost is the tree id authenticate returns
         creds = upstream.credentials
         if not creds.response_host:
             raise GatewayError(
@@ -94,7 +93,7 @@ class AmqpConsumer(NotificationConsumer):
             await channel.set_qos(prefetch_count=self.amqp.prefetch)
             queue = await channel.get_queue(creds.id, ensure=False)  # declared by the server
             try:
-                await self._consume_until_closed(connection, queue)
+                await self._consume_until_closed(connection, channel, queue)
             except aiormq.exceptions.ChannelNotFoundEntity as exc:
                 raise GatewayError(
                     f"{where} has no queue {creds.id} in vhost {creds.tree_id} ({exc}): BranchKey "
@@ -105,33 +104,45 @@ class AmqpConsumer(NotificationConsumer):
                 await connection.close()
 
     async def _consume_until_closed(
-        self, connection: aio_pika.abc.AbstractConnection, queue: AbstractQueue
+        self,
+        connection: aio_pika.abc.AbstractConnection,
+        channel: aio_pika.abc.AbstractChannel,
+        queue: AbstractQueue,
     ) -> None:
-        """Consume until the broker closes the connection (which a queue iterator may not notice)."""
-        lost = False
-        error: BaseException | None = None
-        closed = anyio.Event()
+        """Consume until the connection or channel closes or the broker cancels the consumer (a
+        deleted or failed-over queue): a queue iterator notices none of these by itself."""
+        lost: str | None = None
+        error: Exception | None = None
+        ended = anyio.Event()
+
+        def end(reason: str) -> None:
+            nonlocal lost
+            lost = lost or reason
+            ended.set()
+
         # A close by the broker runs the close callbacks (connection.closed() only resolves on
         # a close we asked for).
-        connection.close_callbacks.add(lambda *_: closed.set())
+        connection.close_callbacks.add(lambda *_: end("the broker closed the connection"))
+        channel.close_callbacks.add(lambda *_: end("the broker closed the channel"))
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(
+            lambda *_: end("the broker cancelled the consumer (queue deleted or moved)")
+        )
         async with anyio.create_task_group() as group:
 
             async def watch() -> None:
-                nonlocal lost
-                await closed.wait()
-                lost = True
+                await ended.wait()
                 group.cancel_scope.cancel()
 
             group.start_soon(watch)
             try:
                 await self._consume(queue)
-            except self.transient_errors as exc:  # raised here, outside the task group's wrapping
+            except Exception as exc:  # kept out of the task group, which would wrap it in a group
                 error = exc
             group.cancel_scope.cancel()
         if error is not None:
             raise error
-        if lost:
-            raise AmqpConnectionLostError("the broker closed the connection")
+        raise AmqpConnectionLostError(lost or "the broker ended the consumer")
 
     async def _consume(self, queue: AbstractQueue) -> None:
         async with queue.iterator(no_ack=False) as messages:
@@ -142,7 +153,13 @@ class AmqpConsumer(NotificationConsumer):
     async def _settle(self, message: AbstractIncomingMessage) -> None:
         # An exception here (the event log cannot be written) leaves the message unacked: the
         # connection is dropped and the broker redelivers it after the reconnect.
-        if await self._handle_raw(message.body):
-            await message.ack()
-        else:
-            await message.reject(requeue=False)
+        understood = await self._handle_raw(message.body)
+        try:
+            if understood:
+                await message.ack()
+            else:
+                await message.reject(requeue=False)
+        except (RuntimeError, AMQPException, aiormq.exceptions.AMQPError) as exc:
+            # The channel went away while the event was being written: the broker redelivers
+            # the message to the next connection, where the log's dedup keeps it single.
+            raise AmqpConnectionLostError(f"the channel closed before the ack ({exc})") from exc

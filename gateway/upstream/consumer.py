@@ -92,6 +92,12 @@ class NotificationConsumer(ABC):
 
     async def run(self) -> None:
         """Supervise the channel until cancelled: reconnect with capped, jittered exponential backoff."""
+        try:
+            await self._supervise()
+        finally:
+            self._set("stopped")
+
+    async def _supervise(self) -> None:
         attempt = 0
         self._restarted = await anyio.to_thread.run_sync(self._log_has_events)
         while True:
@@ -107,8 +113,10 @@ class NotificationConsumer(ABC):
                 group.start_soon(_cancel_on, changed, group.cancel_scope)
                 try:
                     await self._connect_and_read()
-                except self.transient_errors as exc:
+                except Exception as exc:  # supervised: every failure ends in a reconnect
                     reason = _describe(exc)
+                    if not isinstance(exc, self.transient_errors):
+                        log.exception("notification channel failed unexpectedly")
                 group.cancel_scope.cancel()
             if changed.is_set():  # a new session: connect again at once, nothing was missed
                 attempt = 0

@@ -57,6 +57,7 @@ def from_mapping(
     missing = [k for k in required if not isinstance(data.get(k), str) or not data[k]]
     if missing:
         if dialect == "v1":
+            missing = [_V3_TO_V1.get(key, key) for key in missing]
             hint = "give leaf_id, leaf_name and leaf_session_token (the v1 client's credentials)."
         else:
             hint = (
@@ -64,11 +65,8 @@ def from_mapping(
                 "(v1-shaped credentials need tree_id and branch_id added)."
             )
         raise CredentialsError(f"{origin} lacks {', '.join(missing)}: {hint}")
-    if dialect == "v1" and not data.get("response_host"):
-        raise CredentialsError(
-            f"{origin} lacks response_host: protocol v1 needs the RabbitMQ host of the "
-            "notifications (set response_host in the credentials or BK_RESPONSE_HOST)."
-        )
+    if dialect == "v1":
+        _check_v1(data, origin)
     return Credentials(
         id=str(data["id"]),
         name=str(data["name"]),
@@ -81,6 +79,34 @@ def from_mapping(
 
 
 _V1_TO_V3 = {"leaf_id": "id", "leaf_name": "name", "leaf_session_token": "session_token"}
+_V3_TO_V1 = {new: old for old, new in _V1_TO_V3.items()}
+
+
+def _check_v1(data: dict[str, Any], origin: str) -> None:
+    """What protocol v1 can carry: HTTP Basic (latin-1, no ':' in the user) and a broker host name."""
+    host = data.get("response_host")
+    if not host:
+        raise CredentialsError(
+            f"{origin} lacks response_host: protocol v1 needs the RabbitMQ host of the "
+            "notifications (set response_host in the credentials or BK_RESPONSE_HOST)."
+        )
+    if not isinstance(host, str) or any(ch in host for ch in "/@ ") or host.count(":") == 1:
+        raise CredentialsError(
+            f"{origin}: response_host must be a bare host name such as response.branchkey.com "
+            "(no scheme, user or port; the port is BK_AMQP_PORT)."
+        )
+    if ":" in data["id"]:
+        raise CredentialsError(
+            f"{origin}: leaf_id contains ':', which HTTP Basic cannot carry in a user name."
+        )
+    for key in ("id", "session_token"):
+        try:
+            data[key].encode("latin-1")
+        except UnicodeEncodeError:
+            raise CredentialsError(
+                f"{origin}: {_V3_TO_V1[key]} has characters outside Latin-1, which HTTP Basic "
+                "(as BranchKey's v1 client sends it) cannot carry."
+            ) from None
 
 
 def _v3_names(data: dict[str, Any]) -> dict[str, Any]:

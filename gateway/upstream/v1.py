@@ -30,6 +30,7 @@ class V1Upstream(V3Upstream):
     dialect = "v1"
     upload_format = "npy-object"
     download_accept = "*/*S"  # the v1 client's header, typo included (§3.4 #4)
+    resend_uploads = False  # a v1 server may count a resent upload twice: fail with a 504 instead
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -43,7 +44,7 @@ class V1Upstream(V3Upstream):
     def headers(self, accept: str = "application/json") -> dict[str, str]:
         """HTTP Basic with the leaf id and session token (latin-1, as requests encodes it)."""
         creds = self.credentials
-        pair = f"{creds.id}:{creds.session_token}".encode("latin-1", errors="replace")
+        pair = f"{creds.id}:{creds.session_token}".encode("latin-1")  # checked by from_mapping
         return {"Authorization": f"Basic {base64.b64encode(pair).decode()}", "accept": accept}
 
     def call_headers(self, path: str) -> dict[str, str]:
@@ -56,33 +57,40 @@ class V1Upstream(V3Upstream):
     async def authenticate(self) -> Credentials:
         """`GET /v1/leaf/authenticate`: the tree, branch and user ids of this leaf."""
         async with self._auth_lock:
-            body = await self.call_json("GET", "/leaf/authenticate", "the authenticate call", 200)
-            data = body.get("data") if isinstance(body, dict) else None
-            ids = {key: data.get(key) if isinstance(data, dict) else None for key in _ID_KEYS}
-            if not all(isinstance(value, str) and value for value in ids.values()):
-                raise UpstreamUnavailableError(
-                    "BranchKey's authenticate answer lacks data.user_id, data.tree_id or data.branch_id."
-                )
-            creds = self.credentials
-            if creds.branch_id and creds.branch_id != ids["branch_id"]:
-                log.warning(
-                    "BranchKey says leaf %s is on branch %s, not the configured %s; using BranchKey's",
-                    creds.id,
-                    ids["branch_id"],
-                    creds.branch_id,
-                )
-            self.credentials = dataclasses.replace(
-                creds,
-                tree_id=str(ids["tree_id"]),
-                branch_id=str(ids["branch_id"]),
-                owner_id=str(ids["user_id"]),
-            )
-            self._authenticated = True
-            return self.credentials
+            return await self._authenticate()
 
-    async def _ensure_authenticated(self) -> None:
-        if not self._authenticated:
-            await self.authenticate()
+    async def ensure_authenticated(self) -> None:
+        """Authenticate once, before the first call that needs the ids (concurrent callers wait)."""
+        if self._authenticated:
+            return
+        async with self._auth_lock:
+            if not self._authenticated:
+                await self._authenticate()
+
+    async def _authenticate(self) -> Credentials:
+        body = await self.call_json("GET", "/leaf/authenticate", "the authenticate call", 200)
+        data = body.get("data") if isinstance(body, dict) else None
+        ids = {key: data.get(key) if isinstance(data, dict) else None for key in _ID_KEYS}
+        if not all(isinstance(value, str) and value for value in ids.values()):
+            raise UpstreamUnavailableError(
+                "BranchKey's authenticate answer lacks data.user_id, data.tree_id or data.branch_id."
+            )
+        creds = self.credentials
+        if creds.branch_id and creds.branch_id != ids["branch_id"]:
+            log.warning(
+                "BranchKey says leaf %s is on branch %s, not the configured %s; using BranchKey's",
+                creds.id,
+                ids["branch_id"],
+                creds.branch_id,
+            )
+        self.credentials = dataclasses.replace(
+            creds,
+            tree_id=str(ids["tree_id"]),
+            branch_id=str(ids["branch_id"]),
+            owner_id=str(ids["user_id"]),
+        )
+        self._authenticated = True
+        return self.credentials
 
     def run_path(self) -> str:
         """`/v1/branch/{branch_id}/run`."""
@@ -90,7 +98,7 @@ class V1Upstream(V3Upstream):
 
     async def run(self) -> RunInfo:
         """`GET /v1/branch/{branch_id}/run` (the client adds `leaf: true` to this call only)."""
-        await self._ensure_authenticated()
+        await self.ensure_authenticated()
         return await super().run()
 
     async def upload(self, path: Path, size: int, digest_b64: str, kind: str, filename: str) -> str:
@@ -103,7 +111,7 @@ class V1Upstream(V3Upstream):
 
     async def send_metrics(self, aggregation_id: str, mode: str, data: Any) -> None:
         """`POST /v1/performance/analysis` (JSON text without Content-Type; 201 expected)."""
-        await self._ensure_authenticated()
+        await self.ensure_authenticated()
         await super().send_metrics(aggregation_id, mode, data)
 
     async def ticket(self) -> dict[str, Any]:

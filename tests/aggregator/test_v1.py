@@ -32,13 +32,11 @@ from gateway.aggregator.amqp import (
 )
 from gateway.aggregator.app import create_aggregator_app
 from gateway.aggregator.store import Leaf
-from gateway.weights import Limits
-from gateway.weights.npy import array_from_bytes
-from gateway.weights.objectnpy import LayerSource, read_object_npy, write_object_npy
+from gateway.weights.objectnpy import LayerSource, write_object_npy
 from tests.aggregator.conftest import Running, settings_for, start
 from tests.amqp import AMQP_URL, rabbitmqctl
 from tests.weights.corpus import v1_file, v1_stream
-from tests.weights.util import sdk_weights
+from tests.weights.util import read_v1, sdk_weights
 
 Array = np.ndarray[Any, Any]
 FIXED_METADATA = "{'key1':'value1', 'key2':'value2'}"
@@ -73,15 +71,6 @@ def write_v1(path: Path, num_samples: int, layers: list[Array]) -> Path:
 
 def _chunks(layer: Array) -> list[bytes]:
     return [np.ascontiguousarray(layer).tobytes()]
-
-
-def read_v1(path: Path) -> tuple[int, list[Array]]:
-    """A v1 object .npy read back with the restricted, pickle-free reader."""
-    arrays: list[Array] = []
-    parsed = read_object_npy(
-        path, Limits(), lambda _index, header, data: arrays.append(array_from_bytes(header, data))
-    )
-    return parsed.num_samples, arrays
 
 
 def upload_v1(

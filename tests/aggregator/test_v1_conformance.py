@@ -12,9 +12,10 @@ import pytest
 
 from tests.aggregator.conftest import Running, start
 from tests.aggregator.test_conformance import admin_get, run_script
-from tests.aggregator.test_v1 import layers_of, read_v1, write_v1
+from tests.aggregator.test_v1 import layers_of, write_v1
 from tests.amqp import AMQP_URL
 from tests.peers import Peer, PeerError, ensure_peer
+from tests.weights.util import read_v1
 
 # Building a peer virtualenv on the first run takes longer than the suite's 120 s per-test limit.
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(600)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,68 @@ def test_aggregator_publishes_again_after_its_broker_connection_drops(
             return queue_counts(vhost, queue) == (1, 0)
 
         wait_until(landed, 20, f"the run_status message in queue {queue}")
+
+
+def test_a_failed_log_write_drops_the_connection_and_the_id_comes_again(
+    rabbit_aggregator: Running,
+    gateways: GatewayFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The event log cannot be written (disk full) when an id arrives: the message stays unacked,
+    the consumer reconnects instead of dying, and the redelivered id is logged once and acked."""
+    agg = rabbit_aggregator
+    leaf = agg.leaves[0]
+    gateway = gateways(0)
+    events = gateway.app.state.gateway.events
+    original = events.emit
+    failures: list[str] = []
+
+    async def failing_emit(
+        type_: EventType, data: dict[str, Any], dedup: str | None = None
+    ) -> Event | None:
+        if type_ == "aggregation" and not failures:
+            failures.append(str(data["aggregation_id"]))
+            raise sqlite3.OperationalError("database or disk is full")
+        result: Event | None = await original(type_, data, dedup)
+        return result
+
+    monkeypatch.setattr(events, "emit", failing_emit)
+    with httpx.Client(timeout=30) as client:
+        upload_v3(agg, client, _weights(tmp_path), leaf=1)
+    wait_until(lambda: len(_aggregations_in_log(gateway)) == 1, 20, "the id after the reconnect")
+    assert _aggregations_in_log(gateway) == failures
+    assert gateway.channel.reconnects >= 1
+    wait_until(lambda: gateway.channel.state == "connected", 20, "the channel is back")
+    wait_until(
+        lambda: queue_counts(leaf["tree_id"], leaf["id"]) == (0, 0), 10, "the message was acked"
+    )
+
+
+async def _recreate_queue(vhost: str, queue: str, exchange: str) -> None:
+    """Delete the leaf's queue and declare it again as the aggregator does (bounded, bound)."""
+    connection = await aio_pika.connect(AMQP_URL.rstrip("/") + "/" + vhost)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(queue)
+        await anyio.sleep(0.5)
+        declared = await channel.declare_queue(
+            queue, durable=True, arguments={"x-max-length": 10_000}
+        )
+        await declared.bind(exchange)
+
+
+def test_a_consumer_cancelled_by_the_broker_reconnects(
+    rabbit_aggregator: Running, gateways: GatewayFactory, tmp_path: Path
+) -> None:
+    """The leaf's queue is deleted and declared again (re-provisioning, a failover): the broker
+    cancels the consumer, the gateway notices, reconnects, and the next aggregation arrives."""
+    agg = rabbit_aggregator
+    leaf = agg.leaves[0]
+    gateway = gateways(0)
+    anyio.run(_recreate_queue, leaf["tree_id"], leaf["id"], leaf["branch_id"])
+    wait_until(lambda: gateway.channel.reconnects >= 1, 10, "the consumer noticed the cancel")
+    wait_until(lambda: gateway.channel.state == "connected", 20, "the consumer is back")
+    with httpx.Client(timeout=30) as client:
+        upload_v3(agg, client, _weights(tmp_path), leaf=1)
+    wait_until(lambda: len(_aggregations_in_log(gateway)) == 1, 20, "the next aggregation")

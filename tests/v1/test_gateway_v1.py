@@ -51,8 +51,8 @@ def test_curl_upload_event_downloads_and_metrics_over_v1(
     rabbit_aggregator: Running, gateways: GatewayFactory, tmp_path: Path
 ) -> None:
     """curl -F an NPZ -> the aggregator receives our v1 object .npy; the aggregation id reaches
-    `curl -N /events` over AMQP; downloads come as NPZ (default) and as the upstream's own .npy;
-    a performance report is stored; /session shows the ids authenticate returned."""
+    `curl -N /events` over AMQP; downloads come as the upstream's v1 .npy (sample count kept) and
+    as NPZ; a performance report is stored; /session shows the ids authenticate returned."""
     agg = rabbit_aggregator
     gateway = gateways(0)
     leaf = agg.leaves[0]
@@ -85,6 +85,19 @@ def test_curl_upload_event_downloads_and_metrics_over_v1(
         records = client.get(f"{agg.url}/admin/aggregations", headers=agg.admin).json()["data"]
         assert aggregation_id in [r["aggregation_id"] for r in records]
 
+        # `?format=npy` first (the cache is still empty): the v1 file with the upstream's sample
+        # count, byte for byte what the aggregator serves its v1 leaves, readable without pickle.
+        npy = curl(f"{gateway.url}/aggregations/{aggregation_id}?format=npy")
+        assert npy.status == 200
+        assert npy.body == _aggregator_v1_blob(agg, client, aggregation_id)
+        assert npy.headers["etag"] == f'"{hashlib.sha256(npy.body).hexdigest()}"'
+        saved = tmp_path / "agg.npy"
+        saved.write_bytes(npy.body)
+        num_samples, layers = read_v1(saved)
+        assert num_samples == 6
+        for got, want in zip(layers, LAYERS, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+
         npz = curl(f"{gateway.url}/aggregations/{aggregation_id}")
         assert npz.status == 200
         with np.load(io.BytesIO(npz.body), allow_pickle=False) as archive:
@@ -92,17 +105,6 @@ def test_curl_upload_event_downloads_and_metrics_over_v1(
             for i, layer in enumerate(LAYERS):  # one leaf in the round: the average is its layers
                 np.testing.assert_allclose(archive[f"layer_{i}"], layer, rtol=1e-6)
                 assert archive[f"layer_{i}"].dtype == layer.dtype
-
-        npy = curl(f"{gateway.url}/aggregations/{aggregation_id}?format=npy")
-        assert npy.status == 200
-        # ... and `?format=npy` is the aggregator's own v1 file, byte for byte, readable without pickle.
-        assert npy.body == _aggregator_v1_blob(agg, client, aggregation_id)
-        assert npy.headers["etag"] == f'"{hashlib.sha256(npy.body).hexdigest()}"'
-        saved = tmp_path / "agg.npy"
-        saved.write_bytes(npy.body)
-        _, layers = read_v1(saved)
-        for got, want in zip(layers, LAYERS, strict=True):
-            np.testing.assert_allclose(got, want, rtol=1e-6)
 
         report = client.post(
             f"{gateway.url}/performance",
