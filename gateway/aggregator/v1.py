@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse
 
 from gateway.aggregator.app import (
     AggregatorState,
+    BlobResponse,
     StateDep,
     authenticate_leaf,
     blob_url,
@@ -104,7 +105,7 @@ async def get_blob_v1(
     if source is None or not await to_thread.run_sync(os.path.exists, source):
         raise AggregatorError(404, f"No file with id {file_id!r}.")
     path = await v1_copy(state, file_id, Path(source))
-    return FileResponse(path, media_type="application/octet-stream", filename=f"{file_id}.npy")
+    return BlobResponse(path, media_type="application/octet-stream", filename=f"{file_id}.npy")
 
 
 @v1_api.post("/performance/analysis", status_code=201)

@@ -127,14 +127,26 @@ async def _cached_locked(
     return served, digest
 
 
-async def _publish(cache: Path, target: Path, produce: Callable[[Path], object]) -> None:
-    """Produce a cache file under a private name, record its digest, then make it visible."""
+async def _publish(
+    cache: Path,
+    target: Path,
+    produce: Callable[[Path], object],
+    known_digest: Callable[[], str | None] | None = None,
+) -> None:
+    """Produce a cache file under a private name, record its digest, then make it visible.
+
+    `known_digest`, asked after `produce`, may give the digest without reading the file again.
+    """
     tmp = cache / f".{target.name}.{secrets.token_hex(8)}"
 
     def build() -> None:
         try:
             produce(tmp)
-            _write_digest(tmp, target)
+            digest = known_digest() if known_digest is not None else None
+            if digest is None:
+                _write_digest(tmp, target)
+            else:
+                target.with_name(target.name + ".sha256").write_text(digest)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -146,6 +158,7 @@ async def _fetch(state: GatewayState, aggregation_id: str, plain: Path) -> None:
     upstream = state.session.require()
     url = await upstream.download_url(aggregation_id)
     raw = state.tmp_dir / f".download-{secrets.token_hex(8)}"
+    digest = hashlib.sha256()  # of the bytes as stored: reused when they are served unchanged
     try:
         async with upstream.blob(url) as response:
             stream = await to_thread.run_sync(raw.open, "wb")
@@ -164,14 +177,22 @@ async def _fetch(state: GatewayState, aggregation_id: str, plain: Path) -> None:
                             "(GATEWAY_MAX_UNCOMPRESSED_BYTES); refusing to store it."
                         )
                     if size >= _FLUSH_BYTES:  # one worker-thread hop per ~1 MiB
-                        await to_thread.run_sync(stream.writelines, pending)
+                        await to_thread.run_sync(_write_hashed, stream, digest, pending)
                         pending, size = [], 0
-                await to_thread.run_sync(stream.writelines, pending)
+                await to_thread.run_sync(_write_hashed, stream, digest, pending)
             finally:
                 await to_thread.run_sync(stream.close)
         limits = state.settings.weights.policy().limits
-        await _publish(state.cache_dir, plain, lambda tmp: normalize_aggregate(raw, tmp, limits))
-        if await to_thread.run_sync(detect_format, raw, limits) == "npy-object":
+        # An upstream file already in the served layout is moved into the cache, not copied,
+        # and keeps the digest computed while it arrived: no extra pass over the data.
+        await _publish(
+            state.cache_dir,
+            plain,
+            lambda tmp: normalize_aggregate(raw, tmp, limits, move=True),
+            lambda: None if raw.exists() else digest.hexdigest(),
+        )
+        moved = not await to_thread.run_sync(raw.exists)  # then it was an NPZ already
+        if not moved and await to_thread.run_sync(detect_format, raw, limits) == "npy-object":
             # A v1 upstream's file: ?format=npy serves it with its own sample count, re-written by
             # our writer (the upstream's pickle bytes are never handed on).
             samples = (await to_thread.run_sync(read_object_npy, raw, limits)).num_samples
@@ -182,6 +203,12 @@ async def _fetch(state: GatewayState, aggregation_id: str, plain: Path) -> None:
             )
     finally:
         await to_thread.run_sync(lambda: raw.unlink(missing_ok=True))
+
+
+def _write_hashed(stream: Any, digest: Any, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        stream.write(chunk)
+        digest.update(chunk)
 
 
 def _write_digest(source: Path, target: Path) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import math
+import os
 import shutil
 import zipfile
 from collections.abc import Sequence
@@ -241,18 +243,23 @@ def aggregate_to_object_npy(
     return payload
 
 
-def normalize_aggregate(src: Path, dst: Path, limits: Limits | None = None) -> Payload:
+def normalize_aggregate(
+    src: Path, dst: Path, limits: Limits | None = None, *, move: bool = False
+) -> Payload:
     """An aggregated result of either dialect as an NPZ of plain arrays any `.npy` reader can open.
 
     Learning results become `layer_0 .. layer_{n-1}` (numeric order, no `weighting`); analytics
     results keep their field names. Arrays are written little-endian in C order, stored uncompressed.
+    A `src` already in that layout is copied, or with `move` renamed (then `src` is gone).
     """
     limits = limits or Limits()
     lenient = ValidationPolicy.lenient(limits)
     fmt = detect_format(src, limits)
     if fmt == "npz" and _already_plain(src, limits):
         with atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)  # already the target layout: a plain copy, no re-encoding
+            # already the target layout: no re-encoding
+            if not (move and _moved(src, tmp)):
+                shutil.copyfile(src, tmp)
             payload = inspect_aggregate(tmp, lenient)
         return payload
     with atomic_path(dst) as tmp:
@@ -269,6 +276,17 @@ def normalize_aggregate(src: Path, dst: Path, limits: Limits | None = None) -> P
                 inspect_payload(src, lenient)  # raises the precise error
         payload = inspect_aggregate(tmp, lenient)
     return payload
+
+
+def _moved(src: Path, dst: Path) -> bool:
+    """Rename `src` to `dst`; False (nothing done) when they are on different file systems."""
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        return False
+    return True
 
 
 def _already_plain(src: Path, limits: Limits) -> bool:

@@ -147,6 +147,26 @@ def test_normalize_drops_weighting_and_renumbers(tmp_path: Path) -> None:
         assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
 
 
+def test_normalize_moves_an_already_plain_file_only_when_asked(tmp_path: Path) -> None:
+    """`move=True` renames an aggregate that is already plain (same bytes, source gone); a file that
+    needs re-encoding is rewritten and its source kept; without `move` the source always stays."""
+    layers = {f"layer_{i}": np.full(3, float(i), dtype=np.float32) for i in range(2)}
+    plain = write_npz(tmp_path / "plain-src.npz", layers, compress=False)
+    original = plain.read_bytes()
+    normalize_aggregate(plain, tmp_path / "copied.npz")
+    assert plain.exists()
+    normalize_aggregate(plain, tmp_path / "moved.npz", move=True)
+    assert not plain.exists()
+    assert (
+        (tmp_path / "moved.npz").read_bytes() == original == (tmp_path / "copied.npz").read_bytes()
+    )
+    packed = write_npz(tmp_path / "packed.npz", layers, compress=True)
+    normalize_aggregate(packed, tmp_path / "unpacked.npz", move=True)
+    assert packed.exists()
+    with zipfile.ZipFile(tmp_path / "unpacked.npz") as archive:
+        assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
+
+
 def test_normalize_keeps_analytics_fields(tmp_path: Path) -> None:
     """An analytics aggregate keeps its field names, byte-swapped to little-endian where needed."""
     path = write_npz(
