@@ -211,6 +211,7 @@ def create_app(settings: Settings) -> FastAPI:
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(consumer.run)
+                    group.start_soon(hub.run_keepalive, settings.gateway_sse_keepalive_s)
                     # Start-up objects live for the whole process: keep them out of every full
                     # collection, whose pauses would otherwise delay event fan-out.
                     gc.freeze()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -31,8 +32,13 @@ class Event:
     created: float
 
     def sse(self) -> bytes:
-        """The event in text/event-stream framing."""
-        return f"id: {self.id}\nevent: {self.type}\ndata: {json.dumps(self.data, separators=(',', ':'))}\n\n".encode()
+        """The event in text/event-stream framing (encoded once, however many streams send it)."""
+        return self._frame
+
+    @functools.cached_property
+    def _frame(self) -> bytes:
+        data = json.dumps(self.data, separators=(",", ":"))
+        return f"id: {self.id}\nevent: {self.type}\ndata: {data}\n\n".encode()
 
 
 _SCHEMA = """
@@ -126,13 +132,17 @@ class EventLog:
             return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
 
+KEEPALIVE = None
+"""What the hub's keep-alive tick puts in every stream's buffer (streams write an SSE comment)."""
+
+
 class Subscriber:
     """One stream's bounded buffer; `lagged` is set when it could not keep up and must reconnect."""
 
     def __init__(
         self,
-        send: MemoryObjectSendStream[Event],
-        receive: MemoryObjectReceiveStream[Event],
+        send: MemoryObjectSendStream[Event | None],
+        receive: MemoryObjectReceiveStream[Event | None],
         types: frozenset[str],
     ) -> None:
         self.send = send
@@ -151,7 +161,7 @@ class EventHub:
 
     def subscribe(self, types: Iterable[str] = EVENT_TYPES) -> Subscriber:
         """A new subscriber (call `unsubscribe` when done)."""
-        send, receive = anyio.create_memory_object_stream[Event](self.buffer)
+        send, receive = anyio.create_memory_object_stream[Event | None](self.buffer)
         subscriber = Subscriber(send, receive, frozenset(types))
         self.subscribers.add(subscriber)
         return subscriber
@@ -178,6 +188,23 @@ class EventHub:
                 )
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 self.subscribers.discard(subscriber)
+
+    def keepalive(self) -> None:
+        """Ask every stream to write a keep-alive comment (one shared timer instead of one per
+        stream; a stream whose buffer is full has events to write anyway)."""
+        for subscriber in list(self.subscribers):
+            try:
+                subscriber.send.send_nowait(KEEPALIVE)
+            except anyio.WouldBlock:
+                continue
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self.subscribers.discard(subscriber)
+
+    async def run_keepalive(self, interval_s: float) -> None:
+        """Tick `keepalive` every `interval_s` until cancelled."""
+        while True:
+            await anyio.sleep(interval_s)
+            self.keepalive()
 
     def close(self) -> None:
         """End every stream (shutdown)."""

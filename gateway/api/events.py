@@ -85,7 +85,6 @@ async def _stream(
     state: GatewayState, wanted: tuple[str, ...], start: int | None
 ) -> AsyncIterator[bytes]:
     hub, log = state.events.hub, state.events.log
-    keepalive = state.settings.gateway_sse_keepalive_s
     subscriber = hub.subscribe(wanted)  # before reading the log, so nothing falls between the two
     try:
         yield b"retry: 3000\n\n"
@@ -105,17 +104,15 @@ async def _stream(
             if len(batch) < _BATCH:
                 break
         while True:
-            with anyio.move_on_after(keepalive) as waited:
-                try:
-                    event = await subscriber.receive.receive()
-                except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    return  # shutdown, or too slow: the client reconnects with its last id
-            if waited.cancelled_caught:
+            try:
+                item = await subscriber.receive.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                return  # shutdown, or too slow: the client reconnects with its last id
+            if item is None:  # KEEPALIVE, the hub's shared tick (GATEWAY_SSE_KEEPALIVE_S)
                 yield b": keep-alive\n\n"
-                continue
-            if event.id > last:
-                yield event.sse()
-                last = event.id
+            elif item.id > last:
+                yield item.sse()
+                last = item.id
     finally:
         hub.unsubscribe(subscriber)
 
