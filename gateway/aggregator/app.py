@@ -736,15 +736,16 @@ async def _serving(
     amqp: AmqpNotifier | None,
 ) -> AsyncIterator[None]:
     """The store, the shared state and the background tasks, for the app's whole life."""
-    store = Store(settings.data_dir)
-    store.replace_leaves(leaves, settings.initial_run_status)
+    store: Store = await _run(Store, settings.data_dir)  # SQLite work stays off the event loop
+    await _run(store.replace_leaves, leaves, settings.initial_run_status)
+    blob_key: str = await _run(store.secret, "blob-key")
     state = AggregatorState(
         settings=settings,
         store=store,
         tickets=TicketStore(ttl_s=settings.ticket_ttl_s),
         hub=Hub(),
         admin_token=admin_token,
-        blob_key=store.secret("blob-key").encode(),
+        blob_key=blob_key.encode(),
         amqp=amqp,
     )
     app.state.aggregator = state
@@ -753,14 +754,15 @@ async def _serving(
             state.task_group = group
             if amqp is not None:
                 group.start_soon(amqp.run)
-            for aggregation, inputs in store.pending_aggregations():
+            for aggregation, inputs in await _run(store.pending_aggregations):
                 log.info("resuming aggregation %s after a restart", aggregation.aggregation_id)
                 _start_aggregation(state, aggregation.aggregation_id, aggregation.branch_id, inputs)
             yield
             # uvicorn has closed every WebSocket (1012, so clients back off) before this point.
             group.cancel_scope.cancel()
     finally:
-        store.close()
+        with anyio.CancelScope(shield=True):
+            await _run(store.close)
 
 
 def _stored_admin_token(data_dir: Path) -> str:
