@@ -166,3 +166,33 @@ def test_without_a_broker_the_channel_is_down_and_says_why(tmp_path: Path) -> No
             with weights.open("rb") as stream:
                 sent = client.post(f"{gateway.url}/upload", files={"file": stream})
             assert sent.status_code == 201, sent.text
+
+
+def test_logout_and_login_with_v1_credentials(
+    rabbit_aggregator: Running, gateways: GatewayFactory, tmp_path: Path
+) -> None:
+    """DELETE /session drops the leaf; POST /session with another leaf's v1 credentials
+    authenticates it (its tree and branch from /v1/leaf/authenticate), the consumer moves to that
+    leaf's queue, and its next aggregation arrives; credentials v1 cannot carry are a 400."""
+    agg = rabbit_aggregator
+    gateway = gateways(0)
+    other = agg.leaves[1]
+    with httpx.Client(timeout=30) as client:
+        assert client.delete(f"{gateway.url}/session").json()["state"] == "logged-out"
+        refused = client.post(
+            f"{gateway.url}/session", json={**v1_credentials(other), "leaf_id": "a:b"}
+        )
+        assert refused.status_code == 400
+        assert "leaf_id contains ':'" in refused.json()["detail"]
+        session = client.post(f"{gateway.url}/session", json=v1_credentials(other)).json()
+        assert (session["leaf_id"], session["tree_id"]) == (other["id"], other["tree_id"])
+        wait_until(lambda: gateway.channel.state == "connected", 20, "the channel of the new leaf")
+        weights = sdk_weights(tmp_path / "w.npz", 2.0, LAYERS)
+        with weights.open("rb") as stream:
+            sent = client.post(f"{gateway.url}/upload", files={"file": stream})
+        assert sent.status_code == 201, sent.text
+        uploads = client.get(f"{agg.url}/admin/uploads", headers=agg.admin).json()["data"]
+        assert [u["leaf_id"] for u in uploads] == [other["id"]]
+        answer = client.get(f"{gateway.url}/aggregations", params={"after": 0, "wait": 20})
+        assert answer.status_code == 200
+        assert len(answer.json()) == 1
