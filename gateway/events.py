@@ -149,6 +149,8 @@ class Subscriber:
         self.receive = receive
         self.types = types
         self.lagged = False
+        self.tick_pending = False
+        """A keep-alive tick is queued (the stream clears this when it takes the tick)."""
 
 
 class EventHub:
@@ -161,9 +163,13 @@ class EventHub:
 
     def subscribe(self, types: Iterable[str] = EVENT_TYPES) -> Subscriber:
         """A new subscriber (call `unsubscribe` when done)."""
-        send, receive = anyio.create_memory_object_stream[Event | None](self.buffer)
+        # One slot more than the events it may fall behind: room for a keep-alive tick.
+        send, receive = anyio.create_memory_object_stream[Event | None](self.buffer + 1)
         subscriber = Subscriber(send, receive, frozenset(types))
-        self.subscribers.add(subscriber)
+        if self.closing.is_set():  # shutting down: the stream ends right after it starts
+            send.close()
+        else:
+            self.subscribers.add(subscriber)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
@@ -178,6 +184,9 @@ class EventHub:
             if event.type not in subscriber.types:
                 continue
             try:
+                queued = subscriber.send.statistics().current_buffer_used
+                if queued - subscriber.tick_pending >= self.buffer:
+                    raise anyio.WouldBlock  # `buffer` events behind (the spare slot is for a tick)
                 subscriber.send.send_nowait(event)
             except anyio.WouldBlock:
                 subscriber.lagged = True
@@ -190,13 +199,15 @@ class EventHub:
                 self.subscribers.discard(subscriber)
 
     def keepalive(self) -> None:
-        """Ask every stream to write a keep-alive comment (one shared timer instead of one per
-        stream; a stream whose buffer is full has events to write anyway)."""
+        """Ask every idle stream to write a keep-alive comment (one shared timer instead of one per
+        stream). A stream with anything queued is about to write anyway, so ticks never pile up
+        in a stalled stream's buffer or take an event's place."""
         for subscriber in list(self.subscribers):
+            if subscriber.send.statistics().current_buffer_used:
+                continue
             try:
                 subscriber.send.send_nowait(KEEPALIVE)
-            except anyio.WouldBlock:
-                continue
+                subscriber.tick_pending = True
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 self.subscribers.discard(subscriber)
 

@@ -737,19 +737,19 @@ async def _serving(
 ) -> AsyncIterator[None]:
     """The store, the shared state and the background tasks, for the app's whole life."""
     store: Store = await _run(Store, settings.data_dir)  # SQLite work stays off the event loop
-    await _run(store.replace_leaves, leaves, settings.initial_run_status)
-    blob_key: str = await _run(store.secret, "blob-key")
-    state = AggregatorState(
-        settings=settings,
-        store=store,
-        tickets=TicketStore(ttl_s=settings.ticket_ttl_s),
-        hub=Hub(),
-        admin_token=admin_token,
-        blob_key=blob_key.encode(),
-        amqp=amqp,
-    )
-    app.state.aggregator = state
     try:
+        await _run(store.replace_leaves, leaves, settings.initial_run_status)
+        blob_key: str = await _run(store.secret, "blob-key")
+        state = AggregatorState(
+            settings=settings,
+            store=store,
+            tickets=TicketStore(ttl_s=settings.ticket_ttl_s),
+            hub=Hub(),
+            admin_token=admin_token,
+            blob_key=blob_key.encode(),
+            amqp=amqp,
+        )
+        app.state.aggregator = state
         async with anyio.create_task_group() as group:
             state.task_group = group
             if amqp is not None:

@@ -109,6 +109,7 @@ async def _stream(
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 return  # shutdown, or too slow: the client reconnects with its last id
             if item is None:  # KEEPALIVE, the hub's shared tick (GATEWAY_SSE_KEEPALIVE_S)
+                subscriber.tick_pending = False
                 yield b": keep-alive\n\n"
             elif item.id > last:
                 yield item.sse()

@@ -256,11 +256,11 @@ def normalize_aggregate(
     lenient = ValidationPolicy.lenient(limits)
     fmt = detect_format(src, limits)
     if fmt == "npz" and _already_plain(src, limits):
+        payload = inspect_aggregate(src, lenient)  # headers only; before `src` may be moved
         with atomic_path(dst) as tmp:
             # already the target layout: no re-encoding
             if not (move and _moved(src, tmp)):
                 shutil.copyfile(src, tmp)
-            payload = inspect_aggregate(tmp, lenient)
         return payload
     with atomic_path(dst) as tmp:
         with NpzWriter(tmp, compress=False) as writer:

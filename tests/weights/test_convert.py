@@ -150,7 +150,9 @@ def test_normalize_drops_weighting_and_renumbers(tmp_path: Path) -> None:
 def test_normalize_moves_an_already_plain_file_only_when_asked(tmp_path: Path) -> None:
     """`move=True` renames an aggregate that is already plain (same bytes, source gone); a file that
     needs re-encoding is rewritten and its source kept; without `move` the source always stays."""
-    layers = {f"layer_{i}": np.full(3, float(i), dtype=np.float32) for i in range(2)}
+    layers: dict[str, bytes | np.ndarray[Any, Any]] = {
+        f"layer_{i}": np.full(3, float(i), dtype=np.float32) for i in range(2)
+    }
     plain = write_npz(tmp_path / "plain-src.npz", layers, compress=False)
     original = plain.read_bytes()
     normalize_aggregate(plain, tmp_path / "copied.npz")

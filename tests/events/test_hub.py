@@ -1,0 +1,71 @@
+"""The fan-out hub's bookkeeping: keep-alive ticks never count as events a subscriber fell behind."""
+
+from __future__ import annotations
+
+import anyio
+
+from gateway.events import Event, EventHub
+
+
+def _event(number: int) -> Event:
+    return Event(number, "aggregation", {"aggregation_id": f"a{number}"}, 0.0)
+
+
+def test_ticks_do_not_pile_up_or_take_event_slots() -> None:
+    """A stalled stream gets at most one queued tick however many ticks pass; it still holds
+    `buffer` events before it is cut off, and is cut off at the next one."""
+    hub = EventHub(buffer=4)
+    stalled = hub.subscribe()
+    for _ in range(300):  # over an hour of 15 s ticks with nobody reading
+        hub.keepalive()
+    assert stalled.send.statistics().current_buffer_used == 1
+    for number in range(1, 5):
+        hub.publish(_event(number))
+    assert not stalled.lagged
+    hub.publish(_event(5))
+    assert stalled.lagged
+    assert stalled not in hub.subscribers
+    hub.unsubscribe(stalled)
+
+
+def test_a_reading_stream_gets_its_tick_and_all_events() -> None:
+    """Ticks reach an idle stream; a taken tick frees its slot for the next one."""
+    hub = EventHub(buffer=2)
+    reader = hub.subscribe()
+
+    async def main() -> list[object]:
+        got: list[object] = []
+        hub.keepalive()
+        got.append(await reader.receive.receive())
+        reader.tick_pending = False  # what the SSE stream does when it writes the comment
+        hub.publish(_event(1))
+        hub.publish(_event(2))
+        hub.keepalive()  # events queued: no tick needed
+        got.append(await reader.receive.receive())
+        got.append(await reader.receive.receive())
+        return got
+
+    got = anyio.run(main)
+    assert got[0] is None
+    assert [e.id for e in got[1:] if isinstance(e, Event)] == [1, 2]
+    assert reader.receive.statistics().current_buffer_used == 0
+    assert not reader.lagged
+    hub.unsubscribe(reader)
+
+
+def test_a_stream_opened_during_shutdown_ends_at_once() -> None:
+    """After close() a new subscriber's buffer is already closed: its stream ends, not lingers."""
+    hub = EventHub()
+    hub.close()
+    late = hub.subscribe()
+    assert late not in hub.subscribers
+
+    async def main() -> bool:
+        try:
+            await late.receive.receive()
+        except anyio.EndOfStream:
+            return True
+        return False
+
+    assert anyio.run(main)
+    hub.unsubscribe(late)
