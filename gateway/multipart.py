@@ -133,6 +133,62 @@ def _apply(ops: Iterable[_Op]) -> None:
             sink.write(data)
 
 
+class _Writer:
+    """Applies batches of writes in a worker thread while the event loop reads the next batch.
+
+    At most one batch is being written and one waits (about 2 MiB). A failed write is kept, not
+    raised in the writer's task (a task group would wrap it), and re-raised by the reading side.
+    """
+
+    def __init__(self) -> None:
+        self.send, self._receive = anyio.create_memory_object_stream[list[_Op]](1)
+        self.error: Exception | None = None
+
+    async def run(self) -> None:
+        async with self._receive:
+            async for ops in self._receive:
+                if self.error is not None:
+                    continue  # drain without writing, so the reading side never blocks
+                try:
+                    await anyio.to_thread.run_sync(_apply, ops)
+                except Exception as exc:
+                    self.error = exc
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+async def _read_and_write(request: Request, reader: _Reader) -> None:
+    """Feed the body to `reader`; its file writes overlap the reading of the next ~1 MiB."""
+    writer = _Writer()
+    failure: BaseException | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(writer.run)
+        try:
+            async with writer.send, contextlib.aclosing(request.stream()) as stream:
+                pending = 0
+                async for chunk in stream:
+                    reader.feed(chunk)
+                    pending += len(chunk)
+                    # One worker-thread call per ~1 MiB, not per network chunk: far fewer thread hops.
+                    if reader.ops and (pending >= _FLUSH_BYTES or reader.ended):
+                        ops, reader.ops, pending = reader.ops, [], 0
+                        writer.check()
+                        await writer.send.send(ops)
+                    if reader.ended:
+                        break
+                if reader.ops:
+                    ops, reader.ops = reader.ops, []
+                    await writer.send.send(ops)
+        except BaseException as exc:  # raised after the group, which would wrap it in a group
+            failure = exc
+            group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    writer.check()  # every batch is written once the group has ended
+
+
 def _discard(sinks: Iterable[_FileSink]) -> None:
     for sink in sinks:
         sink.discard()
@@ -339,8 +395,8 @@ async def read_multipart(
     """Stream a multipart/form-data body into temp files under `dest_dir`, hashing as bytes arrive.
 
     A part is a file if its Content-Disposition has a filename or its name is in `file_fields`;
-    other parts are UTF-8 fields kept in memory. Memory stays about one network chunk whatever the
-    file sizes: each chunk's writes and hash updates run in one worker-thread call. Raises
+    other parts are UTF-8 fields kept in memory. Memory stays about 2 MiB whatever the file sizes:
+    writes and hash updates run in a worker thread, ~1 MiB per call, while the next MiB is read. Raises
     `MultipartError` (400/413/415) as soon as a problem is seen, without reading the rest; on any
     failure, cancellation included, every temp file is deleted first. On success the caller owns the
     files and must delete (`FormData.cleanup`) or move them.
@@ -349,20 +405,7 @@ async def read_multipart(
     reader = _Reader(boundary, dest_dir, limits, frozenset(file_fields or ()))
     try:
         try:
-            async with contextlib.aclosing(request.stream()) as stream:
-                pending = 0
-                async for chunk in stream:
-                    reader.feed(chunk)
-                    pending += len(chunk)
-                    # One worker-thread call per ~1 MiB, not per network chunk: far fewer thread hops.
-                    if reader.ops and (pending >= _FLUSH_BYTES or reader.ended):
-                        ops, reader.ops, pending = reader.ops, [], 0
-                        await anyio.to_thread.run_sync(_apply, ops)
-                    if reader.ended:
-                        break
-                if reader.ops:
-                    ops, reader.ops = reader.ops, []
-                    await anyio.to_thread.run_sync(_apply, ops)
+            await _read_and_write(request, reader)
         except ClientDisconnect:
             raise MultipartError(
                 400, "The client disconnected before the form was complete; retry the upload."

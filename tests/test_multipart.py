@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import json
@@ -26,7 +27,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.multipart import FilePart, FormData, MultipartError, MultipartLimits, read_multipart
+from gateway.multipart import (
+    FilePart,
+    FormData,
+    MultipartError,
+    MultipartLimits,
+    _FileSink,
+    read_multipart,
+)
 
 MiB = 1024 * 1024
 BOUNDARY = "gateway-test-boundary-5e1f"
@@ -73,6 +81,9 @@ def _make_app(
         except MultipartError as exc:
             outcomes.append(exc.status)
             return JSONResponse({"message": exc.message}, status_code=exc.status)
+        except OSError as exc:  # a failed disk write reaches the caller as itself
+            outcomes.append(f"OSError {exc.errno}")
+            return JSONResponse({"message": str(exc)}, status_code=507)
         outcomes.append(200)
         return JSONResponse(_describe(form))
 
@@ -468,6 +479,28 @@ def test_cancellation_deletes_temp_files(launch: Launcher) -> None:
         assert (status, body) == (200, {"cancelled": True})
         assert _leftovers(server.dest) == []
     assert server.outcomes == ["cancelled"]
+
+
+def test_a_failed_disk_write_is_reported_and_leaves_nothing(
+    launch: Launcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails (disk full) while later bytes are still being read reaches the caller as
+    the OSError itself, not wrapped, and every temp file is gone."""
+    server = launch()
+    written: list[int] = []
+    original = _FileSink.write
+
+    def failing_write(self: _FileSink, data: memoryview) -> None:
+        written.append(len(data))
+        if sum(written) > 2 * MiB:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, data)
+
+    monkeypatch.setattr(_FileSink, "write", failing_write)
+    response = _post(server, _body(("weights", "w.npz", os.urandom(12 * MiB))))
+    assert response.status_code == 507
+    assert server.outcomes == [f"OSError {errno.ENOSPC}"]
+    assert _leftovers(server.dest) == []
 
 
 def test_file_fields_make_a_filenameless_part_a_file(launch: Launcher) -> None:
