@@ -34,7 +34,7 @@ class EmbeddedAggregator:
             max_upload_bytes=settings.gateway_max_upload_bytes,
             weights=settings.weights,
         )
-        self.app = create_aggregator_app(self.settings)
+        self.app = create_aggregator_app(self.settings, embedded=True)
         config = uvicorn.Config(
             self.app,
             host="127.0.0.1",

@@ -670,8 +670,9 @@ def _load_leaves(settings: AggregatorSettings) -> list[Leaf]:
     return leaves
 
 
-def create_aggregator_app(settings: AggregatorSettings) -> FastAPI:
-    """A BranchKey-compatible aggregation server for `settings`."""
+def create_aggregator_app(settings: AggregatorSettings, *, embedded: bool = False) -> FastAPI:
+    """A BranchKey-compatible aggregation server for `settings` (`embedded`: inside a gateway,
+    whose users need no advice on the aggregator's own options)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     leaves = _load_leaves(settings)
     admin_token = (
@@ -682,7 +683,7 @@ def create_aggregator_app(settings: AggregatorSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        amqp = await _start_amqp(app, settings, leaves)
+        amqp = await _start_amqp(app, settings, leaves, embedded)
         try:
             async with _serving(app, settings, leaves, admin_token, amqp):
                 yield
@@ -711,12 +712,13 @@ def create_aggregator_app(settings: AggregatorSettings) -> FastAPI:
 
 
 async def _start_amqp(
-    app: FastAPI, settings: AggregatorSettings, leaves: list[Leaf]
+    app: FastAPI, settings: AggregatorSettings, leaves: list[Leaf], embedded: bool
 ) -> AmqpNotifier | None:
     if settings.amqp_url is None:
-        log.info(
+        log.log(
+            logging.DEBUG if embedded else logging.INFO,
             "v1 leaves get HTTP service only (no notifications): start with --amqp-url "
-            "(BK_AGGREGATOR_AMQP_URL) to publish them over RabbitMQ"
+            "(BK_AGGREGATOR_AMQP_URL) to publish them over RabbitMQ",
         )
         return None
     try:
