@@ -80,6 +80,18 @@ class Running:
             files={"file": (path.name, body)},
         )
 
+    def report(self, leaf: int, aggregation_id: str, data: dict[str, Any]) -> dict[str, str]:
+        """A performance report as the official clients send it (`data` JSON-encoded)."""
+        creds = self.leaves[leaf]
+        return {
+            "mode": "test",
+            "aggregation_id": aggregation_id,
+            "leaf_id": creds["id"],
+            "branch_id": creds["branch_id"],
+            "tree_id": creds["tree_id"],
+            "data": json.dumps(data),
+        }
+
     def set_run(self, client: httpx.Client, status: str) -> dict[str, Any]:
         """Set the run status through the admin API."""
         response = client.post(f"{self.url}/admin/run", headers=self.admin, json={"status": status})

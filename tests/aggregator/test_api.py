@@ -239,15 +239,7 @@ def test_downloads_are_signed_and_ranged(tmp_path: Path) -> None:
 
 def test_metrics_config_and_ticket(aggregator: Running) -> None:
     """Metrics are stored (body parsed whatever its type), branch config has its shape, tickets are 200 JSON."""
-    leaf = aggregator.leaves[0]
-    report = {
-        "mode": "test",
-        "aggregation_id": "agg-1",
-        "leaf_id": leaf["id"],
-        "branch_id": leaf["branch_id"],
-        "tree_id": leaf["tree_id"],
-        "data": json.dumps({"acc": 0.9}),
-    }
+    report = aggregator.report(0, "agg-1", {"acc": 0.9})
     with httpx.Client() as client:
         created = client.post(
             f"{aggregator.url}/api/v1/performance/analysis",

@@ -254,14 +254,7 @@ def test_hostile_and_non_v1_payloads_are_refused(tmp_path: Path) -> None:
 def test_metrics_without_content_type(aggregator: Running) -> None:
     """The v1 metrics body (JSON text, no Content-Type) is stored with 201; a foreign leaf id is 403."""
     leaf = aggregator.leaves[0]
-    report = {
-        "mode": "test",
-        "aggregation_id": "agg-1",
-        "leaf_id": leaf["id"],
-        "branch_id": leaf["branch_id"],
-        "tree_id": leaf["tree_id"],
-        "data": json.dumps({"accuracy": 0.5}),
-    }
+    report = aggregator.report(0, "agg-1", {"accuracy": 0.5})
     with httpx.Client() as client:
         request = client.build_request(
             "POST",
