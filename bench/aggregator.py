@@ -24,7 +24,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,14 @@ import httpx
 import numpy as np
 import psutil
 
-from bench.procs import free_port, gateway_command, high_water_mark, reset_high_water_mark
+from bench.procs import (
+    BenchError,
+    Service,
+    clean_env,
+    gateway_command,
+    high_water_mark,
+    reset_high_water_mark,
+)
 from bench.weights import (
     MiB,
     fmt_bytes,
@@ -58,9 +64,7 @@ from bench.weights import (
 SAMPLE_SECONDS = 0.010
 IDLE_SECONDS = 1.0
 POLL_SECONDS = 0.05
-START_TIMEOUT = 60.0
 AGGREGATION_TIMEOUT = 900.0
-STOP_TIMEOUT = 15.0
 CLIENT_VERSION = "3.0.1"
 WEIGHTING = 120.0
 
@@ -249,33 +253,19 @@ class Phase:
 # --------------------------------------------------------------------------------------------
 
 
-class BenchError(Exception):
-    """A step of the benchmark failed; the message goes into the table."""
+class Aggregator(Service):
+    """`branchkey-gateway aggregator` with one dev leaf, on a free port."""
 
+    name = "aggregator"
 
-@dataclass
-class Aggregator:
-    data_dir: Path
-    port: int = field(default_factory=free_port)
-    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    process: subprocess.Popen[bytes] | None = None
-    leaf: dict[str, str] = field(default_factory=dict)
-    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=60.0))
-    _log: IO[bytes] | None = None
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.admin_token = secrets.token_urlsafe(24)
+        self.leaf: dict[str, str] = {}
 
     @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir.with_name(self.data_dir.name + ".log")
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise BenchError("the aggregator is not running")
-        return self.process.pid
+    def data_dir(self) -> Path:
+        return self.workdir
 
     @property
     def leaf_headers(self) -> dict[str, str]:
@@ -284,57 +274,22 @@ class Aggregator:
             "LEAF": "true",
         }
 
-    def log_tail(self, lines: int = 5) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return " | ".join(text.strip().splitlines()[-lines:])
-
     def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [
-            *gateway_command(),
-            "aggregator",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-            "--dev-leaves",
-            "1",
-            "--admin-token",
-            self.admin_token,
-        ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BK_AGGREGATOR_")}
-        self._log = self.log_path.open("wb")
-        # cwd: the data dir, so that no stray .env of the caller's directory configures the server.
-        self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.data_dir, env=env
-        )
-        self._wait_ready()
+        command = [*gateway_command(), "aggregator", "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--data-dir", str(self.data_dir)]
+        command += ["--dev-leaves", "1", "--admin-token", self.admin_token]
+        self.spawn(command, clean_env(("BK_AGGREGATOR_",)))
+        self.wait_ready(self._probe)
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        leaves_file = self.data_dir / "leaves.json"
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise BenchError(f"the aggregator exited during start-up: {self.log_tail()}")
-            try:
-                if not self.leaf:
-                    leaves = json.loads(leaves_file.read_text())
-                    self.leaf = {k: str(v) for k, v in leaves[0].items()}
-                url = f"{self.base}/api/v1/run/{self.leaf['branch_id']}"
-                response = self.http.get(url, headers=self.leaf_headers)
-                if response.status_code == 200:
-                    return
-                last = f"HTTP {response.status_code}: {response.text[:200]}"
-            except (OSError, ValueError, LookupError, httpx.HTTPError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            time.sleep(0.1)
-        raise BenchError(f"the aggregator did not answer within {START_TIMEOUT:.0f} s ({last})")
+    def _probe(self) -> str | None:
+        if not self.leaf:
+            leaves = json.loads((self.data_dir / "leaves.json").read_text())
+            self.leaf = {k: str(v) for k, v in leaves[0].items()}
+        url = f"{self.base}/api/v1/run/{self.leaf['branch_id']}"
+        response = self.http.get(url, headers=self.leaf_headers)
+        if response.status_code == 200:
+            return None
+        return f"HTTP {response.status_code}: {response.text[:200]}"
 
     def aggregations(self) -> dict[str, dict[str, Any]]:
         response = self.http.get(
@@ -366,27 +321,6 @@ class Aggregator:
             raise BenchError(f"download URL: HTTP {response.status_code}: {response.text[:200]}")
         url: str = response.json()["data"]["download_url"]
         return url
-
-    def stop(self) -> str:
-        """SIGINT, then SIGKILL after STOP_TIMEOUT; returns how it ended."""
-        self.http.close()
-        outcome = "not started"
-        if self.process is not None:
-            if self.process.poll() is not None:
-                outcome = f"had already exited ({self.process.returncode})"
-            else:
-                self.process.send_signal(signal.SIGINT)
-                started = time.perf_counter()
-                try:
-                    code = self.process.wait(timeout=STOP_TIMEOUT)
-                    outcome = f"stopped by SIGINT in {time.perf_counter() - started:.1f} s ({code})"
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-                    outcome = f"did not stop within {STOP_TIMEOUT:.0f} s of SIGINT: killed"
-        if self._log is not None:
-            self._log.close()
-        return outcome
 
 
 # --------------------------------------------------------------------------------------------
@@ -805,7 +739,7 @@ def run(
         if trace is not None:
             trace.stop()
         outcome = agg.stop()
-        report.notes.append(f"aggregator {outcome}")
+        report.notes.append(outcome)
         if keep:
             report.notes.append(f"kept {scratch} (aggregator data) and the payloads")
         else:

@@ -46,7 +46,6 @@ import platform
 import resource
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -54,18 +53,19 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any, cast
 
 if __package__ in (None, ""):  # run as `python bench/events.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.procs import (
+    BenchError,
+    Service,
     clean_env,
-    free_port,
     gateway_command,
     high_water_mark,
     reset_high_water_mark,
@@ -80,13 +80,11 @@ AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 """The local broker the aggregator publishes v1 notifications on (`--dialect v1`)."""
 SETTLE_SECONDS = 0.5
 POLL_SECONDS = 0.05
-START_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 180.0
 DRAIN_TIMEOUT = 15.0
 """After the last upload, how long to wait for the missing receipts."""
 TAIL_SECONDS = 0.5
 """After the last expected receipt, how long to keep listening for duplicates."""
-STOP_TIMEOUT = 15.0
 WORKER_TIMEOUT = 60.0
 PROGRESS_SECONDS = 0.1
 LAG_TICK = 0.005
@@ -97,10 +95,6 @@ FD_SLACK = 512
 P99_TARGET = 0.250
 RSS_TARGET = 150 * MiB
 BAR = "-" * 100
-
-
-class BenchError(Exception):
-    """A step of the benchmark failed; the message goes into the report."""
 
 
 def fmt_bytes(n: float) -> str:
@@ -551,96 +545,6 @@ def thread_count(pid: int) -> int:
         return int(psutil_process(pid).num_threads())
     except Exception:
         return 0
-
-
-class Service:
-    """A server subprocess with its output in a log file."""
-
-    name = "service"
-
-    def __init__(self, workdir: Path) -> None:
-        import httpx
-
-        self.workdir = workdir
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.http = httpx.Client(timeout=60.0)
-        self._log: IO[bytes] | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir.with_name(self.workdir.name + ".log")
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise BenchError(f"the {self.name} is not running")
-        return self.process.pid
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, lines: int = 5) -> str:
-        return " | ".join(self.log_text().strip().splitlines()[-lines:])
-
-    def spawn(self, command: list[str], env: dict[str, str]) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("wb")
-        # cwd: its own folder, so that no stray .env of the caller's directory configures it.
-        self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env
-        )
-
-    def check_alive(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            raise BenchError(f"the {self.name} exited: {self.log_tail()}")
-
-    def wait_ready(self, probe: Callable[[], str | None]) -> None:
-        """Call `probe` until it returns None (ready); it returns what is still wrong otherwise."""
-        import httpx
-
-        deadline = time.monotonic() + START_TIMEOUT
-        last = "no answer"
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                problem = probe()
-            except (OSError, ValueError, LookupError, httpx.HTTPError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            if problem is None:
-                return
-            last = problem
-            time.sleep(0.1)
-        raise BenchError(f"the {self.name} was not ready within {START_TIMEOUT:.0f} s ({last})")
-
-    def stop(self) -> str:
-        """SIGINT, then SIGKILL after STOP_TIMEOUT; returns how it ended."""
-        self.http.close()
-        outcome = "not started"
-        if self.process is not None:
-            if self.process.poll() is not None:
-                outcome = f"had already exited ({self.process.returncode})"
-            else:
-                self.process.send_signal(signal.SIGINT)
-                started = time.perf_counter()
-                try:
-                    code = self.process.wait(timeout=STOP_TIMEOUT)
-                    outcome = f"stopped by SIGINT in {time.perf_counter() - started:.1f} s ({code})"
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-                    outcome = f"did not stop within {STOP_TIMEOUT:.0f} s of SIGINT: killed"
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return f"{self.name} {outcome}"
 
 
 class Aggregator(Service):

@@ -1,13 +1,27 @@
-"""Process helpers shared by the benchmarks: free ports, the gateway's command, clean environments, peak RSS."""
+"""Process helpers shared by the benchmarks: free ports, the gateway's command, clean environments,
+peak RSS, and the server subprocesses they measure."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 KiB = 1024
+START_TIMEOUT = 60.0
+"""Seconds a server may take to answer after it was started."""
+STOP_TIMEOUT = 15.0
+"""Seconds a server may take to exit after SIGINT before it is killed."""
+
+
+class BenchError(Exception):
+    """A step of the benchmark failed; the message goes into the table."""
 
 
 def reset_high_water_mark(pid: int) -> bool:
@@ -46,3 +60,93 @@ def gateway_command() -> list[str]:
 def clean_env(prefixes: tuple[str, ...]) -> dict[str, str]:
     """The environment without variables that would configure the servers behind our back."""
     return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+
+
+class Service:
+    """A server subprocess with its output in a log file next to its working folder."""
+
+    name = "service"
+
+    def __init__(self, workdir: Path) -> None:
+        import httpx  # here, not at the top: load processes import this module without needing it
+
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(timeout=60.0)
+        self._log: IO[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir.with_name(self.workdir.name + ".log")
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise BenchError(f"the {self.name} is not running")
+        return self.process.pid
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 5) -> str:
+        return " | ".join(self.log_text().strip().splitlines()[-lines:])
+
+    def spawn(self, command: list[str], env: dict[str, str]) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("wb")
+        # cwd: its own folder, so that no stray .env of the caller's directory configures it.
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env
+        )
+
+    def check_alive(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            raise BenchError(f"the {self.name} exited: {self.log_tail()}")
+
+    def wait_ready(self, probe: Callable[[], str | None]) -> None:
+        """Call `probe` until it returns None (ready); it returns what is still wrong otherwise."""
+        import httpx
+
+        deadline = time.monotonic() + START_TIMEOUT
+        last = "no answer"
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                problem = probe()
+            except (OSError, ValueError, LookupError, httpx.HTTPError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem is None:
+                return
+            last = problem
+            time.sleep(0.1)
+        raise BenchError(f"the {self.name} was not ready within {START_TIMEOUT:.0f} s ({last})")
+
+    def stop(self) -> str:
+        """SIGINT, then SIGKILL after STOP_TIMEOUT; returns how it ended."""
+        self.http.close()
+        outcome = "not started"
+        if self.process is not None:
+            if self.process.poll() is not None:
+                outcome = f"had already exited ({self.process.returncode})"
+            else:
+                self.process.send_signal(signal.SIGINT)
+                started = time.perf_counter()
+                try:
+                    code = self.process.wait(timeout=STOP_TIMEOUT)
+                    outcome = f"stopped by SIGINT in {time.perf_counter() - started:.1f} s ({code})"
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+                    outcome = f"did not stop within {STOP_TIMEOUT:.0f} s of SIGINT: killed"
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return f"{self.name} {outcome}"

@@ -38,7 +38,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -59,8 +58,9 @@ import numpy as np
 import psutil
 
 from bench.procs import (
+    BenchError,
+    Service,
     clean_env,
-    free_port,
     gateway_command,
     high_water_mark,
     reset_high_water_mark,
@@ -80,10 +80,8 @@ SAMPLE_SECONDS = 0.010
 IDLE_SECONDS = 1.0
 CLIENT_IDLE_SECONDS = 0.5
 POLL_SECONDS = 0.05
-START_TIMEOUT = 60.0
 TRANSFER_TIMEOUT = 1800.0
 AGGREGATION_TIMEOUT = 900.0
-STOP_TIMEOUT = 15.0
 CLIENT_VERSION = "3.0.1"
 WEIGHTING = 120.0
 
@@ -136,10 +134,6 @@ finally:
     client.close()
 """
 """Runs in the peer's interpreter: builds a Client, says ready, waits for a line, times one call."""
-
-
-class BenchError(Exception):
-    """A step of the benchmark failed; the message goes into the table."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,90 +263,6 @@ class ClientPeak:
 # --------------------------------------------------------------------------------------------
 # The aggregator and the gateway
 # --------------------------------------------------------------------------------------------
-
-
-class Service:
-    """A server subprocess with its output in a log file."""
-
-    name = "service"
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.http = httpx.Client(timeout=60.0)
-        self._log: IO[bytes] | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir.with_name(self.workdir.name + ".log")
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise BenchError(f"the {self.name} is not running")
-        return self.process.pid
-
-    def log_tail(self, lines: int = 5) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return " | ".join(text.strip().splitlines()[-lines:])
-
-    def spawn(self, command: list[str], env: dict[str, str]) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("wb")
-        # cwd: its own folder, so that no stray .env of the caller's directory configures it.
-        self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env
-        )
-
-    def check_alive(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            raise BenchError(f"the {self.name} exited: {self.log_tail()}")
-
-    def wait_ready(self, probe: Callable[[], str | None]) -> None:
-        """Call `probe` until it returns None (ready); it returns what is still wrong otherwise."""
-        deadline = time.monotonic() + START_TIMEOUT
-        last = "no answer"
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                problem = probe()
-            except (OSError, ValueError, LookupError, httpx.HTTPError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            if problem is None:
-                return
-            last = problem
-            time.sleep(0.1)
-        raise BenchError(f"the {self.name} was not ready within {START_TIMEOUT:.0f} s ({last})")
-
-    def stop(self) -> str:
-        """SIGINT, then SIGKILL after STOP_TIMEOUT; returns how it ended."""
-        self.http.close()
-        outcome = "not started"
-        if self.process is not None:
-            if self.process.poll() is not None:
-                outcome = f"had already exited ({self.process.returncode})"
-            else:
-                self.process.send_signal(signal.SIGINT)
-                started = time.perf_counter()
-                try:
-                    code = self.process.wait(timeout=STOP_TIMEOUT)
-                    outcome = f"stopped by SIGINT in {time.perf_counter() - started:.1f} s ({code})"
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-                    outcome = f"did not stop within {STOP_TIMEOUT:.0f} s of SIGINT: killed"
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return f"{self.name} {outcome}"
 
 
 class Aggregator(Service):
