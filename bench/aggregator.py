@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -43,10 +42,8 @@ import numpy as np
 import psutil
 
 from bench.procs import (
+    AggregatorService,
     BenchError,
-    Service,
-    clean_env,
-    gateway_command,
     high_water_mark,
     reset_high_water_mark,
 )
@@ -63,7 +60,6 @@ from bench.weights import (
 
 SAMPLE_SECONDS = 0.010
 IDLE_SECONDS = 1.0
-POLL_SECONDS = 0.05
 AGGREGATION_TIMEOUT = 900.0
 CLIENT_VERSION = "3.0.1"
 WEIGHTING = 120.0
@@ -253,74 +249,12 @@ class Phase:
 # --------------------------------------------------------------------------------------------
 
 
-class Aggregator(Service):
-    """`branchkey-gateway aggregator` with one dev leaf, on a free port."""
-
-    name = "aggregator"
-
-    def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir)
-        self.admin_token = secrets.token_urlsafe(24)
-        self.leaf: dict[str, str] = {}
+class Aggregator(AggregatorService):
+    """The aggregator under measurement."""
 
     @property
     def data_dir(self) -> Path:
         return self.workdir
-
-    @property
-    def leaf_headers(self) -> dict[str, str]:
-        return {
-            "Authorization": f"Bearer {self.leaf['id']}:{self.leaf['session_token']}",
-            "LEAF": "true",
-        }
-
-    def start(self) -> None:
-        command = [*gateway_command(), "aggregator", "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--data-dir", str(self.data_dir)]
-        command += ["--dev-leaves", "1", "--admin-token", self.admin_token]
-        self.spawn(command, clean_env(("BK_AGGREGATOR_",)))
-        self.wait_ready(self._probe)
-
-    def _probe(self) -> str | None:
-        if not self.leaf:
-            leaves = json.loads((self.data_dir / "leaves.json").read_text())
-            self.leaf = {k: str(v) for k, v in leaves[0].items()}
-        url = f"{self.base}/api/v1/run/{self.leaf['branch_id']}"
-        response = self.http.get(url, headers=self.leaf_headers)
-        if response.status_code == 200:
-            return None
-        return f"HTTP {response.status_code}: {response.text[:200]}"
-
-    def aggregations(self) -> dict[str, dict[str, Any]]:
-        response = self.http.get(
-            f"{self.base}/admin/aggregations",
-            headers={"Authorization": f"Bearer {self.admin_token}"},
-        )
-        if response.status_code != 200:
-            raise BenchError(f"GET /admin/aggregations: HTTP {response.status_code}")
-        return {a["aggregation_id"]: a for a in response.json()["data"]}
-
-    def wait_new_aggregation(self, known: set[str], timeout: float) -> dict[str, Any]:
-        """The first aggregation not in `known`, once it is no longer pending."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            fresh = [a for i, a in self.aggregations().items() if i not in known]
-            finished = [a for a in fresh if a["status"] != "pending"]
-            if finished:
-                return finished[0]
-            if self.process is not None and self.process.poll() is not None:
-                raise BenchError(f"the aggregator exited: {self.log_tail()}")
-            time.sleep(POLL_SECONDS)
-        raise BenchError(f"no aggregation finished within {timeout:.0f} s")
-
-    def download_url(self, file_id: str) -> str:
-        response = self.http.get(
-            f"{self.base}/api/v1/file/download/{file_id}", headers=self.leaf_headers
-        )
-        if response.status_code != 200:
-            raise BenchError(f"download URL: HTTP {response.status_code}: {response.text[:200]}")
-        url: str = response.json()["data"]["download_url"]
-        return url
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,7 +44,6 @@ import json
 import os
 import platform
 import resource
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -63,6 +62,8 @@ if __package__ in (None, ""):  # run as `python bench/events.py`: make `bench` i
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.procs import (
+    POLL_SECONDS,
+    AggregatorService,
     BenchError,
     Service,
     clean_env,
@@ -79,7 +80,6 @@ IDLE_SECONDS = 1.0
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 """The local broker the aggregator publishes v1 notifications on (`--dialect v1`)."""
 SETTLE_SECONDS = 0.5
-POLL_SECONDS = 0.05
 CONNECT_TIMEOUT = 180.0
 DRAIN_TIMEOUT = 15.0
 """After the last upload, how long to wait for the missing receipts."""
@@ -547,30 +547,8 @@ def thread_count(pid: int) -> int:
         return 0
 
 
-class Aggregator(Service):
-    name = "aggregator"
-
-    def __init__(self, workdir: Path) -> None:
-        super().__init__(workdir)
-        self.admin_token = secrets.token_urlsafe(24)
-        self.leaf: dict[str, str] = {}
-
-    @property
-    def leaf_headers(self) -> dict[str, str]:
-        return {
-            "Authorization": f"Bearer {self.leaf['id']}:{self.leaf['session_token']}",
-            "accept": "application/json",
-            "LEAF": "true",
-        }
-
-    def start(self, amqp_url: str | None = None) -> None:
-        command = [*gateway_command(), "aggregator", "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--data-dir", str(self.workdir)]
-        command += ["--dev-leaves", "1", "--admin-token", self.admin_token]
-        if amqp_url is not None:  # v1 leaves: notifications over RabbitMQ
-            command += ["--amqp-url", amqp_url]
-        self.spawn(command, clean_env(("BK_AGGREGATOR_",)))
-        self.wait_ready(self._probe)
+class Aggregator(AggregatorService):
+    """The local aggregator whose announcements are fanned out."""
 
     def forget_broker_objects(self) -> None:
         """Remove the vhost and user the aggregator provisioned for its leaf (v1 runs)."""
@@ -579,27 +557,6 @@ class Aggregator(Service):
             return
         for command in (["delete_vhost", self.leaf["tree_id"]], ["delete_user", self.leaf["id"]]):
             subprocess.run([ctl, "-q", *command], capture_output=True, check=False)
-
-    def _probe(self) -> str | None:
-        if not self.leaf:
-            leaves = json.loads((self.workdir / "leaves.json").read_text())
-            self.leaf = {k: str(v) for k, v in leaves[0].items()}
-        url = f"{self.base}/api/v1/run/{self.leaf['branch_id']}"
-        response = self.http.get(url, headers=self.leaf_headers)
-        if response.status_code == 200:
-            return None
-        return f"HTTP {response.status_code}: {response.text[:200]}"
-
-    def aggregations(self) -> list[dict[str, Any]]:
-        """Every aggregation, oldest first."""
-        response = self.http.get(
-            f"{self.base}/admin/aggregations",
-            headers={"Authorization": f"Bearer {self.admin_token}"},
-        )
-        if response.status_code != 200:
-            raise BenchError(f"GET /admin/aggregations: HTTP {response.status_code}")
-        found: list[dict[str, Any]] = response.json()["data"]
-        return sorted(found, key=lambda a: str(a.get("created_at", "")))
 
     def upload(self, body: bytes) -> str:
         """POST one weights file as BranchKey's client does (integrity headers, data then file)."""
@@ -909,7 +866,7 @@ def measure(
 ) -> None:
     expected = args.subscribers * args.rounds
     payloads = [npz_payload(k) for k in range(args.rounds)]
-    known = {a["aggregation_id"] for a in aggregator.aggregations()}
+    known = set(aggregator.aggregations())
     for worker in workers:
         worker.send("go")
     load_cpu = [w.cpu() for w in workers]
@@ -946,7 +903,7 @@ def measure(
         sum(n[1] - b[1] for n, b in zip(now_cpu, load_cpu, strict=True)),
     )
     out.rss_after = trace.idle(0.3)
-    fresh = [a for a in aggregator.aggregations() if a["aggregation_id"] not in known]
+    fresh = [a for i, a in aggregator.aggregations().items() if i not in known]
     if len(fresh) != args.rounds:
         out.notes.append(
             f"the aggregator lists {len(fresh)} new aggregations for {args.rounds} uploads"

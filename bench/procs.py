@@ -3,7 +3,9 @@ peak RSS, and the server subprocesses they measure."""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -11,13 +13,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 KiB = 1024
 START_TIMEOUT = 60.0
 """Seconds a server may take to answer after it was started."""
 STOP_TIMEOUT = 15.0
 """Seconds a server may take to exit after SIGINT before it is killed."""
+POLL_SECONDS = 0.05
+"""How often the admin API is asked whether an aggregation is done."""
 
 
 class BenchError(Exception):
@@ -150,3 +154,76 @@ class Service:
             self._log.close()
             self._log = None
         return f"{self.name} {outcome}"
+
+
+class AggregatorService(Service):
+    """`branchkey-gateway aggregator` with one dev leaf on a free port (every upload closes a round)."""
+
+    name = "aggregator"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.admin_token = secrets.token_urlsafe(24)
+        self.leaf: dict[str, str] = {}
+
+    @property
+    def leaf_headers(self) -> dict[str, str]:
+        """The v3 headers of the official client for the dev leaf."""
+        return {
+            "Authorization": f"Bearer {self.leaf['id']}:{self.leaf['session_token']}",
+            "accept": "application/json",
+            "LEAF": "true",
+        }
+
+    def start(self, amqp_url: str | None = None) -> None:
+        """Start it (with `amqp_url`: provisioning RabbitMQ for v1 leaves) and wait until it answers."""
+        command = [*gateway_command(), "aggregator", "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--data-dir", str(self.workdir)]
+        command += ["--dev-leaves", "1", "--admin-token", self.admin_token]
+        if amqp_url is not None:
+            command += ["--amqp-url", amqp_url]
+        self.spawn(command, clean_env(("BK_AGGREGATOR_",)))
+        self.wait_ready(self._probe)
+
+    def _probe(self) -> str | None:
+        if not self.leaf:
+            leaves = json.loads((self.workdir / "leaves.json").read_text())
+            self.leaf = {k: str(v) for k, v in leaves[0].items()}
+        url = f"{self.base}/api/v1/run/{self.leaf['branch_id']}"
+        response = self.http.get(url, headers=self.leaf_headers)
+        if response.status_code == 200:
+            return None
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+
+    def aggregations(self) -> dict[str, dict[str, Any]]:
+        """Every aggregation by id, oldest first."""
+        response = self.http.get(
+            f"{self.base}/admin/aggregations",
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+        )
+        if response.status_code != 200:
+            raise BenchError(f"GET /admin/aggregations: HTTP {response.status_code}")
+        found = sorted(response.json()["data"], key=lambda a: str(a.get("created_at", "")))
+        return {a["aggregation_id"]: a for a in found}
+
+    def wait_new_aggregation(self, known: set[str], timeout: float) -> dict[str, Any]:
+        """The first aggregation not in `known`, once it is no longer pending."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            fresh = [a for i, a in self.aggregations().items() if i not in known]
+            finished = [a for a in fresh if a["status"] != "pending"]
+            if finished:
+                return finished[0]
+            self.check_alive()
+            time.sleep(POLL_SECONDS)
+        raise BenchError(f"no aggregation finished within {timeout:.0f} s")
+
+    def download_url(self, file_id: str) -> str:
+        """Step one of a v3 download: the signed blob URL."""
+        response = self.http.get(
+            f"{self.base}/api/v1/file/download/{file_id}", headers=self.leaf_headers
+        )
+        if response.status_code != 200:
+            raise BenchError(f"download URL: HTTP {response.status_code}: {response.text[:200]}")
+        url: str = response.json()["data"]["download_url"]
+        return url

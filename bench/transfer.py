@@ -36,7 +36,6 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -58,6 +57,7 @@ import numpy as np
 import psutil
 
 from bench.procs import (
+    AggregatorService,
     BenchError,
     Service,
     clean_env,
@@ -79,7 +79,6 @@ from bench.weights import (
 SAMPLE_SECONDS = 0.010
 IDLE_SECONDS = 1.0
 CLIENT_IDLE_SECONDS = 0.5
-POLL_SECONDS = 0.05
 TRANSFER_TIMEOUT = 1800.0
 AGGREGATION_TIMEOUT = 900.0
 CLIENT_VERSION = "3.0.1"
@@ -265,67 +264,8 @@ class ClientPeak:
 # --------------------------------------------------------------------------------------------
 
 
-class Aggregator(Service):
-    name = "aggregator"
-
-    def __init__(self, workdir: Path) -> None:
-        super().__init__(workdir)
-        self.admin_token = secrets.token_urlsafe(24)
-        self.leaf: dict[str, str] = {}
-
-    @property
-    def leaf_headers(self) -> dict[str, str]:
-        return {
-            "Authorization": f"Bearer {self.leaf['id']}:{self.leaf['session_token']}",
-            "LEAF": "true",
-        }
-
-    def start(self) -> None:
-        command = [*gateway_command(), "aggregator", "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--data-dir", str(self.workdir)]
-        command += ["--dev-leaves", "1", "--admin-token", self.admin_token]
-        self.spawn(command, clean_env(("BK_AGGREGATOR_",)))
-        self.wait_ready(self._probe)
-
-    def _probe(self) -> str | None:
-        if not self.leaf:
-            leaves = json.loads((self.workdir / "leaves.json").read_text())
-            self.leaf = {k: str(v) for k, v in leaves[0].items()}
-        url = f"{self.base}/api/v1/run/{self.leaf['branch_id']}"
-        response = self.http.get(url, headers=self.leaf_headers)
-        if response.status_code == 200:
-            return None
-        return f"HTTP {response.status_code}: {response.text[:200]}"
-
-    def aggregations(self) -> dict[str, dict[str, Any]]:
-        response = self.http.get(
-            f"{self.base}/admin/aggregations",
-            headers={"Authorization": f"Bearer {self.admin_token}"},
-        )
-        if response.status_code != 200:
-            raise BenchError(f"GET /admin/aggregations: HTTP {response.status_code}")
-        return {a["aggregation_id"]: a for a in response.json()["data"]}
-
-    def wait_new_aggregation(self, known: set[str]) -> dict[str, Any]:
-        """The first aggregation not in `known`, once it is no longer pending."""
-        deadline = time.monotonic() + AGGREGATION_TIMEOUT
-        while time.monotonic() < deadline:
-            fresh = [a for i, a in self.aggregations().items() if i not in known]
-            finished = [a for a in fresh if a["status"] != "pending"]
-            if finished:
-                return finished[0]
-            self.check_alive()
-            time.sleep(POLL_SECONDS)
-        raise BenchError(f"no aggregation finished within {AGGREGATION_TIMEOUT:.0f} s")
-
-    def download_url(self, file_id: str) -> str:
-        response = self.http.get(
-            f"{self.base}/api/v1/file/download/{file_id}", headers=self.leaf_headers
-        )
-        if response.status_code != 200:
-            raise BenchError(f"download URL: HTTP {response.status_code}: {response.text[:200]}")
-        url: str = response.json()["data"]["download_url"]
-        return url
+class Aggregator(AggregatorService):
+    """The local aggregator the transfers go to."""
 
 
 class Gateway(Service):
@@ -820,7 +760,7 @@ class Bench:
     def wait_aggregation(self, key: str, known: set[str], finished_at: float) -> None:
         """Wait for the round's FedAvg so that the next measurement does not overlap it."""
         print(f"[{self.label}] waiting for the aggregator's FedAvg ...", flush=True)
-        aggregation = self.agg.wait_new_aggregation(known)
+        aggregation = self.agg.wait_new_aggregation(known, AGGREGATION_TIMEOUT)
         took = time.perf_counter() - finished_at
         if aggregation["status"] != "done":
             raise BenchError(f"aggregation {aggregation['status']}: {aggregation.get('error')}")
