@@ -17,9 +17,7 @@ target; it never asserts and exits 0.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -27,12 +25,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
 
 if __package__ in (None, ""):  # run as `python bench/aggregator.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,10 +38,17 @@ import numpy as np
 import psutil
 
 from bench.procs import (
+    IDLE_SECONDS,
+    SAMPLE_SECONDS,
     AggregatorService,
     BenchError,
+    RssTrace,
+    curl_path,
+    curl_version,
     high_water_mark,
+    read_marked,
     reset_high_water_mark,
+    sha256_header,
 )
 from bench.weights import (
     MiB,
@@ -58,8 +61,6 @@ from bench.weights import (
     parse_size,
 )
 
-SAMPLE_SECONDS = 0.010
-IDLE_SECONDS = 1.0
 AGGREGATION_TIMEOUT = 900.0
 CLIENT_VERSION = "3.0.1"
 WEIGHTING = 120.0
@@ -100,60 +101,6 @@ finally:
 # --------------------------------------------------------------------------------------------
 # RSS of another process
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sample:
-    at: float
-    rss: int
-    anon: int
-    """RSS minus file-backed and shared pages (psutil's `shared`): heap, stacks, anonymous maps."""
-
-
-class RssTrace(threading.Thread):
-    """Every sample of a process's RSS, each stamped with time.perf_counter()."""
-
-    def __init__(self, pid: int, interval: float = SAMPLE_SECONDS) -> None:
-        super().__init__(daemon=True, name=f"rss-{pid}")
-        self.pid = pid
-        self._process = psutil.Process(pid)
-        self._interval = interval
-        self._stop_event = threading.Event()
-        self._lock = threading.Lock()
-        self._samples: list[Sample] = []
-
-    def _sample(self) -> bool:
-        try:
-            info = self._process.memory_info()
-        except psutil.Error:
-            return False
-        shared = int(getattr(info, "shared", 0))
-        sample = Sample(time.perf_counter(), info.rss, info.rss - shared)
-        with self._lock:
-            self._samples.append(sample)
-        return True
-
-    def run(self) -> None:
-        while self._sample():
-            if self._stop_event.wait(self._interval):
-                break
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-
-    def window(self, start: float, end: float) -> list[Sample]:
-        self._sample()  # one fresh sample, so a short window is never empty
-        with self._lock:
-            return [s for s in self._samples if start <= s.at <= end]
-
-    def cpu(self) -> tuple[float, float]:
-        """(user, system) CPU seconds the process has used so far (0, 0 once it is gone)."""
-        try:
-            times = self._process.cpu_times()
-        except psutil.Error:
-            return 0.0, 0.0
-        return times.user, times.system
 
 
 def minor_faults(pid: int) -> int:
@@ -270,13 +217,6 @@ class CurlResult:
     body: str
 
 
-def curl_path() -> str:
-    path = shutil.which("curl")
-    if path is None:
-        raise BenchError("curl is not on PATH")
-    return path
-
-
 def run_curl(args: list[str], body_file: Path | None, timeout: float) -> CurlResult:
     """curl with `-w` giving status, time_total and size_up+down; the body goes to `body_file`."""
     out = str(body_file) if body_file is not None else os.devnull
@@ -295,12 +235,6 @@ def run_curl(args: list[str], body_file: Path | None, timeout: float) -> CurlRes
             body_file.unlink()
     status, seconds, up, down = fields
     return CurlResult(int(status), float(seconds), int(float(up)) + int(float(down)), body)
-
-
-def sha256_header(path: Path) -> str:
-    with path.open("rb") as stream:
-        digest = hashlib.file_digest(stream, "sha256").digest()
-    return "sha256=" + base64.b64encode(digest).decode()
 
 
 def curl_upload(agg: Aggregator, path: Path, digest: str, scratch: Path) -> CurlResult:
@@ -507,15 +441,6 @@ def bench_aggregator(
     )
 
 
-def read_marked(stream: IO[str]) -> dict[str, Any]:
-    """The next `BENCH {json}` line of the client script (the client prints other lines too)."""
-    while line := stream.readline():
-        if line.startswith("BENCH "):
-            data: dict[str, Any] = json.loads(line[len("BENCH ") :])
-            return data
-    raise BenchError("the client script ended without a result")
-
-
 def bench_client(
     agg: Aggregator, trace: RssTrace, payload: Payload, scratch: Path, report: Report
 ) -> None:
@@ -619,17 +544,6 @@ def guarded(report: Report, size: str, operation: str, step: Callable[[], None])
 # --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
-
-
-def curl_version() -> str:
-    try:
-        out = subprocess.run(
-            [curl_path(), "--version"], capture_output=True, text=True, check=False
-        ).stdout
-    except (BenchError, OSError):
-        return "curl missing"
-    words = out.split()
-    return " ".join(words[:2]) if words else "curl ?"
 
 
 def run(

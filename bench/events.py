@@ -45,7 +45,6 @@ import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,9 +61,12 @@ if __package__ in (None, ""):  # run as `python bench/events.py`: make `bench` i
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.procs import (
+    IDLE_SECONDS,
     POLL_SECONDS,
+    SAMPLE_SECONDS,
     AggregatorService,
     BenchError,
+    RssTrace,
     Service,
     clean_env,
     gateway_command,
@@ -75,8 +77,6 @@ from bench.procs import (
 KiB = 1024
 MiB = 1024 * KiB
 
-SAMPLE_SECONDS = 0.010
-IDLE_SECONDS = 1.0
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 """The local broker the aggregator publishes v1 notifications on (`--dialect v1`)."""
 SETTLE_SECONDS = 0.5
@@ -471,67 +471,6 @@ def worker_main(raw_config: str) -> None:
 # ============================================================================================
 # The parent: servers, RSS, uploads, load processes
 # ============================================================================================
-
-
-@dataclass(frozen=True)
-class Sample:
-    at: float
-    rss: int
-
-
-class RssTrace(threading.Thread):
-    """Every RSS sample of one process, each stamped with time.perf_counter(), until it exits."""
-
-    def __init__(self, pid: int, interval: float = SAMPLE_SECONDS) -> None:
-        super().__init__(daemon=True, name=f"rss-{pid}")
-        self.pid = pid
-        self._process = psutil_process(pid)
-        self._interval = interval
-        self._stop_event = threading.Event()
-        self._lock = threading.Lock()
-        self._samples: list[Sample] = []
-
-    def _sample(self) -> bool:
-        import psutil
-
-        try:
-            rss = self._process.memory_info().rss
-        except psutil.Error:
-            return False
-        with self._lock:
-            self._samples.append(Sample(time.perf_counter(), rss))
-        return True
-
-    def run(self) -> None:
-        while self._sample():
-            if self._stop_event.wait(self._interval):
-                break
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        if self.is_alive():
-            self.join()
-
-    def window(self, start: float, end: float) -> list[Sample]:
-        self._sample()
-        with self._lock:
-            return [s for s in self._samples if start <= s.at <= end]
-
-    def idle(self, seconds: float = IDLE_SECONDS) -> int:
-        """The median RSS over `seconds` from now."""
-        start = time.perf_counter()
-        time.sleep(seconds)
-        samples = self.window(start, time.perf_counter())
-        return int(statistics.median(s.rss for s in samples))
-
-    def cpu(self) -> tuple[float, float]:
-        import psutil
-
-        try:
-            times = self._process.cpu_times()
-        except psutil.Error:
-            return 0.0, 0.0
-        return times.user, times.system
 
 
 def psutil_process(pid: int) -> Any:

@@ -3,15 +3,21 @@ peak RSS, and the server subprocesses they measure."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,6 +28,10 @@ STOP_TIMEOUT = 15.0
 """Seconds a server may take to exit after SIGINT before it is killed."""
 POLL_SECONDS = 0.05
 """How often the admin API is asked whether an aggregation is done."""
+SAMPLE_SECONDS = 0.010
+"""RSS sampling interval of `RssTrace`."""
+IDLE_SECONDS = 1.0
+"""How long an idle RSS baseline is measured."""
 
 
 class BenchError(Exception):
@@ -64,6 +74,95 @@ def gateway_command() -> list[str]:
 def clean_env(prefixes: tuple[str, ...]) -> dict[str, str]:
     """The environment without variables that would configure the servers behind our back."""
     return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    rss: int
+    anon: int
+    """RSS minus file-backed and shared pages (psutil's `shared`): heap, stacks, anonymous maps."""
+
+
+class RssTrace(threading.Thread):
+    """Every RSS sample of one process, each stamped with time.perf_counter(), until it exits.
+
+    With `hwm`, every sample also reads the process's VmHWM, whose last value is the kernel's
+    peak for a process too short-lived to reset and read it around a phase (curl).
+    """
+
+    def __init__(self, pid: int, interval: float = SAMPLE_SECONDS, *, hwm: bool = False) -> None:
+        import psutil  # here, not at the top: load processes import this module without needing it
+
+        super().__init__(daemon=True, name=f"rss-{pid}")
+        self.pid = pid
+        self.hwm = hwm
+        self.last_hwm = 0
+        self._process: psutil.Process | None
+        try:
+            self._process = psutil.Process(pid)
+        except psutil.Error:
+            self._process = None
+        self._interval = interval
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._samples: list[Sample] = []
+
+    def _sample(self) -> bool:
+        import psutil
+
+        if self._process is None:
+            return False
+        try:
+            info = self._process.memory_info()
+        except psutil.Error:
+            return False
+        if info.rss == 0:  # a zombie: exited, not yet reaped
+            return False
+        if self.hwm:
+            self.last_hwm = max(self.last_hwm, high_water_mark(self.pid) or 0)
+        shared = int(getattr(info, "shared", 0))
+        with self._lock:
+            self._samples.append(Sample(time.perf_counter(), info.rss, info.rss - shared))
+        return True
+
+    def run(self) -> None:
+        while self._sample():
+            if self._stop_event.wait(self._interval):
+                break
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self.is_alive():
+            self.join()
+
+    def window(self, start: float, end: float) -> list[Sample]:
+        self._sample()  # one fresh sample, so a short window is never empty
+        with self._lock:
+            return [s for s in self._samples if start <= s.at <= end]
+
+    def peak(self) -> int:
+        with self._lock:
+            return max((s.rss for s in self._samples), default=0)
+
+    def idle(self, seconds: float = IDLE_SECONDS) -> int:
+        """The median RSS over `seconds` from now."""
+        start = time.perf_counter()
+        time.sleep(seconds)
+        samples = self.window(start, time.perf_counter())
+        return int(statistics.median(s.rss for s in samples))
+
+    def cpu(self) -> tuple[float, float]:
+        """(user, system) CPU seconds the process has used so far (0, 0 once it is gone)."""
+        import psutil
+
+        if self._process is None:
+            return 0.0, 0.0
+        try:
+            times = self._process.cpu_times()
+        except psutil.Error:
+            return 0.0, 0.0
+        return times.user, times.system
 
 
 class Service:
@@ -227,3 +326,37 @@ class AggregatorService(Service):
             raise BenchError(f"download URL: HTTP {response.status_code}: {response.text[:200]}")
         url: str = response.json()["data"]["download_url"]
         return url
+
+
+def curl_path() -> str:
+    path = shutil.which("curl")
+    if path is None:
+        raise BenchError("curl is not on PATH")
+    return path
+
+
+def curl_version() -> str:
+    try:
+        out = subprocess.run(
+            [curl_path(), "--version"], capture_output=True, text=True, check=False
+        ).stdout
+    except (BenchError, OSError):
+        return "curl missing"
+    words = out.split()
+    return " ".join(words[:2]) if words else "curl ?"
+
+
+def read_marked(stream: IO[str]) -> dict[str, Any]:
+    """The next `BENCH {json}` line of the client script (the client prints other lines too)."""
+    while line := stream.readline():
+        if line.startswith("BENCH "):
+            data: dict[str, Any] = json.loads(line[len("BENCH ") :])
+            return data
+    raise BenchError("the client script ended without a result")
+
+
+def sha256_header(path: Path) -> str:
+    """The x-bk-file-digest value of a file."""
+    with path.open("rb") as stream:
+        digest = hashlib.file_digest(stream, "sha256").digest()
+    return "sha256=" + base64.b64encode(digest).decode()

@@ -31,9 +31,7 @@ never asserts and exits 0.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -47,7 +45,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
 
 if __package__ in (None, ""):  # run as `python bench/transfer.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -57,13 +54,20 @@ import numpy as np
 import psutil
 
 from bench.procs import (
+    IDLE_SECONDS,
+    SAMPLE_SECONDS,
     AggregatorService,
     BenchError,
+    RssTrace,
     Service,
     clean_env,
+    curl_path,
+    curl_version,
     gateway_command,
     high_water_mark,
+    read_marked,
     reset_high_water_mark,
+    sha256_header,
 )
 from bench.weights import (
     MiB,
@@ -76,8 +80,6 @@ from bench.weights import (
     parse_size,
 )
 
-SAMPLE_SECONDS = 0.010
-IDLE_SECONDS = 1.0
 CLIENT_IDLE_SECONDS = 0.5
 TRANSFER_TIMEOUT = 1800.0
 AGGREGATION_TIMEOUT = 900.0
@@ -138,68 +140,6 @@ finally:
 # --------------------------------------------------------------------------------------------
 # RSS of other processes
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sample:
-    at: float
-    rss: int
-
-
-class RssTrace(threading.Thread):
-    """Every RSS sample of one process, each stamped with time.perf_counter(), until it exits.
-
-    With `hwm`, every sample also reads the process's VmHWM, whose last value is the kernel's
-    peak for a process too short-lived to reset and read it around a phase (curl).
-    """
-
-    def __init__(self, pid: int, interval: float = SAMPLE_SECONDS, *, hwm: bool = False) -> None:
-        super().__init__(daemon=True, name=f"rss-{pid}")
-        self.pid = pid
-        self.hwm = hwm
-        self.last_hwm = 0
-        self._process: psutil.Process | None
-        try:
-            self._process = psutil.Process(pid)
-        except psutil.Error:
-            self._process = None
-        self._interval = interval
-        self._stop_event = threading.Event()
-        self._lock = threading.Lock()
-        self._samples: list[Sample] = []
-
-    def _sample(self) -> bool:
-        if self._process is None:
-            return False
-        try:
-            rss = self._process.memory_info().rss
-        except psutil.Error:
-            return False
-        if rss == 0:  # a zombie: exited, not yet reaped
-            return False
-        if self.hwm:
-            self.last_hwm = max(self.last_hwm, high_water_mark(self.pid) or 0)
-        with self._lock:
-            self._samples.append(Sample(time.perf_counter(), rss))
-        return True
-
-    def run(self) -> None:
-        while self._sample():
-            if self._stop_event.wait(self._interval):
-                break
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-
-    def window(self, start: float, end: float) -> list[Sample]:
-        self._sample()  # one fresh sample, so a short window is never empty
-        with self._lock:
-            return [s for s in self._samples if start <= s.at <= end]
-
-    def peak(self) -> int:
-        with self._lock:
-            return max((s.rss for s in self._samples), default=0)
 
 
 @dataclass(frozen=True)
@@ -354,24 +294,6 @@ class LegWatch(threading.Thread):
 # --------------------------------------------------------------------------------------------
 
 
-def curl_path() -> str:
-    path = shutil.which("curl")
-    if path is None:
-        raise BenchError("curl is not on PATH")
-    return path
-
-
-def curl_version() -> str:
-    try:
-        out = subprocess.run(
-            [curl_path(), "--version"], capture_output=True, text=True, check=False
-        ).stdout
-    except (BenchError, OSError):
-        return "curl missing"
-    words = out.split()
-    return " ".join(words[:2]) if words else "curl ?"
-
-
 @dataclass(frozen=True)
 class Transfer:
     """One timed transfer as the client saw it."""
@@ -424,15 +346,6 @@ def run_curl(args: list[str], scratch: Path, ready: Callable[[], None]) -> Trans
     return Transfer(
         int(code), float(seconds), int(float(up)) + int(float(down)), body, ClientPeak(peak)
     )
-
-
-def read_marked(stream: IO[str]) -> dict[str, Any]:
-    """The next `BENCH {json}` line of the client script (the client prints other lines too)."""
-    while line := stream.readline():
-        if line.startswith("BENCH "):
-            data: dict[str, Any] = json.loads(line[len("BENCH ") :])
-            return data
-    raise BenchError("the client script ended without a result")
 
 
 def run_official(
@@ -618,12 +531,6 @@ def prepare_payload(
         f"{fmt_bytes(free)} free on disk before the run"
     )
     return Payload(label, path, path.stat().st_size)
-
-
-def sha256_header(path: Path) -> str:
-    with path.open("rb") as stream:
-        digest = hashlib.file_digest(stream, "sha256").digest()
-    return "sha256=" + base64.b64encode(digest).decode()
 
 
 @dataclass(frozen=True)
