@@ -128,7 +128,7 @@ def serve(
     from pydantic import ValidationError
 
     from gateway.app import create_app
-    from gateway.observability import configure_logging, register_secret
+    from gateway.logs import configure_logging, register_secret
     from gateway.settings import Settings
 
     try:
@@ -230,7 +230,7 @@ def aggregator(
     from gateway.aggregator.leaves import LeavesFileError
     from gateway.aggregator.notify import uvicorn_ws_options
     from gateway.aggregator.settings import AggregatorSettings
-    from gateway.observability import configure_logging, register_secret
+    from gateway.logs import configure_logging, register_secret
 
     try:
         settings = AggregatorSettings(

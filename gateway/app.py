@@ -18,7 +18,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway import __version__, observability
+from gateway import __version__, logs, observability
 from gateway.api import aggregations, events, session, uploads
 from gateway.dependencies import GatewayState
 from gateway.embedded import EmbeddedAggregator
@@ -205,7 +205,7 @@ def create_app(settings: Settings) -> FastAPI:
             )
             loop = asyncio.get_running_loop()
             app.state.stop_streams = lambda: loop.call_soon_threadsafe(hub.close)
-            forget_token = observability.register_secret_source(  # log lines never show it
+            forget_token = logs.register_secret_source(  # log lines never show it
                 lambda: session_.credentials.session_token if session_.credentials else None
             )
             try:

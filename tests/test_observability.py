@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.observability import log_handler, redact, register_secret
+from gateway.logs import log_handler, redact, register_secret
 from tests.aggregator.conftest import ADMIN, Running, start
 from tests.gateway.conftest import Gateway, gateway_settings, run_gateway, write_credentials
 from tests.gateway.util import wait_for_aggregation

@@ -25,6 +25,7 @@ from pamqp.commands import Basic
 
 from gateway.aggregator.settings import AggregatorSettings
 from gateway.aggregator.store import Leaf
+from gateway.logs import register_secret
 
 __all__ = [
     "ADMIN_PERMISSIONS",
@@ -111,9 +112,6 @@ class BrokerAdmin:
 
 
 def _redact(*secrets: str) -> None:
-    # gateway.observability imports the gateway's app, which embeds this aggregator: import it late.
-    from gateway.observability import register_secret
-
     for secret in secrets:
         register_secret(secret)
 

@@ -1,0 +1,65 @@
+"""Small I/O plumbing shared by the gateway and the aggregator: hashed writes, keyed locks, cancels."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import anyio
+
+FLUSH_BYTES = 1 << 20
+"""Bytes gathered before one worker-thread hop writes them (one hop per ~1 MiB, not per chunk)."""
+
+
+class Digest(Protocol):
+    """What `hashlib` digests offer (and all this module needs of them)."""
+
+    def update(self, data: bytes, /) -> None:
+        """Feed `data`."""
+
+
+def write_hashed(stream: BinaryIO, digest: Digest, chunks: Iterable[bytes]) -> None:
+    """Write `chunks` to `stream` and feed them to `digest` (run in a worker thread)."""
+    for chunk in chunks:
+        stream.write(chunk)
+        digest.update(chunk)
+
+
+def sha256_file(path: Path) -> bytes:
+    """The sha256 of a file, read 1 MiB at a time (run in a worker thread)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(FLUSH_BYTES):
+            digest.update(chunk)
+    return digest.digest()
+
+
+class KeyedLocks:
+    """One `anyio.Lock` per key, forgotten again when nobody holds or waits for it (a bounded table)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, anyio.Lock] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    def get(self, key: str) -> anyio.Lock:
+        """The lock of `key` (created on first use)."""
+        return self._locks.setdefault(key, anyio.Lock())
+
+    def discard(self, key: str, lock: anyio.Lock) -> None:
+        """Forget `key`'s lock if it is `lock` and is idle."""
+        if (
+            not lock.locked()
+            and lock.statistics().tasks_waiting == 0
+            and self._locks.get(key) is lock
+        ):
+            del self._locks[key]
+
+
+async def cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    """Cancel `scope` once `event` is set (start it in the scope's task group)."""
+    await event.wait()
+    scope.cancel()
