@@ -63,3 +63,27 @@ async def cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
     """Cancel `scope` once `event` is set (start it in the scope's task group)."""
     await event.wait()
     scope.cancel()
+
+
+class Signal:
+    """A repeatable wake-up: every `fire()` wakes whoever waits on the event `armed()` gave them.
+
+    Take `armed()` before checking the condition it guards, then wait on it: a `fire()` between
+    the check and the wait is never missed.
+    """
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def armed(self) -> anyio.Event:
+        """The event the next `fire()` sets."""
+        return self._event
+
+    def fire(self) -> None:
+        """Wake every waiter, and arm a fresh event for the next round."""
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def wait(self) -> None:
+        """Wait for the next `fire()`."""
+        await self._event.wait()
