@@ -1,131 +1,125 @@
-"""The gateway application: `create_app(settings)`; the lifespan owns every long-lived object."""
+"""The gateway application: `create_app(settings)`; its lifespan opens each subsystem in turn and
+closes them in reverse order."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
-import hmac
-import json
 import logging
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import httpx
 from anyio import to_thread
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
-from gateway import __version__, logs, observability
-from gateway.api import aggregations, events, session, uploads
-from gateway.dependencies import GatewayState
+from gateway import __version__, logs, state
+from gateway.api import aggregations, events, health, session, uploads
+from gateway.api.auth import RequireToken
+from gateway.cache import AggregationCache
 from gateway.embedded import EmbeddedAggregator
-from gateway.errors import (
-    PROBLEM_JSON,
-    GatewayError,
-    NotAuthenticatedError,
-    add_exception_handlers,
-)
+from gateway.errors import GatewayError
 from gateway.events import EventHub, EventLog, Events
-from gateway.openapi import problem_responses
+from gateway.forwarding import Forwarder
+from gateway.metrics import LiveFacts, Metrics
+from gateway.problems import add_exception_handlers, problem_responses
 from gateway.session import Session
 from gateway.settings import Settings
 from gateway.upstream.amqp import AmqpConsumer, AmqpSettings
+from gateway.upstream.client import upstream_client
 from gateway.upstream.consumer import ConsumerSettings, NotificationConsumer, WebSocketConsumer
-from gateway.upstream.credentials import from_settings
+from gateway.upstream.credentials import Credentials, from_settings
 from gateway.upstream.v3 import RetryPolicy
 
 log = logging.getLogger("gateway")
 
 
-_LOOPBACK_HOSTS = frozenset({b"127.0.0.1", b"localhost", b"[::1]"})
+@dataclass(frozen=True)
+class _Upstream:
+    """Where the leaf's session goes: BK_HOST, or the embedded aggregator when none is set."""
+
+    host: str
+    credentials: Credentials | None
+    embedded: EmbeddedAggregator | None
 
 
-def _hostname(value: bytes) -> bytes:
-    """`host[:port]` (or an Origin URL) -> host, lower-case."""
-    value = value.split(b"://", 1)[-1].lower()
-    if value.startswith(b"["):
-        return value.split(b"]", 1)[0] + b"]"
-    return value.split(b":", 1)[0]
+@asynccontextmanager
+async def _folders(settings: Settings) -> AsyncIterator[tuple[Path, Path]]:
+    """The scratch folder (emptied of what an earlier process left) and the download cache."""
+    tmp_dir, cache_dir = settings.gateway_data_dir / "tmp", settings.gateway_data_dir / "cache"
+    for folder in (tmp_dir, cache_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    await to_thread.run_sync(_clear, tmp_dir)
+    yield tmp_dir, cache_dir
 
 
-class RequireToken:
-    """When GATEWAY_TOKEN is set, every route but /healthz needs `Authorization: Bearer <token>`.
-
-    Without a token only loopback is trusted: the Host must be a loopback name (no DNS rebinding)
-    and a browser's Origin, when sent, must be loopback too (no web page can post weights).
-    """
-
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
-        self.app = app
-        self.token = token.encode() if token else None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] == "/healthz":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        if self.token is None:
-            origin = headers.get(b"origin")
-            if _hostname(headers.get(b"host", b"127.0.0.1")) in _LOOPBACK_HOSTS and (
-                origin is None or _hostname(origin) in _LOOPBACK_HOSTS
-            ):
-                await self.app(scope, receive, send)
-                return
-            await _refuse(
-                scope,
-                send,
-                "Without GATEWAY_TOKEN the gateway answers only loopback requests (Host 127.0.0.1, "
-                "localhost or [::1], and no foreign Origin); set GATEWAY_TOKEN to serve others.",
-            )
-            return
-        scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
-        if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token):
-            await self.app(scope, receive, send)
-            return
-        await _refuse(
-            scope, send, "Send 'Authorization: Bearer <GATEWAY_TOKEN>' with every request."
-        )
-
-
-async def _refuse(scope: Scope, send: Send, detail: str) -> None:
-    if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1008})
+@asynccontextmanager
+async def _upstream(settings: Settings) -> AsyncIterator[_Upstream]:
+    """The configured upstream, or an embedded aggregator started for the gateway's lifetime."""
+    credentials = from_settings(settings)
+    if settings.bk_host is not None:
+        yield _Upstream(settings.bk_host, credentials, None)
         return
-    error = NotAuthenticatedError(detail)
-    body = json.dumps(error.body()).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.status,
-            "headers": [
-                (b"content-type", PROBLEM_JSON.encode()),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b"Bearer"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    embedded = EmbeddedAggregator(settings)
+    await to_thread.run_sync(embedded.start)
+    try:
+        log.warning(
+            "offline: no BK_HOST set, using the embedded local aggregator at %s", embedded.url
+        )
+        yield _Upstream(embedded.url, credentials or embedded.credentials(), embedded)
+    finally:
+        await to_thread.run_sync(embedded.stop)
 
 
-def _client(settings: Settings, metrics: observability.Metrics) -> httpx.AsyncClient:
-    timeout = httpx.Timeout(
-        connect=settings.bk_connect_timeout_s,
-        read=settings.bk_read_timeout_s,
-        write=settings.bk_read_timeout_s,
-        pool=settings.bk_connect_timeout_s,
+@asynccontextmanager
+async def _session(
+    settings: Settings, client: httpx.AsyncClient, upstream: _Upstream
+) -> AsyncIterator[Session]:
+    """The leaf session, logged in when credentials are configured; its token is kept out of logs."""
+    session = Session(
+        client,
+        upstream.host,
+        RetryPolicy(max_retries=settings.bk_max_retries),
+        settings.bk_run_check_interval_s,
+        dialect=settings.bk_dialect,
+        offline=upstream.embedded is not None,
     )
-    mounts: dict[str, httpx.AsyncBaseTransport | None] | None = None
-    if settings.bk_proxies:
-        mounts = {
-            f"{scheme}://": httpx.AsyncHTTPTransport(proxy=url, verify=settings.ssl_verify())
-            for scheme, url in settings.bk_proxies.items()
-        }
-    return observability.MeasuredClient(
-        metrics, timeout=timeout, verify=settings.ssl_verify(), mounts=mounts, trust_env=True
+    if upstream.credentials is not None:
+        try:
+            await session.login(upstream.credentials)
+        except GatewayError as exc:
+            session.adopt(upstream.credentials)
+            log.warning("upstream not reachable at start-up (%s); retrying on demand", exc.detail)
+    forget_token = logs.register_secret_source(
+        lambda: session.credentials.session_token if session.credentials else None
     )
+    try:
+        yield session
+    finally:
+        forget_token()
+
+
+@asynccontextmanager
+async def _events(settings: Settings) -> AsyncIterator[Events]:
+    """The event log (closed at the end) and the fan-out hub."""
+    event_log = await to_thread.run_sync(
+        lambda: EventLog(
+            settings.gateway_data_dir / "events.db",
+            settings.gateway_events_max_count,
+            settings.gateway_events_max_age_s,
+        )
+    )
+    try:
+        yield Events(event_log, EventHub(settings.gateway_sse_buffer))
+    finally:
+        event_log.close()
 
 
 def _consumer(settings: Settings, session: Session, events: Events) -> NotificationConsumer:
@@ -145,84 +139,76 @@ def _consumer(settings: Settings, session: Session, events: Events) -> Notificat
     return WebSocketConsumer(session, events, settings.ssl_verify(), timing)
 
 
+@asynccontextmanager
+async def _background(
+    settings: Settings, consumer: NotificationConsumer, hub: EventHub
+) -> AsyncIterator[None]:
+    """The notification consumer and the keep-alive tick, until shutdown ends every stream."""
+    async with anyio.create_task_group() as group:
+        group.start_soon(consumer.run)
+        group.start_soon(hub.run_keepalive, settings.gateway_sse_keepalive_s)
+        yield
+        hub.close()
+        group.cancel_scope.cancel()
+
+
+def _live(app: FastAPI) -> LiveFacts | None:
+    """What /metrics reads from the running gateway."""
+    current = state.lifespan_state(app)
+    if current is None:
+        return None
+    status, events = current.consumer.status, current.events
+    try:
+        retained: int | None = events.log.count()
+    except sqlite3.ProgrammingError:  # closed: the app has shut down
+        retained = None
+    return LiveFacts(
+        channel_state=status.state,
+        channel_reconnects=status.reconnects,
+        sse_subscribers=len(events.hub.subscribers),
+        events_retained=retained,
+    )
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The gateway for `settings`."""
-    metrics = observability.Metrics.create(lambda: getattr(app.state, "gateway", None))
+    metrics = Metrics.create(lambda: _live(app))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        data_dir = settings.gateway_data_dir
-        tmp_dir, cache_dir = data_dir / "tmp", data_dir / "cache"
-        for folder in (tmp_dir, cache_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-        await to_thread.run_sync(_clear, tmp_dir)
-        embedded: EmbeddedAggregator | None = None
-        credentials = from_settings(settings)
-        host = settings.bk_host
-        if host is None:
-            embedded = EmbeddedAggregator(settings)
-            await to_thread.run_sync(embedded.start)
-            host = embedded.url
-            credentials = credentials or embedded.credentials()
-            log.warning("offline: no BK_HOST set, using the embedded local aggregator at %s", host)
-        retry = RetryPolicy(max_retries=settings.bk_max_retries)
-        async with _client(settings, metrics) as client:
-            session_ = Session(
-                client,
-                host,
-                retry,
-                settings.bk_run_check_interval_s,
-                dialect=settings.bk_dialect,
-                offline=embedded is not None,
+        async with AsyncExitStack() as stack:
+            tmp_dir, cache_dir = await stack.enter_async_context(_folders(settings))
+            upstream = await stack.enter_async_context(_upstream(settings))
+            client = await stack.enter_async_context(
+                upstream_client(settings, metrics.observe_upstream)
             )
-            if credentials is not None:
-                try:
-                    await session_.login(credentials)
-                except GatewayError as exc:
-                    session_.adopt(credentials)
-                    log.warning(
-                        "upstream not reachable at start-up (%s); retrying on demand", exc.detail
-                    )
-            event_log = await to_thread.run_sync(
-                lambda: EventLog(
-                    data_dir / "events.db",
-                    settings.gateway_events_max_count,
-                    settings.gateway_events_max_age_s,
-                )
-            )
-            hub = EventHub(settings.gateway_sse_buffer)
-            events = Events(event_log, hub)
-            consumer = _consumer(settings, session_, events)
-            app.state.gateway = GatewayState(
-                settings=settings,
-                client=client,
-                session=session_,
-                tmp_dir=tmp_dir,
-                cache_dir=cache_dir,
-                embedded=embedded,
-                events=events,
-                consumer=consumer,
-            )
+            session_ = await stack.enter_async_context(_session(settings, client, upstream))
+            events_ = await stack.enter_async_context(_events(settings))
+            consumer = _consumer(settings, session_, events_)
             loop = asyncio.get_running_loop()
-            app.state.stop_streams = lambda: loop.call_soon_threadsafe(hub.close)
-            forget_token = logs.register_secret_source(  # log lines never show it
-                lambda: session_.credentials.session_token if session_.credentials else None
+            state.attach(
+                app,
+                state.GatewayState(
+                    settings=settings,
+                    session=session_,
+                    events=events_,
+                    consumer=consumer,
+                    cache=AggregationCache(
+                        cache_dir,
+                        tmp_dir,
+                        settings.weights.policy().limits,
+                        settings.gateway_cache_keep,
+                    ),
+                    forwarder=Forwarder(session_, settings, tmp_dir, metrics.record_upload),
+                    embedded=upstream.embedded,
+                    stop_streams=functools.partial(loop.call_soon_threadsafe, events_.hub.close),
+                ),
             )
-            try:
-                async with anyio.create_task_group() as group:
-                    group.start_soon(consumer.run)
-                    group.start_soon(hub.run_keepalive, settings.gateway_sse_keepalive_s)
-                    # Start-up objects live for the whole process: keep them out of every full
-                    # collection, whose pauses would otherwise delay event fan-out.
-                    gc.freeze()
-                    yield
-                    hub.close()
-                    group.cancel_scope.cancel()
-            finally:
-                forget_token()
-                event_log.close()
-                if embedded is not None:
-                    await to_thread.run_sync(embedded.stop)
+            await stack.enter_async_context(_background(settings, consumer, events_.hub))
+            # Start-up objects live for the whole process: keep them out of every full
+            # collection, whose pauses would otherwise delay event fan-out.
+            gc.freeze()
+            yield
 
     app = FastAPI(
         title="BranchKey Gateway",
@@ -233,14 +219,15 @@ def create_app(settings: Settings) -> FastAPI:
     )
     token = settings.gateway_token.get_secret_value() if settings.gateway_token else None
     app.add_middleware(RequireToken, token=token)
-    add_exception_handlers(app)
-    observability.count_problems(app, metrics)  # after every handler is registered
-    app.state.metrics = metrics
-    app.include_router(observability.router)
-    app.include_router(session.router)
-    app.include_router(uploads.router)
-    app.include_router(events.router)  # before aggregations: /aggregations/latest is not an id
-    app.include_router(aggregations.router)
+
+    def count_problem(scope: Scope, problem_type: str) -> None:
+        route = getattr(scope.get("route"), "path", "")
+        metrics.record_problem(str(scope.get("method")), str(route), problem_type)
+
+    add_exception_handlers(app, count_problem)
+    state.attach_metrics(app, metrics)
+    for module in (health, session, uploads, events, aggregations):
+        app.include_router(module.router)
     return app
 
 

@@ -1,19 +1,8 @@
-"""The gateway's error tree, answered as RFC 9457 `application/problem+json` with stable `type` codes."""
+"""The gateway's error tree: each error fixes its HTTP status and stable problem `type` code (RFC 9457)."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from gateway.multipart import MultipartError
-from gateway.weights import WeightsError
-
-log = logging.getLogger("gateway")
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "/problems/"
@@ -121,90 +110,6 @@ class UpstreamTimeoutError(GatewayError):
     """BranchKey did not answer in time."""
 
     status, type, title = 504, "upstream-timeout", "BranchKey timed out"
-
-
-WEIGHTS_TOO_LARGE = frozenset({"too-large", "zip-bomb"})
-
-
-def weights_problem(error: WeightsError) -> dict[str, Any]:
-    """The problem document of a refused weights file (its code kept as the type)."""
-    status = 413 if error.code in WEIGHTS_TOO_LARGE else 422
-    return {
-        "type": f"{PROBLEM_BASE}weights/{error.code}",
-        "title": "Invalid weights file",
-        "status": status,
-        "detail": error.message,
-    }
-
-
-def problem(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
-    """A problem+json response."""
-    return JSONResponse(
-        body, status_code=int(body["status"]), media_type=PROBLEM_JSON, headers=headers
-    )
-
-
-def add_exception_handlers(app: FastAPI) -> None:
-    """Every error the gateway produces becomes problem+json."""
-
-    async def gateway_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, GatewayError)  # noqa: S101 - registered for this type only
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, NotAuthenticatedError) else None
-        return problem(exc.body(), headers)
-
-    async def weights_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, WeightsError)  # noqa: S101 - registered for this type only
-        return problem(weights_problem(exc))
-
-    async def multipart_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, MultipartError)  # noqa: S101 - registered for this type only
-        kind = {413: "payload-too-large", 415: "unsupported-media-type"}.get(
-            exc.status, "bad-request"
-        )
-        return problem(
-            {
-                "type": PROBLEM_BASE + kind,
-                "title": "Upload refused",
-                "status": exc.status,
-                "detail": exc.message,
-            }
-        )
-
-    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for this type only
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        return problem(BadRequestError(f"{where}: {first.get('msg', 'invalid')}.").body())
-
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for this type only
-        kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-        return problem(
-            {
-                "type": PROBLEM_BASE + kind,
-                "title": str(exc.detail),
-                "status": exc.status_code,
-                "detail": str(exc.detail),
-            }
-        )
-
-    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected error", exc_info=exc)
-        return problem(
-            {
-                "type": PROBLEM_BASE + "internal",
-                "title": "Internal gateway error",
-                "status": 500,
-                "detail": "The gateway failed unexpectedly; the error is in its log. Retry the request.",
-            }
-        )
-
-    app.add_exception_handler(Exception, unexpected_error)
-    app.add_exception_handler(GatewayError, gateway_error)
-    app.add_exception_handler(WeightsError, weights_error)
-    app.add_exception_handler(MultipartError, multipart_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
 
 
 PROBLEM_TYPES: tuple[type[GatewayError], ...] = (

@@ -11,10 +11,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 log = logging.getLogger("gateway.events")
 
@@ -133,24 +132,64 @@ class EventLog:
 
 
 KEEPALIVE = None
-"""What the hub's keep-alive tick puts in every stream's buffer (streams write an SSE comment)."""
+"""What a subscriber yields for the hub's keep-alive tick (an SSE stream writes a comment)."""
 
 
 class Subscriber:
-    """One stream's bounded buffer; `lagged` is set when it could not keep up and must reconnect."""
+    """One stream's bounded buffer, async-iterable: yields events, and `KEEPALIVE` for each tick.
 
-    def __init__(
-        self,
-        send: MemoryObjectSendStream[Event | None],
-        receive: MemoryObjectReceiveStream[Event | None],
-        types: frozenset[str],
-    ) -> None:
+    Iteration ends when the hub closes (shutdown) or cuts the subscriber off; `lagged` then says
+    it could not keep up and must reconnect. Use it as a context manager to unsubscribe at the end.
+    """
+
+    def __init__(self, hub: EventHub, types: frozenset[str]) -> None:
+        # One slot more than the events it may fall behind: room for a keep-alive tick.
+        send, receive = anyio.create_memory_object_stream[Event | None](hub.buffer + 1)
+        self.hub = hub
         self.send = send
         self.receive = receive
         self.types = types
         self.lagged = False
-        self.tick_pending = False
-        """A keep-alive tick is queued (the stream clears this when it takes the tick)."""
+        self._tick_pending = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.hub.unsubscribe(self)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Event | None:
+        """The next event, or `KEEPALIVE`; stops at shutdown or when cut off."""
+        try:
+            item = await self.receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        if item is KEEPALIVE:
+            self._tick_pending = False
+        return item
+
+    def offer(self, event: Event) -> bool:
+        """Queue `event`; False when the subscriber is `buffer` events behind (it is then closed)."""
+        queued = self.send.statistics().current_buffer_used
+        if queued - self._tick_pending >= self.hub.buffer:  # the spare slot is for a tick
+            self.lagged = True
+            self.send.close()
+            return False
+        self.send.send_nowait(event)
+        return True
+
+    def tick(self) -> None:
+        """Queue a keep-alive tick if nothing is queued (a stream with news writes anyway)."""
+        if not self.send.statistics().current_buffer_used:
+            self.send.send_nowait(KEEPALIVE)
+            self._tick_pending = True
+
+    def close(self) -> None:
+        """End the iteration (the reader sees the end after what is queued)."""
+        self.send.close()
 
 
 class EventHub:
@@ -162,12 +201,10 @@ class EventHub:
         self.closing = anyio.Event()
 
     def subscribe(self, types: Iterable[str] = EVENT_TYPES) -> Subscriber:
-        """A new subscriber (call `unsubscribe` when done)."""
-        # One slot more than the events it may fall behind: room for a keep-alive tick.
-        send, receive = anyio.create_memory_object_stream[Event | None](self.buffer + 1)
-        subscriber = Subscriber(send, receive, frozenset(types))
+        """A new subscriber (use it as a context manager, or call `unsubscribe` when done)."""
+        subscriber = Subscriber(self, frozenset(types))
         if self.closing.is_set():  # shutting down: the stream ends right after it starts
-            send.close()
+            subscriber.close()
         else:
             self.subscribers.add(subscriber)
         return subscriber
@@ -184,30 +221,21 @@ class EventHub:
             if event.type not in subscriber.types:
                 continue
             try:
-                queued = subscriber.send.statistics().current_buffer_used
-                if queued - subscriber.tick_pending >= self.buffer:
-                    raise anyio.WouldBlock  # `buffer` events behind (the spare slot is for a tick)
-                subscriber.send.send_nowait(event)
-            except anyio.WouldBlock:
-                subscriber.lagged = True
-                self.subscribers.discard(subscriber)
-                subscriber.send.close()
-                log.info(
-                    "an event subscriber fell %d events behind and was disconnected", self.buffer
-                )
+                if not subscriber.offer(event):
+                    self.subscribers.discard(subscriber)
+                    log.info(
+                        "an event subscriber fell %d events behind and was disconnected",
+                        self.buffer,
+                    )
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 self.subscribers.discard(subscriber)
 
     def keepalive(self) -> None:
         """Ask every idle stream to write a keep-alive comment (one shared timer instead of one per
-        stream). A stream with anything queued is about to write anyway, so ticks never pile up
-        in a stalled stream's buffer or take an event's place."""
+        stream); ticks never pile up in a stalled stream's buffer or take an event's place."""
         for subscriber in list(self.subscribers):
-            if subscriber.send.statistics().current_buffer_used:
-                continue
             try:
-                subscriber.send.send_nowait(KEEPALIVE)
-                subscriber.tick_pending = True
+                subscriber.tick()
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 self.subscribers.discard(subscriber)
 
@@ -221,7 +249,7 @@ class EventHub:
         """End every stream (shutdown)."""
         self.closing.set()
         for subscriber in list(self.subscribers):
-            subscriber.send.close()
+            subscriber.close()
         self.subscribers.clear()
 
 
@@ -231,7 +259,6 @@ class Events:
     def __init__(self, log_: EventLog, hub: EventHub) -> None:
         self.log = log_
         self.hub = hub
-        self.changed = anyio.Event()
 
     async def emit(
         self, type_: EventType, data: dict[str, Any], dedup: str | None = None
@@ -240,6 +267,4 @@ class Events:
         event = await anyio.to_thread.run_sync(self.log.append, type_, data, dedup)
         if event is not None:
             self.hub.publish(event)
-            self.changed.set()
-            self.changed = anyio.Event()
         return event

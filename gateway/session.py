@@ -101,14 +101,17 @@ class Session:
         self._wake()
 
     async def wait_for_start(self, timeout_s: float) -> RunInfo:
-        """Return once the run is started: polls every interval, woken early by notifications."""
+        """Return once the run is started (`timeout_s` 0: check once): polls every interval, woken early by
+        notifications; a run-not-started problem at the deadline."""
         deadline = time.monotonic() + timeout_s
         info = await self.refresh_run()
         while info.run_status != "start":
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                waited = f" after waiting {timeout_s:g} s" if timeout_s > 0 else ""
                 raise RunNotStartedError(
-                    f"The run did not start within {timeout_s:g} s (status: {info.run_status}).",
+                    f"The run is not started (status: {info.run_status}){waited}; retry when it "
+                    "starts, or upload with ?wait=true (and ?wait_timeout=<seconds>).",
                     run_status=info.run_status,
                     run_number=info.run_number,
                 )

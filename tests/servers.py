@@ -9,6 +9,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
+
+from gateway.state import stop_streams
 
 
 @contextmanager
@@ -28,10 +31,7 @@ def serve(app: Any, **options: Any) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        stop_streams = getattr(getattr(app, "state", None), "stop_streams", None)
-        if callable(
-            stop_streams
-        ):  # end SSE streams first, as the gateway's own server does on exit
-            stop_streams()
+        if isinstance(app, FastAPI):
+            stop_streams(app)  # end SSE streams first, as the gateway's own server does on exit
         server.should_exit = True
         thread.join(timeout=30)

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.logs import log_handler, redact, register_secret
+from gateway.state import running_state
 from tests.aggregator.conftest import ADMIN, Running, start
 from tests.gateway.conftest import Gateway, gateway_settings, run_gateway, write_credentials
 from tests.gateway.util import wait_for_aggregation
@@ -137,7 +138,7 @@ def test_metrics_after_an_upload_and_a_download(
     assert value(open_stream, "gateway_notification_channel_state", state="down") == 0
     assert value(open_stream, "gateway_notification_channel_reconnects_total") == 0
     assert value(open_stream, "gateway_sse_subscribers") == 1
-    retained = gateway.app.state.gateway.events.log.count()
+    retained = running_state(gateway.app).events.log.count()
     assert retained >= 1
     assert value(open_stream, "gateway_event_log_events") == retained
 

@@ -1,55 +1,88 @@
-"""`GET /aggregations/{id}`: fetch once from BranchKey into the cache, then serve with Range and ETag."""
+"""`/aggregations`: the long-poll list, the latest one, and each aggregation's file (Range, ETag)."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import secrets
 from collections.abc import Callable
-from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
 from anyio import to_thread
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
+from pydantic import BaseModel
+from starlette.types import Message, Receive, Scope, Send
 
-from gateway.dependencies import GatewayState, StateDep
-from gateway.errors import BadRequestError, UpstreamUnavailableError
-from gateway.observability import MeteredFileResponse, MetricsDep
-from gateway.weights import aggregate_to_object_npy, detect_format, normalize_aggregate
-from gateway.weights.objectnpy import read_object_npy
+from gateway.cache import Format
+from gateway.errors import ConflictError, NotFoundError
+from gateway.events import Event
+from gateway.state import MetricsDep, StateDep
 
 router = APIRouter()
 
-_MAX_ID = 200
-_FLUSH_BYTES = 1 << 20
+MAX_LONG_POLL_S = 60.0
+_BATCH = 500
 
 
-class Format(StrEnum):
-    """Download formats."""
+class AggregationEvent(BaseModel):
+    """An aggregation the upstream announced."""
 
-    npz = "npz"
-    npy = "npy"
+    id: int
+    aggregation_id: str
+    run_number: Any = None
+    received_at: str
 
 
-def check_id(aggregation_id: str) -> None:
-    """Ids are URL-safe names, never paths (§5.12)."""
-    if (
-        not aggregation_id
-        or len(aggregation_id) > _MAX_ID
-        or aggregation_id.startswith(".")
-        or any(ch in aggregation_id for ch in "/\\\0")
-        or not aggregation_id.isprintable()
-    ):
-        raise BadRequestError(
-            f"{aggregation_id[:60]!r} is not an aggregation id: ids are at most {_MAX_ID} printable "
-            "characters without '/' or '\\\\'."
+def _aggregation(event: Event) -> AggregationEvent:
+    return AggregationEvent(id=event.id, **event.data)
+
+
+@router.get("/aggregations")
+async def list_aggregations(
+    state: StateDep,
+    after: Annotated[
+        int | None, Query(ge=0, description="Return aggregation events after this id.")
+    ] = None,
+    wait: Annotated[
+        float, Query(ge=0, description=f"Seconds to wait for one (max {MAX_LONG_POLL_S:g}).")
+    ] = 0,
+) -> list[AggregationEvent]:
+    """Long-poll: aggregation events after `after` at once, or wait up to `wait` s for the next; [] on timeout."""
+    log, hub = state.events.log, state.events.hub
+    newest = (await to_thread.run_sync(log.bounds))[1]
+    if after is None:
+        after = newest
+    elif after > newest:
+        raise ConflictError(
+            f"Event id {after} was never issued here (the newest is {newest}); "
+            "start again without 'after', or from /aggregations/latest.",
+            newest=newest,
         )
+    deadline = anyio.current_time() + min(wait, MAX_LONG_POLL_S)
+    while True:
+        # Subscribed before the log is read: an event stored in between still wakes the wait.
+        with hub.subscribe(("aggregation",)) as subscriber:
+            found: list[Event] = await to_thread.run_sync(
+                log.after, after, ("aggregation",), _BATCH
+            )
+            remaining = deadline - anyio.current_time()
+            if found or remaining <= 0:
+                return [_aggregation(event) for event in found]
+            if hub.closing.is_set():
+                return []  # shutting down: answer now rather than hold the server open
+            with anyio.move_on_after(remaining):
+                await anext(subscriber, None)  # an event, a keep-alive tick, or shutdown
 
 
-_RESPONSES: dict[int | str, dict[str, Any]] = {
+@router.get("/aggregations/latest")
+async def get_latest_aggregation(state: StateDep) -> AggregationEvent:
+    """The newest aggregation the gateway has heard of."""
+    event = await to_thread.run_sync(state.events.log.latest, "aggregation")
+    if event is None:
+        raise NotFoundError("No aggregation has been announced yet.")
+    return _aggregation(event)
+
+
+_FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/octet-stream": {}}, "description": "The aggregated model."}
 }
 
@@ -57,13 +90,13 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.head(
     "/aggregations/{aggregation_id}",
     response_class=FileResponse,
-    responses=_RESPONSES,
+    responses=_FILE_RESPONSES,
     operation_id="head_aggregation",
 )
 @router.get(
     "/aggregations/{aggregation_id}",
     response_class=FileResponse,
-    responses=_RESPONSES,
+    responses=_FILE_RESPONSES,
     operation_id="stream_aggregation",
 )
 async def stream_aggregation(
@@ -77,176 +110,54 @@ async def stream_aggregation(
 ) -> FileResponse:
     """The aggregated model: `layer_0 ..` as an NPZ of plain arrays, or (`?format=npy`) the v1 object
     array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples)."""
-    check_id(aggregation_id)
-    served, digest = await _cached(state, aggregation_id, fmt)
-    return MeteredFileResponse(
-        served,
+    served = await state.cache.open(state.session.require, aggregation_id, fmt)
+    return SentFileResponse(
+        served.path,
         media_type="application/octet-stream",
         filename=f"{aggregation_id}.{fmt.value}",
-        headers={"ETag": f'"{digest}"', "Cache-Control": "private, max-age=31536000, immutable"},
-        cleanup=lambda: served.unlink(missing_ok=True),
+        headers={
+            "ETag": f'"{served.sha256}"',
+            "Cache-Control": "private, max-age=31536000, immutable",
+        },
+        cleanup=lambda: served.path.unlink(missing_ok=True),
         on_sent=metrics.record_download,
     )
 
 
-async def _cached(state: GatewayState, aggregation_id: str, fmt: Format) -> tuple[Path, str]:
-    """A private hard link to the cached file for (id, format), and its sha256.
+class SentFileResponse(FileResponse):
+    """A `FileResponse` that reports the body bytes it sent once it sent them all (not for HEAD),
+    and removes its file afterwards whatever happened."""
 
-    One lock per aggregation id: both formats of one id are produced one at a time, and eviction
-    never removes an id whose lock is held. The link keeps a response readable even if the cache
-    entry is evicted while it is being sent.
-    """
-    lock = state.fetch_locks.setdefault(aggregation_id, anyio.Lock())
-    try:
-        return await _cached_locked(state, aggregation_id, fmt, lock)
-    except BaseException:
-        if not lock.locked():
-            state.fetch_locks.pop(aggregation_id, None)  # nothing cached: keep the table bounded
-        raise
+    # Models are hundreds of MiB: 1 MiB reads cost one worker-thread hop each instead of sixteen.
+    chunk_size = 1024 * 1024
 
+    def __init__(
+        self,
+        *args: Any,
+        on_sent: Callable[[int], None],
+        cleanup: Callable[[], Any],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_sent = on_sent
+        self.cleanup = cleanup
 
-async def _cached_locked(
-    state: GatewayState, aggregation_id: str, fmt: Format, lock: anyio.Lock
-) -> tuple[Path, str]:
-    cache = state.cache_dir
-    target = cache / f"{aggregation_id}.{fmt.value}"
-    async with lock:
-        if not await to_thread.run_sync(target.exists):
-            plain = cache / f"{aggregation_id}.npz"
-            if not await to_thread.run_sync(plain.exists):
-                await _fetch(state, aggregation_id, plain)
-            if fmt is Format.npy and not await to_thread.run_sync(target.exists):
-                limits = state.settings.weights.policy().limits
-                await _publish(
-                    cache, target, lambda tmp: aggregate_to_object_npy(plain, tmp, limits)
-                )
-        digest = await to_thread.run_sync(_digest_of, target)
-        served = state.tmp_dir / f".serve-{secrets.token_hex(8)}"
-        await to_thread.run_sync(os.link, target, served)
-    await _evict(state, state.settings.gateway_cache_keep)
-    return served, digest
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the file, counting the body bytes."""
+        sent = 0
 
+        async def counting(message: Message) -> None:
+            nonlocal sent
+            if message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            elif message["type"] == "http.response.pathsend":
+                sent += int(self.headers.get("content-length", "0"))
+            await send(message)
 
-async def _publish(
-    cache: Path,
-    target: Path,
-    produce: Callable[[Path], object],
-    known_digest: Callable[[], str | None] | None = None,
-) -> None:
-    """Produce a cache file under a private name, record its digest, then make it visible.
-
-    `known_digest`, asked after `produce`, may give the digest without reading the file again.
-    """
-    tmp = cache / f".{target.name}.{secrets.token_hex(8)}"
-
-    def build() -> None:
         try:
-            produce(tmp)
-            digest = known_digest() if known_digest is not None else None
-            if digest is None:
-                _write_digest(tmp, target)
-            else:
-                target.with_name(target.name + ".sha256").write_text(digest)
-            os.replace(tmp, target)
+            await super().__call__(scope, receive, counting)
         finally:
-            tmp.unlink(missing_ok=True)
-
-    await to_thread.run_sync(build)
-
-
-async def _fetch(state: GatewayState, aggregation_id: str, plain: Path) -> None:
-    upstream = state.session.require()
-    url = await upstream.download_url(aggregation_id)
-    raw = state.tmp_dir / f".download-{secrets.token_hex(8)}"
-    digest = hashlib.sha256()  # of the bytes as stored: reused when they are served unchanged
-    try:
-        async with upstream.blob(url) as response:
-            stream = await to_thread.run_sync(raw.open, "wb")
-            try:
-                pending: list[bytes] = []
-                size = 0
-                total = 0
-                limit = state.settings.weights.policy().limits.max_total_uncompressed_bytes
-                async for chunk in response.aiter_bytes():
-                    pending.append(chunk)
-                    size += len(chunk)
-                    total += len(chunk)
-                    if total > limit:
-                        raise UpstreamUnavailableError(
-                            f"BranchKey's file for {aggregation_id} is larger than {limit} bytes "
-                            "(GATEWAY_MAX_UNCOMPRESSED_BYTES); refusing to store it."
-                        )
-                    if size >= _FLUSH_BYTES:  # one worker-thread hop per ~1 MiB
-                        await to_thread.run_sync(_write_hashed, stream, digest, pending)
-                        pending, size = [], 0
-                await to_thread.run_sync(_write_hashed, stream, digest, pending)
-            finally:
-                await to_thread.run_sync(stream.close)
-        limits = state.settings.weights.policy().limits
-        # An upstream file already in the served layout is moved into the cache, not copied,
-        # and keeps the digest computed while it arrived: no extra pass over the data.
-        await _publish(
-            state.cache_dir,
-            plain,
-            lambda tmp: normalize_aggregate(raw, tmp, limits, move=True),
-            lambda: None if raw.exists() else digest.hexdigest(),
-        )
-        moved = not await to_thread.run_sync(raw.exists)  # then it was an NPZ already
-        if not moved and await to_thread.run_sync(detect_format, raw, limits) == "npy-object":
-            # A v1 upstream's file: ?format=npy serves it with its own sample count, re-written by
-            # our writer (the upstream's pickle bytes are never handed on).
-            samples = (await to_thread.run_sync(read_object_npy, raw, limits)).num_samples
-            await _publish(
-                state.cache_dir,
-                state.cache_dir / f"{aggregation_id}.npy",
-                lambda tmp: aggregate_to_object_npy(plain, tmp, limits, num_samples=samples),
-            )
-    finally:
-        await to_thread.run_sync(lambda: raw.unlink(missing_ok=True))
-
-
-def _write_hashed(stream: Any, digest: Any, chunks: list[bytes]) -> None:
-    for chunk in chunks:
-        stream.write(chunk)
-        digest.update(chunk)
-
-
-def _write_digest(source: Path, target: Path) -> None:
-    """`<target>.sha256` holding the sha256 of `source` (written before `target` appears)."""
-    digest = hashlib.sha256()
-    with source.open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    target.with_name(target.name + ".sha256").write_text(digest.hexdigest())
-
-
-def _digest_of(path: Path) -> str:
-    return path.with_name(path.name + ".sha256").read_text().strip()
-
-
-async def _evict(state: GatewayState, keep: int) -> None:
-    """Keep the `keep` most recent aggregations (all formats); each removal holds that id's lock."""
-    for stale in await to_thread.run_sync(_stale_ids, state.cache_dir, keep):
-        lock = state.fetch_locks.setdefault(stale, anyio.Lock())
-        if lock.locked():
-            continue  # being produced or served right now: next time
-        async with lock:
-            await to_thread.run_sync(_remove_id, state.cache_dir, stale)
-        if not lock.locked() and state.fetch_locks.get(stale) is lock:
-            del state.fetch_locks[stale]
-
-
-def _stale_ids(cache: Path, keep: int) -> list[str]:
-    ids: dict[str, float] = {}
-    for entry in cache.iterdir():
-        if entry.suffix in (".npz", ".npy") and not entry.name.startswith("."):
-            try:
-                ids[entry.stem] = max(ids.get(entry.stem, 0.0), entry.stat().st_mtime)
-            except FileNotFoundError:
-                continue
-    return sorted(ids, key=ids.__getitem__)[:-keep]
-
-
-def _remove_id(cache: Path, aggregation_id: str) -> None:
-    for suffix in (".npz", ".npy", ".npz.sha256", ".npy.sha256"):
-        (cache / f"{aggregation_id}{suffix}").unlink(missing_ok=True)
+            # Also after a refused Range (400/416), where FileResponse skips its background task.
+            await anyio.to_thread.run_sync(self.cleanup)
+        if scope.get("method") != "HEAD":
+            self.on_sent(sent)

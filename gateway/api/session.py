@@ -1,4 +1,4 @@
-"""The leaf session, the run status, metrics and health routes."""
+"""The leaf session (`/session`), the run status (`/run`) and performance reports (`/performance`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from gateway.dependencies import SessionDep, StateDep
-from gateway.errors import BadRequestError, GatewayError, NotReadyError
+from gateway.errors import BadRequestError
+from gateway.state import SessionDep, StateDep
 from gateway.upstream.credentials import CredentialsError, from_mapping
 
 router = APIRouter()
@@ -42,35 +42,6 @@ class PerformanceReport(BaseModel):
     aggregation_id: str = Field(min_length=1)
     mode: Literal["test", "train", "non-federated"]
     data: dict[str, Any] | str
-
-
-@router.get("/healthz")
-async def get_health() -> dict[str, str]:
-    """The process is alive."""
-    return {"status": "ok"}
-
-
-@router.get("/readyz")
-async def get_ready(state: StateDep) -> dict[str, Any]:
-    """The session is authenticated, the upstream answers, and the notification channel is connected."""
-    session = state.session
-    channel = state.consumer.status
-    if session.upstream is None:
-        raise NotReadyError(
-            "No leaf session: set credentials or POST them to /session.", channel=channel.state
-        )
-    try:
-        info = await session.refresh_run()
-    except GatewayError as exc:
-        raise NotReadyError(
-            f"The upstream does not answer: {exc.detail}", channel=channel.state
-        ) from None
-    if channel.state != "connected":
-        raise NotReadyError(
-            f"The notification channel is {channel.state}: {channel.last_error or 'connecting'}.",
-            channel=channel.state,
-        )
-    return {"status": "ready", "run_status": info.run_status, "channel": channel.state}
 
 
 @router.get("/run")

@@ -24,6 +24,7 @@ from gateway.aggregator.notify import uvicorn_ws_options
 from gateway.app import create_app
 from gateway.events import EventHub, EventLog
 from gateway.settings import Settings
+from gateway.state import running_state, stop_streams
 from gateway.upstream.consumer import ChannelStatus
 from tests.aggregator.conftest import Running, settings_for
 from tests.weights.util import sdk_weights
@@ -81,9 +82,8 @@ def serve_on(
         try:
             yield f"http://127.0.0.1:{bound}"
         finally:
-            stop_streams = getattr(getattr(app, "state", None), "stop_streams", None)
-            if callable(stop_streams):  # as the gateway's own server does on exit
-                stop_streams()
+            if isinstance(app, FastAPI):
+                stop_streams(app)  # as the gateway's own server does on exit
             server.should_exit = True
             thread.join(timeout=30)
     finally:
@@ -110,19 +110,19 @@ class Gateway:
     @property
     def hub(self) -> EventHub:
         """The fan-out hub of live subscribers."""
-        hub: EventHub = self.app.state.gateway.events.hub
+        hub: EventHub = running_state(self.app).events.hub
         return hub
 
     @property
     def log(self) -> EventLog:
         """The persisted event log."""
-        log: EventLog = self.app.state.gateway.events.log
+        log: EventLog = running_state(self.app).events.log
         return log
 
     @property
     def channel(self) -> ChannelStatus:
         """The notification channel's status."""
-        status: ChannelStatus = self.app.state.gateway.consumer.status
+        status: ChannelStatus = running_state(self.app).consumer.status
         return status
 
     def subscribers(self) -> int:

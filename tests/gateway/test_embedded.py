@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway.dependencies import GatewayState
+from gateway.state import GatewayState, running_state
 from tests.gateway.conftest import gateway_settings, run_gateway
 from tests.gateway.util import curl, load_npz, wait_for_aggregation
 from tests.weights.util import sdk_weights
@@ -20,7 +20,7 @@ def test_embedded_round_trip(tmp_path: Path) -> None:
     sdk_weights(tmp_path / "w.npz", 9.0, layers)
     settings = gateway_settings(tmp_path / "gw", bk_host=None)
     with run_gateway(settings) as gateway:
-        state: GatewayState = gateway.app.state.gateway
+        state: GatewayState = running_state(gateway.app)
         embedded = state.embedded
         assert embedded is not None
         assert embedded.url.startswith("http://127.0.0.1:")

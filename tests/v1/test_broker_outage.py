@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from gateway.events import Event, EventType
+from gateway.state import running_state
 from tests.aggregator.conftest import Running
 from tests.amqp import AMQP_URL
 from tests.events.live import Gateway, SseSubscriber, aggregation_ids, of_type, wait_until
@@ -72,7 +73,7 @@ def test_an_id_is_acked_only_once_it_is_in_the_event_log(
     agg = rabbit_aggregator
     leaf = agg.leaves[0]
     gateway = gateways(0)
-    events = gateway.app.state.gateway.events
+    events = running_state(gateway.app).events
     original = events.emit
     release = threading.Event()
     held = threading.Event()
@@ -171,7 +172,7 @@ def test_a_failed_log_write_drops_the_connection_and_the_id_comes_again(
     agg = rabbit_aggregator
     leaf = agg.leaves[0]
     gateway = gateways(0)
-    events = gateway.app.state.gateway.events
+    events = running_state(gateway.app).events
     original = events.emit
     failures: list[str] = []
 

@@ -1,0 +1,269 @@
+"""One upload, from the trainer's request to BranchKey: receive, validate and convert, wait for the run, send."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from anyio import to_thread
+from starlette.requests import ClientDisconnect, Request
+
+from gateway._io import FLUSH_BYTES, sha256_file, write_hashed
+from gateway.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from gateway.multipart import FormData, MultipartLimits, read_multipart
+from gateway.session import Session
+from gateway.settings import Settings
+from gateway.weights import Payload, layers_to_npz, npz_to_object_npy, to_npz, with_weighting
+
+LAYER_PART = re.compile(r"layer_(0|[1-9][0-9]*)", re.ASCII)
+MAX_PARTS = 10_050
+"""Multipart parts one upload may have: up to 10 000 `layer_<n>` parts, and a few fields."""
+RAW_TYPES = ("application/octet-stream", "application/zip", "application/x-npy")
+
+
+@dataclass(frozen=True)
+class UploadOptions:
+    """What the trainer asked for beside the file."""
+
+    wait: bool | None = None
+    """Hold the upload until the run starts (None: BK_WAIT_FOR_RUN)."""
+    wait_timeout_s: float | None = None
+    """The longest wait; capped by GATEWAY_WAIT_TIMEOUT_S."""
+    weighting: str | None = None
+    """Overrides the file's (and the form's) weighting."""
+
+
+@dataclass(frozen=True)
+class ReceivedFile:
+    """A whole weights file as it arrived."""
+
+    path: Path
+    sha256: bytes
+    filename: str
+
+
+@dataclass(frozen=True)
+class Received:
+    """What an upload request carried: one file, or per-layer `.npy` parts, and a weighting field."""
+
+    file: ReceivedFile | None = None
+    layers: tuple[Path, ...] = ()
+    weighting: str | None = None
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """What BranchKey received: its file id, and the digest and size of the file sent."""
+
+    file_id: str
+    sha256: bytes
+    size: int
+    payload: Payload
+
+
+@dataclass
+class Scratch:
+    """Temp files of one upload; all removed at the end, whatever happens."""
+
+    folder: Path
+    paths: list[Path] = field(default_factory=list)
+    form: FormData | None = None
+
+    def new(self, suffix: str) -> Path:
+        """A fresh scratch path (removed by `cleanup`)."""
+        path = self.folder / f".upload-{secrets.token_hex(8)}{suffix}"
+        self.paths.append(path)
+        return path
+
+    def cleanup(self) -> None:
+        """Remove every file of this upload."""
+        if self.form is not None:
+            self.form.cleanup()
+        for path in self.paths:
+            path.unlink(missing_ok=True)
+
+
+class Forwarder:
+    """Validates, converts and forwards uploads for the leaf session."""
+
+    def __init__(
+        self,
+        session: Session,
+        settings: Settings,
+        scratch_dir: Path,
+        on_forwarded: Callable[[int], None] = lambda _size: None,
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.scratch_dir = scratch_dir
+        self.on_forwarded = on_forwarded
+
+    @asynccontextmanager
+    async def scratch(self) -> AsyncIterator[Scratch]:
+        """A scratch area for one upload, emptied at the end."""
+        scratch = Scratch(self.scratch_dir)
+        try:
+            yield scratch
+        finally:
+            await to_thread.run_sync(scratch.cleanup)
+
+    async def handle(self, request: Request, options: UploadOptions) -> Forwarded:
+        """The whole upload: the run is checked before the body is read, unless the trainer waits."""
+        self.session.require()
+        if not self._waits(options):
+            await self.session.wait_for_start(0)
+        async with self.scratch() as scratch:
+            limit = int(self.settings.gateway_max_upload_bytes)
+            received = await receive(request, scratch, limit)
+            return await self.forward(received, options, scratch)
+
+    async def forward(
+        self, received: Received, options: UploadOptions, scratch: Scratch
+    ) -> Forwarded:
+        """Validate and convert what was received, wait for the run if asked, then send it."""
+        npz, sha256, payload = await self.prepare(received, options.weighting, scratch)
+        upstream = self.session.require()
+        wire, digest = npz, sha256
+        if upstream.upload_format == "npy-object":
+            # Protocol v1 carries the pickled object layout: written by our own writer from the
+            # validated NPZ, never by pickling (or passing on) anything the trainer sent.
+            wire = scratch.new(".npy")
+            await to_thread.run_sync(npz_to_object_npy, npz, wire, self.settings.weights.policy())
+            digest = await to_thread.run_sync(sha256_file, wire)
+        size = await to_thread.run_sync(os.path.getsize, wire)
+        if self._waits(options):
+            await self.session.wait_for_start(self._wait_timeout(options))
+        filename = received.file.filename if received.file else "weights.npz"
+        file_id = await self.session.require().upload(
+            wire, size, base64.b64encode(digest).decode(), payload.kind, npz_name(filename)
+        )
+        self.on_forwarded(size)
+        return Forwarded(file_id, digest, size, payload)
+
+    async def prepare(
+        self, received: Received, weighting: str | None, scratch: Scratch
+    ) -> tuple[Path, bytes, Payload]:
+        """The BranchKey NPZ of an upload, its sha256 and what it holds (`weighting` overrides the form's)."""
+        chosen = weighting if weighting is not None else received.weighting
+        policy = self.settings.weights.policy()
+        if received.layers:
+            if chosen is None:
+                raise BadRequestError(
+                    "Per-layer uploads need a 'weighting' field (or ?weighting=)."
+                )
+            target = scratch.new(".npz")
+            payload = await to_thread.run_sync(
+                layers_to_npz, list(received.layers), chosen, target, policy
+            )
+            return target, await to_thread.run_sync(sha256_file, target), payload
+        assert received.file is not None  # noqa: S101 - a Received holds a file or layers
+        converted = scratch.new(".npz")
+        payload, was_converted = await to_thread.run_sync(
+            to_npz, received.file.path, converted, policy
+        )
+        final = converted if was_converted else received.file.path
+        if chosen is not None:
+            target = scratch.new(".npz")
+            payload = await to_thread.run_sync(with_weighting, final, chosen, target, policy)
+            final, was_converted = target, True
+        if was_converted:
+            return final, await to_thread.run_sync(sha256_file, final), payload
+        return final, received.file.sha256, payload  # unchanged: the digest taken on arrival
+
+    def _waits(self, options: UploadOptions) -> bool:
+        return self.settings.bk_wait_for_run if options.wait is None else options.wait
+
+    def _wait_timeout(self, options: UploadOptions) -> float:
+        cap = self.settings.gateway_wait_timeout_s
+        return min(options.wait_timeout_s or cap, cap)
+
+
+async def receive(request: Request, scratch: Scratch, limit: int) -> Received:
+    """The uploaded file (or the layer parts) on disk, and a weighting field if one was sent."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        return await _receive_form(request, scratch, limit)
+    if content_type in RAW_TYPES:
+        return Received(file=await _receive_raw(request, scratch, limit))
+    raise UnsupportedMediaTypeError(
+        "Send multipart/form-data (curl -F file=@w.npz) or application/octet-stream (curl --data-binary @w.npz "
+        "-H 'Content-Type: application/octet-stream')."
+    )
+
+
+class _FileFields:
+    """Multipart parts kept as files: `file` and `layer_<n>`."""
+
+    def __contains__(self, name: object) -> bool:
+        return name == "file" or (isinstance(name, str) and LAYER_PART.fullmatch(name) is not None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("file",))
+
+    def __len__(self) -> int:
+        return 1
+
+
+async def _receive_form(request: Request, scratch: Scratch, limit: int) -> Received:
+    limits = MultipartLimits(max_file_bytes=limit, max_total_file_bytes=limit, max_parts=MAX_PARTS)
+    form = await read_multipart(request, scratch.folder, limits, file_fields=_FileFields())
+    scratch.form = form
+    weighting = form.fields.get("weighting")
+    part = form.files.get("file")
+    layers = {int(name[6:]): p.path for name, p in form.files.items() if LAYER_PART.fullmatch(name)}
+    if part is not None and layers:
+        raise BadRequestError("Send either a 'file' part or 'layer_<n>' parts, not both.")
+    if part is not None:
+        file = ReceivedFile(part.path, part.sha256, part.filename or "weights.npz")
+        return Received(file=file, weighting=weighting)
+    if layers:
+        if sorted(layers) != list(range(len(layers))):
+            raise BadRequestError(
+                f"Layer parts must be layer_0 .. layer_{len(layers) - 1} without gaps."
+            )
+        return Received(layers=tuple(layers[i] for i in range(len(layers))), weighting=weighting)
+    raise BadRequestError(
+        "The form needs a 'file' part, or 'layer_0', 'layer_1', ... parts and 'weighting'."
+    )
+
+
+async def _receive_raw(request: Request, scratch: Scratch, limit: int) -> ReceivedFile:
+    path = scratch.new(".bin")
+    digest = hashlib.sha256()
+    size = 0
+    stream = await to_thread.run_sync(path.open, "wb")
+    pending: list[bytes] = []
+    pending_size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(
+                    f"The upload is over GATEWAY_MAX_UPLOAD_BYTES ({limit} bytes)."
+                )
+            pending.append(chunk)
+            pending_size += len(chunk)
+            if pending_size >= FLUSH_BYTES:  # one worker-thread hop per ~1 MiB
+                await to_thread.run_sync(write_hashed, stream, digest, pending)
+                pending, pending_size = [], 0
+        await to_thread.run_sync(write_hashed, stream, digest, pending)
+    except ClientDisconnect:
+        raise BadRequestError("The client disconnected before the upload was complete.") from None
+    finally:
+        await to_thread.run_sync(stream.close)
+    if size == 0:
+        raise BadRequestError("The request body is empty: send the weights file as the body.")
+    return ReceivedFile(path, digest.digest(), "weights.npz")
+
+
+def npz_name(filename: str) -> str:
+    """The upstream file name for a trainer's file name: its stem, as `.npz`."""
+    stem = Path(filename).name.rsplit(".", 1)[0] or "weights"
+    return f"{stem}.npz"

@@ -1,0 +1,160 @@
+"""Errors as RFC 9457 `application/problem+json` answers, and their description in the OpenAPI document."""
+
+from __future__ import annotations
+
+import logging
+import typing
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
+
+from gateway.errors import (
+    PROBLEM_BASE,
+    PROBLEM_JSON,
+    PROBLEM_TYPES,
+    BadRequestError,
+    GatewayError,
+    NotAuthenticatedError,
+)
+from gateway.multipart import MultipartError
+from gateway.weights import ErrorCode, WeightsError
+
+log = logging.getLogger("gateway")
+
+WEIGHTS_TOO_LARGE = frozenset({"too-large", "zip-bomb"})
+
+ProblemHook = Callable[[Scope, str], None]
+"""Told the request's scope and the problem `type` of every problem answered (metrics count them)."""
+
+
+def weights_problem(error: WeightsError) -> dict[str, Any]:
+    """The problem document of a refused weights file (its code kept as the type)."""
+    status = 413 if error.code in WEIGHTS_TOO_LARGE else 422
+    return {
+        "type": f"{PROBLEM_BASE}weights/{error.code}",
+        "title": "Invalid weights file",
+        "status": status,
+        "detail": error.message,
+    }
+
+
+def _multipart_problem(error: MultipartError) -> dict[str, Any]:
+    kind = {413: "payload-too-large", 415: "unsupported-media-type"}.get(
+        error.status, "bad-request"
+    )
+    return {
+        "type": PROBLEM_BASE + kind,
+        "title": "Upload refused",
+        "status": error.status,
+        "detail": error.message,
+    }
+
+
+def _validation_problem(error: RequestValidationError) -> dict[str, Any]:
+    first = error.errors()[0] if error.errors() else {}
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return BadRequestError(f"{where}: {first.get('msg', 'invalid')}.").body()
+
+
+def _http_problem(error: StarletteHTTPException) -> dict[str, Any]:
+    kind = {404: "not-found", 405: "method-not-allowed"}.get(error.status_code, "http-error")
+    return {
+        "type": PROBLEM_BASE + kind,
+        "title": str(error.detail),
+        "status": error.status_code,
+        "detail": str(error.detail),
+    }
+
+
+def _unexpected_problem(error: Exception) -> dict[str, Any]:
+    log.error("unexpected error", exc_info=error)
+    return {
+        "type": PROBLEM_BASE + "internal",
+        "title": "Internal gateway error",
+        "status": 500,
+        "detail": "The gateway failed unexpectedly; the error is in its log. Retry the request.",
+    }
+
+
+def problem_body(error: Exception) -> dict[str, Any]:
+    """The problem document for any exception a route can raise."""
+    if isinstance(error, GatewayError):
+        return error.body()
+    if isinstance(error, WeightsError):
+        return weights_problem(error)
+    if isinstance(error, MultipartError):
+        return _multipart_problem(error)
+    if isinstance(error, RequestValidationError):
+        return _validation_problem(error)
+    if isinstance(error, StarletteHTTPException):
+        return _http_problem(error)
+    return _unexpected_problem(error)
+
+
+def problem(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    """A problem+json response."""
+    return JSONResponse(
+        body, status_code=int(body["status"]), media_type=PROBLEM_JSON, headers=headers
+    )
+
+
+def add_exception_handlers(app: FastAPI, on_problem: ProblemHook | None = None) -> None:
+    """Every error a route raises becomes problem+json; `on_problem` hears of each one."""
+
+    async def answer(request: Request, error: Exception) -> JSONResponse:
+        body = problem_body(error)
+        if on_problem is not None:
+            on_problem(request.scope, str(body["type"]))
+        headers = (
+            {"WWW-Authenticate": "Bearer"} if isinstance(error, NotAuthenticatedError) else None
+        )
+        return problem(body, headers)
+
+    for kind in (
+        Exception,
+        GatewayError,
+        WeightsError,
+        MultipartError,
+        RequestValidationError,
+        StarletteHTTPException,
+    ):
+        app.add_exception_handler(kind, answer)
+
+
+_PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {
+            "type": "string",
+            "description": "Stable problem code, e.g. /problems/run-not-started.",
+        },
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string", "description": "What was wrong and what to do."},
+    },
+}
+
+
+def problem_responses() -> dict[int | str, dict[str, Any]]:
+    """One response per status, naming every problem type the gateway can answer with it."""
+    by_status: dict[int, list[str]] = defaultdict(list)
+    for error in PROBLEM_TYPES:
+        by_status[error.status].append(PROBLEM_BASE + error.type)
+    for status in (403, 409, 413, 422):  # BranchKey's 4xx answers are passed through
+        by_status[status].append(PROBLEM_BASE + "upstream-rejected")
+    for code in typing.get_args(ErrorCode):
+        by_status[413 if code in WEIGHTS_TOO_LARGE else 422].append(f"{PROBLEM_BASE}weights/{code}")
+    return {
+        status: {
+            "description": "Problem types: " + ", ".join(sorted(set(types))),
+            "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}},
+        }
+        for status, types in sorted(by_status.items())
+    }

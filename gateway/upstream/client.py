@@ -1,0 +1,53 @@
+"""The one `httpx.AsyncClient` of the gateway's upstream calls: timeouts, proxies, TLS, and timing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from gateway.settings import Settings
+
+Observe = Callable[[httpx.URL, int | str, float], None]
+"""Told each request's URL, its status (`"error"` when no answer came) and the seconds until the
+answer's headers."""
+
+
+class TimedClient(httpx.AsyncClient):
+    """An `httpx.AsyncClient` that reports how long every request took to `observe`."""
+
+    def __init__(self, observe: Observe, **options: Any) -> None:
+        super().__init__(**options)
+        self._observe = observe
+
+    async def send(self, request: httpx.Request, **options: Any) -> httpx.Response:
+        """Send `request`, timing it until the answer's headers."""
+        started = time.perf_counter()
+        try:
+            response = await super().send(request, **options)
+        except Exception:
+            self._observe(request.url, "error", time.perf_counter() - started)
+            raise
+        self._observe(request.url, response.status_code, time.perf_counter() - started)
+        return response
+
+
+def upstream_client(settings: Settings, observe: Observe) -> httpx.AsyncClient:
+    """The client for BranchKey calls, as `settings` configure it (BK_* timeouts, proxies, TLS)."""
+    timeout = httpx.Timeout(
+        connect=settings.bk_connect_timeout_s,
+        read=settings.bk_read_timeout_s,
+        write=settings.bk_read_timeout_s,
+        pool=settings.bk_connect_timeout_s,
+    )
+    mounts: dict[str, httpx.AsyncBaseTransport | None] | None = None
+    if settings.bk_proxies:
+        mounts = {
+            f"{scheme}://": httpx.AsyncHTTPTransport(proxy=url, verify=settings.ssl_verify())
+            for scheme, url in settings.bk_proxies.items()
+        }
+    return TimedClient(
+        observe, timeout=timeout, verify=settings.ssl_verify(), mounts=mounts, trust_env=True
+    )
