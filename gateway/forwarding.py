@@ -116,13 +116,18 @@ class Forwarder:
 
     async def handle(self, request: Request, options: UploadOptions) -> Forwarded:
         """The whole upload: the run is checked before the body is read, unless the trainer waits."""
-        self.session.require()
-        if not self._waits(options):
-            await self.session.wait_for_start(0)
+        await self.check_run(options)
         async with self.scratch() as scratch:
             limit = int(self.settings.gateway_max_upload_bytes)
             received = await receive(request, scratch, limit)
             return await self.forward(received, options, scratch)
+
+    async def check_run(self, options: UploadOptions) -> None:
+        """Refuse at once, before the body is read, when the run is not started and the trainer
+        does not wait for it (a trainer that waits is held in `forward` instead)."""
+        self.session.require()
+        if not self._waits(options):
+            await self.session.wait_for_start(0)
 
     async def forward(
         self, received: Received, options: UploadOptions, scratch: Scratch
