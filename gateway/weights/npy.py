@@ -55,11 +55,6 @@ def read_exact(read: Read, size: int, what: str) -> bytes:
     return b"".join(chunks)
 
 
-def has_magic(prefix: bytes) -> bool:
-    """Whether bytes start like a `.npy` file."""
-    return prefix.startswith(MAGIC)
-
-
 def read_header(
     read: Read, max_header_bytes: int, what: str, *, allow_object: bool = False
 ) -> ArrayHeader:
