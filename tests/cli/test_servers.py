@@ -1,4 +1,4 @@
-"""The server commands of `branchkey-gateway`: `aggregator` and `serve`."""
+"""The server commands of `branchkey-gateway`: `aggregator` and `serve`, and where their defaults come from."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+
+from gateway.aggregator.settings import AggregatorSettings
+from gateway.settings import Settings
 
 
 def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -114,3 +118,62 @@ def test_aggregator_command_explains_a_bad_leaves_file(tmp_path: Path) -> None:
     result = run("aggregator", "--leaves-file", "leaves.json", "--data-dir", "data", cwd=tmp_path)
     assert result.returncode == 2
     assert "needs the string fields" in result.stderr
+
+
+def test_aggregator_options_left_out_come_from_the_settings_class(tmp_path: Path) -> None:
+    """Options not given are AggregatorSettings' own (here from `.env`); options given override them."""
+    port = free_port()
+    (tmp_path / ".env").write_text(
+        f"BK_AGGREGATOR_PORT={port}\nBK_AGGREGATOR_DATA_DIR=from-dotenv\nBK_AGGREGATOR_DEV_LEAVES=3\n"
+    )
+    with aggregator_command("--dev-leaves", "2", cwd=tmp_path) as running:
+        leaves = ready_leaves(port, tmp_path / "from-dotenv" / "leaves.json")
+        assert len(leaves) == 2
+    assert running.process.returncode == 0, running.err
+    assert f"aggregator on http://127.0.0.1:{port} (data in from-dotenv)\n" in running.out
+    assert f"leaf credentials: {Path('from-dotenv', 'leaves.json')}\n" in running.out
+
+
+def test_aggregator_refuses_a_bad_variable_with_exit_2(tmp_path: Path) -> None:
+    """A settings variable the class refuses (read by the class, not the CLI) exits 2 with its sentence."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "aggregator", "--data-dir", "data"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(BK_AGGREGATOR_AMQP_URL="http://not-amqp"),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr == "BK_AGGREGATOR_AMQP_URL must start with amqp:// or amqps://\n"
+
+
+@pytest.mark.parametrize(
+    ("option", "field"),
+    [
+        ("--host", "host"),
+        ("--port", "port"),
+        ("--data-dir", "data_dir"),
+        ("--dev-leaves", "dev_leaves"),
+    ],
+)
+def test_aggregator_help_shows_the_settings_defaults(
+    option: str, field: str, tmp_path: Path
+) -> None:
+    """`aggregator --help` shows each option's variable and the AggregatorSettings default."""
+    result = run("aggregator", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if f" {option} " in line)
+    default = AggregatorSettings.model_fields[field].default
+    assert f"[env var: BK_AGGREGATOR_{field.upper()}] [default: {default}]" in line
+
+
+def test_serve_help_shows_the_settings_defaults(tmp_path: Path) -> None:
+    """`serve --help` names GATEWAY_HOST and GATEWAY_PORT with the Settings defaults."""
+    result = run("serve", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    host = Settings.model_fields["gateway_host"].default
+    port = Settings.model_fields["gateway_port"].default
+    assert f"Interface to bind (GATEWAY_HOST, {host})." in result.stdout
+    assert f"Port to bind (GATEWAY_PORT, {port})." in result.stdout

@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from gateway.weights import inspect_payload
 from tests.weights.util import sdk_weights
 
 
@@ -57,3 +59,21 @@ def test_convert_and_pack(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     with np.load(tmp_path / "packed.npz", allow_pickle=False) as data:
         assert data.files == ["weighting", "layer_0"]
+
+
+def test_pack_writes_the_given_weighting(tmp_path: Path) -> None:
+    """`pack --weighting 4` writes weighting 4 into the payload, read back by the gateway's own reader."""
+    layers: list[np.ndarray[Any, Any]] = [
+        np.arange(6, dtype=np.float32).reshape(2, 3),
+        np.ones(4, dtype=np.float64),
+    ]
+    for index, layer in enumerate(layers):
+        np.save(tmp_path / f"layer_{index}.npy", layer)
+    result = run(
+        "pack", "packed.npz", "layer_0.npy", "layer_1.npy", "--weighting", "4", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    payload = inspect_payload(tmp_path / "packed.npz")
+    assert payload.weighting == 4.0
+    assert [info.shape for info in payload.arrays] == [(2, 3), (4,)]
+    assert result.stdout == "wrote packed.npz (2 layers, weighting 4)\n"
