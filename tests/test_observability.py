@@ -23,9 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.logs import log_handler, redact, register_secret
 from gateway.state import running_state
 from tests.aggregator.conftest import ADMIN, Running, start
+from tests.cli.test_servers import free_port
 from tests.gateway.conftest import Gateway, gateway_settings, run_gateway, write_credentials
 from tests.gateway.util import wait_for_aggregation
-from tests.test_cli import free_port
 from tests.weights.util import sdk_weights
 
 TOKEN = "observability-gateway-token"

@@ -398,7 +398,7 @@ def test_watch_exits_0_on_ctrl_c(gateway: Gateway, tmp_path: Path) -> None:
     """Ctrl-C (SIGINT) ends `watch` with exit 0 and no traceback."""
     restore_sigint = (  # a shell's background job may have SIGINT ignored; a terminal's has not
         "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "sys.argv[0] = 'branchkey-gateway'; from gateway.__main__ import main; main()"
+        "sys.argv[0] = 'branchkey-gateway'; from gateway.cli import main; main()"
     )
     with watching(url=gateway.url, cwd=tmp_path, program=["-c", restore_sigint]) as watcher:
         watcher.wait_for_stderr("following")

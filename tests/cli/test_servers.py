@@ -1,0 +1,179 @@
+"""The server commands of `branchkey-gateway`: `aggregator` and `serve`, and where their defaults come from."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.aggregator.settings import AggregatorSettings
+from gateway.settings import Settings
+
+
+def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as users do (python -m gateway)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without BK_AGGREGATOR_* variables (the tests' own settings only), wide help."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BK_AGGREGATOR_")}
+    env.update(COLUMNS="200", NO_COLOR="1", **extra)
+    return env
+
+
+def free_port() -> int:
+    """A port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Aggregator:
+    """A background `aggregator` command; its output once it has stopped."""
+
+    process: subprocess.Popen[str]
+    out: str = ""
+    err: str = ""
+
+
+@contextlib.contextmanager
+def aggregator_command(*args: str, cwd: Path) -> Iterator[Aggregator]:
+    """`python -m gateway aggregator <args>` in the background, stopped with SIGINT (Ctrl-C) at the end."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "aggregator", *args],
+        cwd=cwd,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    running = Aggregator(process)
+    try:
+        yield running
+    finally:
+        process.send_signal(signal.SIGINT)
+        running.out, running.err = process.communicate(timeout=30)
+
+
+def ready_leaves(port: int, leaves_file: Path, timeout: float = 30) -> list[dict[str, Any]]:
+    """The leaves in `leaves_file` once the aggregator on `port` answers leaf 0's v3 run request."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        if not leaves_file.exists():
+            continue
+        leaves: list[dict[str, Any]] = json.loads(leaves_file.read_text())
+        leaf = leaves[0]
+        try:
+            status = httpx.get(
+                f"http://127.0.0.1:{port}/api/v1/run/{leaf['branch_id']}",
+                headers={"Authorization": f"Bearer {leaf['id']}:{leaf['session_token']}"},
+            ).status_code
+        except httpx.TransportError:
+            continue
+        if status == 200:
+            return leaves
+    raise AssertionError(f"no aggregator answered on port {port} within {timeout} s")
+
+
+def test_aggregator_command_serves_dev_leaves(tmp_path: Path) -> None:
+    """`aggregator` creates dev leaves, serves the v3 API on the given port and stops on SIGINT."""
+    port = free_port()
+    args = ["--port", str(port), "--data-dir", "data", "--dev-leaves", "2"]
+    with aggregator_command(*args, cwd=tmp_path) as running:
+        leaves = ready_leaves(port, tmp_path / "data" / "leaves.json")
+        assert len(leaves) == 2
+        assert (tmp_path / "data" / "admin-token").stat().st_mode & 0o077 == 0
+    assert running.process.returncode == 0, running.err
+    assert "leaf credentials" in running.out
+    assert leaves[0]["session_token"] not in running.out + running.err
+
+
+def test_aggregator_command_explains_a_bad_leaves_file(tmp_path: Path) -> None:
+    """A malformed leaves file stops the command with exit code 2 and a sentence naming the problem."""
+    (tmp_path / "leaves.json").write_text('[{"id": "a"}]')
+    result = run("aggregator", "--leaves-file", "leaves.json", "--data-dir", "data", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "needs the string fields" in result.stderr
+
+
+def test_aggregator_options_left_out_come_from_the_settings_class(tmp_path: Path) -> None:
+    """Options not given are AggregatorSettings' own (here from `.env`); options given override them."""
+    port = free_port()
+    (tmp_path / ".env").write_text(
+        f"BK_AGGREGATOR_PORT={port}\nBK_AGGREGATOR_DATA_DIR=from-dotenv\nBK_AGGREGATOR_DEV_LEAVES=3\n"
+    )
+    with aggregator_command("--dev-leaves", "2", cwd=tmp_path) as running:
+        leaves = ready_leaves(port, tmp_path / "from-dotenv" / "leaves.json")
+        assert len(leaves) == 2
+    assert running.process.returncode == 0, running.err
+    assert f"aggregator on http://127.0.0.1:{port} (data in from-dotenv)\n" in running.out
+    assert f"leaf credentials: {Path('from-dotenv', 'leaves.json')}\n" in running.out
+
+
+def test_aggregator_refuses_a_bad_variable_with_exit_2(tmp_path: Path) -> None:
+    """A settings variable the class refuses (read by the class, not the CLI) exits 2 with its sentence."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "aggregator", "--data-dir", "data"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(BK_AGGREGATOR_AMQP_URL="http://not-amqp"),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr == "BK_AGGREGATOR_AMQP_URL must start with amqp:// or amqps://\n"
+
+
+@pytest.mark.parametrize(
+    ("option", "field"),
+    [
+        ("--host", "host"),
+        ("--port", "port"),
+        ("--data-dir", "data_dir"),
+        ("--dev-leaves", "dev_leaves"),
+    ],
+)
+def test_aggregator_help_shows_the_settings_defaults(
+    option: str, field: str, tmp_path: Path
+) -> None:
+    """`aggregator --help` shows each option's variable and the AggregatorSettings default."""
+    result = run("aggregator", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if f" {option} " in line)
+    default = AggregatorSettings.model_fields[field].default
+    assert f"[env var: BK_AGGREGATOR_{field.upper()}] [default: {default}]" in line
+
+
+def test_serve_help_shows_the_settings_defaults(tmp_path: Path) -> None:
+    """`serve --help` names GATEWAY_HOST and GATEWAY_PORT with the Settings defaults."""
+    result = run("serve", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    host = Settings.model_fields["gateway_host"].default
+    port = Settings.model_fields["gateway_port"].default
+    assert f"Interface to bind (GATEWAY_HOST, {host})." in result.stdout
+    assert f"Port to bind (GATEWAY_PORT, {port})." in result.stdout

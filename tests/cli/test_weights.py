@@ -1,0 +1,79 @@
+"""The local weights commands of `branchkey-gateway`: `inspect`, `convert` and `pack`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.weights import inspect_payload
+from tests.weights.util import sdk_weights
+
+
+def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as users do (python -m gateway)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_inspect_describes_a_payload(tmp_path: Path) -> None:
+    """`inspect` prints the payload description as JSON and exits 0."""
+    path = sdk_weights(tmp_path / "w.npz", 5, [np.ones((2, 3), dtype=np.float32)])
+    result = run("inspect", path, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    described = json.loads(result.stdout)
+    assert described["weighting"] == 5.0
+    assert described["arrays"][0]["shape"] == [2, 3]
+
+
+def test_inspect_reports_the_error_code(tmp_path: Path) -> None:
+    """`inspect` exits 1 with the machine code and sentence on stderr for a refused file."""
+    path = tmp_path / "w.npz"
+    np.savez(path, layer_0=np.ones(2))
+    result = run("inspect", path, cwd=tmp_path)
+    assert result.returncode == 1
+    assert json.loads(result.stderr)["error"] == "missing-weighting"
+
+
+def test_convert_and_pack(tmp_path: Path) -> None:
+    """`convert --to npy` writes a v1 file, `convert` brings it back, `pack` builds from parts."""
+    layer = np.arange(6, dtype=np.float32).reshape(2, 3)
+    sdk_weights(tmp_path / "w.npz", 9, [layer])
+    assert run("convert", "w.npz", "w1.npy", "--to", "npy", cwd=tmp_path).returncode == 0
+    assert run("convert", "w1.npy", "back.npz", cwd=tmp_path).returncode == 0
+    with np.load(tmp_path / "back.npz", allow_pickle=False) as data:
+        assert data["weighting"][0] == 9.0
+        assert np.array_equal(data["layer_0"], layer)
+    np.save(tmp_path / "part.npy", layer)
+    result = run("pack", "packed.npz", "part.npy", "--weighting", "4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "packed.npz", allow_pickle=False) as data:
+        assert data.files == ["weighting", "layer_0"]
+
+
+def test_pack_writes_the_given_weighting(tmp_path: Path) -> None:
+    """`pack --weighting 4` writes weighting 4 into the payload, read back by the gateway's own reader."""
+    layers: list[np.ndarray[Any, Any]] = [
+        np.arange(6, dtype=np.float32).reshape(2, 3),
+        np.ones(4, dtype=np.float64),
+    ]
+    for index, layer in enumerate(layers):
+        np.save(tmp_path / f"layer_{index}.npy", layer)
+    result = run(
+        "pack", "packed.npz", "layer_0.npy", "layer_1.npy", "--weighting", "4", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    payload = inspect_payload(tmp_path / "packed.npz")
+    assert payload.weighting == 4.0
+    assert [info.shape for info in payload.arrays] == [(2, 3), (4,)]
+    assert result.stdout == "wrote packed.npz (2 layers, weighting 4)\n"
