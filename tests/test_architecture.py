@@ -44,17 +44,19 @@ def test_only_state_modules_read_app_state(module: Path) -> None:
 @pytest.mark.parametrize("module", MODULES, ids=_name)
 def test_no_project_import_hides_inside_a_function(module: Path) -> None:
     """Imports of the package's own modules sit at the top of a module, never inside a function
-    (an import hidden in a function is how an import circle is dodged)."""
+    (an import hidden in a function is how an import circle is dodged). The command line is the
+    exception: each command imports what it runs, so that `--help` does not load the whole gateway."""
+    if module.is_relative_to(PACKAGE / "cli"):
+        return
     tree = ast.parse(module.read_text(encoding="utf-8"))
     hidden = []
     for function in ast.walk(tree):
         if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
         for node in ast.walk(function):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gateway"):
-                hidden.append(node.lineno)
-            elif isinstance(node, ast.Import) and any(
-                alias.name.startswith("gateway") for alias in node.names
+            if (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gateway")) or (
+                isinstance(node, ast.Import)
+                and any(alias.name.startswith("gateway") for alias in node.names)
             ):
                 hidden.append(node.lineno)
     assert hidden == [], f"{_name(module)} imports project modules inside functions: lines {hidden}"

@@ -7,9 +7,11 @@ class's default.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -19,9 +21,6 @@ from gateway.aggregator.leaves import LeavesFileError
 from gateway.aggregator.settings import AggregatorSettings
 from gateway.logs import configure_logging, register_secret
 from gateway.settings import Settings
-
-if TYPE_CHECKING:  # FastAPI itself is imported by the commands that build an app
-    from fastapi import FastAPI
 
 app = typer.Typer()
 """The server commands; `gateway.cli` adds them to `branchkey-gateway`."""
@@ -56,14 +55,12 @@ def _aggregator_help(text: str, field: str) -> str:
 class _GatewayServer(uvicorn.Server):
     """uvicorn, ending the gateway's open SSE streams as soon as it is asked to stop."""
 
-    def __init__(self, config: uvicorn.Config, gateway: FastAPI) -> None:
+    def __init__(self, config: uvicorn.Config, stop_streams: Callable[[], None]) -> None:
         super().__init__(config)
-        self.gateway = gateway
+        self.stop_streams = stop_streams
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        stop_streams = getattr(self.gateway.state, "stop_streams", None)
-        if callable(stop_streams):  # open SSE streams end now instead of holding shutdown
-            stop_streams()
+        self.stop_streams()  # open SSE streams end now instead of holding shutdown
         super().handle_exit(sig, frame)
 
 
@@ -92,7 +89,9 @@ def serve(
     ] = None,
 ) -> None:
     """Run the gateway (against BranchKey when BK_HOST is set, else the embedded local aggregator)."""
-    from gateway.app import create_app  # lazy: the whole gateway would slow every command's start
+    # lazy: the whole gateway would slow every command's start
+    from gateway.app import create_app
+    from gateway.state import stop_streams
 
     settings = _gateway_settings()
     configure_logging(settings.gateway_log_format)
@@ -107,7 +106,7 @@ def serve(
         log_level="info",
         log_config=None,  # keep configure_logging's handler: JSON or text, secrets redacted
     )
-    _GatewayServer(config, gateway).run()
+    _GatewayServer(config, functools.partial(stop_streams, gateway)).run()
 
 
 # --------------------------------------------------------------------------- openapi

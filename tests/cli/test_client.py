@@ -23,6 +23,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from gateway.state import running_state, stop_streams
 from gateway.upstream.consumer import ChannelStatus
 from tests.aggregator.conftest import ADMIN, Running, start
 from tests.gateway.conftest import gateway_settings, write_credentials
@@ -63,7 +64,7 @@ def serve_on(app: Any, port: int) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        app.state.stop_streams()  # open SSE streams end now, as the gateway's own server does
+        stop_streams(app)  # open SSE streams end now, as the gateway's own server does
         server.should_exit = True
         thread.join(timeout=30)
 
@@ -87,7 +88,7 @@ def run_gateway(upstream: Running, folder: Path, port: int, **overrides: Any) ->
     with serve_on(app, port) as url:
 
         def heard_upstream() -> bool:
-            status: ChannelStatus = app.state.gateway.consumer.status
+            status: ChannelStatus = running_state(app).consumer.status
             last = status.last_message_at
             return status.state == "connected" and last is not None and last >= status.since
 
