@@ -32,9 +32,9 @@ from gateway.multipart import (
     FormData,
     MultipartError,
     MultipartLimits,
-    _FileSink,
     read_multipart,
 )
+from gateway.multipart.sinks import FileSink
 
 MiB = 1024 * 1024
 BOUNDARY = "gateway-test-boundary-5e1f"
@@ -488,15 +488,15 @@ def test_a_failed_disk_write_is_reported_and_leaves_nothing(
     the OSError itself, not wrapped, and every temp file is gone."""
     server = launch()
     written: list[int] = []
-    original = _FileSink.write
+    original = FileSink.write
 
-    def failing_write(self: _FileSink, data: memoryview) -> None:
+    def failing_write(self: FileSink, data: memoryview) -> None:
         written.append(len(data))
         if sum(written) > 2 * MiB:
             raise OSError(errno.ENOSPC, "No space left on device")
         original(self, data)
 
-    monkeypatch.setattr(_FileSink, "write", failing_write)
+    monkeypatch.setattr(FileSink, "write", failing_write)
     response = _post(server, _body(("weights", "w.npz", os.urandom(12 * MiB))))
     assert response.status_code == 507
     assert server.outcomes == [f"OSError {errno.ENOSPC}"]

@@ -28,13 +28,8 @@ from gateway.weights.model import (
 )
 from gateway.weights.npy import MAGIC, ArrayHeader, array_from_bytes, header_bytes, read_header
 from gateway.weights.npz import inspect_aggregate, inspect_npz
-from gateway.weights.objectnpy import (
-    LayerSource,
-    check_sample_count,
-    inspect_object_npy,
-    read_object_npy,
-    write_object_npy,
-)
+from gateway.weights.objectnpy import check_sample_count, inspect_object_npy, read_object_npy
+from gateway.weights.objectnpy_writer import LayerSource, write_object_npy
 from gateway.weights.policy import Limits, ValidationPolicy
 from gateway.weights.writer import NpzWriter, atomic_path, move_to_front
 
