@@ -30,12 +30,11 @@ from gateway.errors import (
 )
 from gateway.events import EventHub, EventLog, Events
 from gateway.openapi import problem_responses
-from gateway.session import Session
 from gateway.settings import Settings
-from gateway.upstream.amqp import AmqpConsumer, AmqpSettings
-from gateway.upstream.consumer import ConsumerSettings, NotificationConsumer, WebSocketConsumer
+from gateway.upstream import auto
 from gateway.upstream.credentials import from_settings
-from gateway.upstream.v3 import RetryPolicy
+from gateway.upstream.session import Session
+from gateway.upstream.transport import RetryPolicy
 
 log = logging.getLogger("gateway")
 
@@ -128,23 +127,6 @@ def _client(settings: Settings, metrics: observability.Metrics) -> httpx.AsyncCl
     )
 
 
-def _consumer(settings: Settings, session: Session, events: Events) -> NotificationConsumer:
-    """The notification consumer of the configured dialect: v3 WebSocket, or v1 AMQP."""
-    timing = ConsumerSettings(
-        backoff_max_s=settings.bk_ws_backoff_max_s,
-        ping_interval_s=settings.bk_ws_ping_interval_s,
-        ping_timeout_s=settings.bk_ws_ping_timeout_s,
-    )
-    if settings.bk_dialect == "v1":
-        amqp = AmqpSettings(
-            port=settings.bk_amqp_port,
-            heartbeat_s=settings.bk_amqp_heartbeat_s,
-            prefetch=settings.bk_amqp_prefetch,
-        )
-        return AmqpConsumer(session, events, amqp, timing)
-    return WebSocketConsumer(session, events, settings.ssl_verify(), timing)
-
-
 def create_app(settings: Settings) -> FastAPI:
     """The gateway for `settings`."""
     metrics = observability.Metrics.create(lambda: getattr(app.state, "gateway", None))
@@ -168,11 +150,9 @@ def create_app(settings: Settings) -> FastAPI:
         retry = RetryPolicy(max_retries=settings.bk_max_retries)
         async with _client(settings, metrics) as client:
             session_ = Session(
-                client,
+                auto.connector(settings.bk_dialect, client, host, retry),
                 host,
-                retry,
                 settings.bk_run_check_interval_s,
-                dialect=settings.bk_dialect,
                 offline=embedded is not None,
             )
             if credentials is not None:
@@ -192,7 +172,7 @@ def create_app(settings: Settings) -> FastAPI:
             )
             hub = EventHub(settings.gateway_sse_buffer)
             events = Events(event_log, hub)
-            consumer = _consumer(settings, session_, events)
+            consumer = auto.channel(settings, session_, events)
             app.state.gateway = GatewayState(
                 settings=settings,
                 client=client,

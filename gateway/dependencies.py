@@ -12,9 +12,9 @@ from fastapi import Depends, Request
 
 from gateway.embedded import EmbeddedAggregator
 from gateway.events import Events
-from gateway.session import Session
 from gateway.settings import Settings
-from gateway.upstream.consumer import NotificationConsumer
+from gateway.upstream.channel import NotificationConsumer
+from gateway.upstream.session import Session
 
 
 @dataclass

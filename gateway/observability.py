@@ -24,7 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway.dependencies import GatewayState
 from gateway.errors import PROBLEM_JSON
-from gateway.upstream.consumer import ChannelState
+from gateway.upstream.channel import ChannelState
 
 # --- metrics -------------------------------------------------------------------------------------
 

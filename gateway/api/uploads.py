@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import os
 import re
 import secrets
 from collections.abc import Iterator
@@ -26,7 +24,8 @@ from gateway.errors import (
 )
 from gateway.multipart import FormData, MultipartLimits, read_multipart
 from gateway.observability import MetricsDep
-from gateway.weights import Payload, layers_to_npz, npz_to_object_npy, to_npz, with_weighting
+from gateway.upstream.protocol import Sent, WeightsFile
+from gateway.weights import Payload, layers_to_npz, to_npz, with_weighting
 
 router = APIRouter()
 
@@ -149,28 +148,21 @@ async def create_upload(
                     with_weighting, final, chosen_weighting, target, policy
                 )
                 final, digest = target, None
-        if upstream.upload_format == "npy-object":
-            # Protocol v1 carries the pickled object layout: written by our own writer from the
-            # validated NPZ, never by pickling (or passing on) anything the trainer sent.
-            target = scratch.new(".npy")
-            await to_thread.run_sync(npz_to_object_npy, final, target, policy)
-            final, digest = target, None
-        if digest is None:
-            digest = await to_thread.run_sync(_sha256, final)
-        size = await to_thread.run_sync(os.path.getsize, final)
+        filename = received.filename if received and not layer_parts else "weights.npz"
+        npz = WeightsFile(final, payload.kind, _npz_name(filename), digest)
+        # The dialect's file (v1: the object .npy), made before any wait so a payload it cannot
+        # carry is refused at once.
+        outgoing = await upstream.prepare(npz, scratch.new(".out"), policy)
         if waiting:
             timeout = min(
                 wait_timeout or settings.gateway_wait_timeout_s, settings.gateway_wait_timeout_s
             )
             await session.wait_for_start(timeout)
-        filename = received.filename if received and not layer_parts else "weights.npz"
-        file_id = await upstream.upload(
-            final, size, base64.b64encode(digest).decode(), payload.kind, _npz_name(filename)
-        )
-        metrics.record_upload(size)
+        sent = await upstream.upload(outgoing)
+        metrics.record_upload(sent.size)
     finally:
         await to_thread.run_sync(scratch.cleanup)
-    return _result(file_id, digest, size, payload)
+    return _result(sent, payload)
 
 
 def _not_started(status: str, number: Any) -> RunNotStartedError:
@@ -256,24 +248,16 @@ def _write(stream: Any, digest: Any, chunks: list[bytes]) -> None:
         digest.update(chunk)
 
 
-def _sha256(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.digest()
-
-
 def _npz_name(filename: str) -> str:
     stem = Path(filename).name.rsplit(".", 1)[0] or "weights"
     return f"{stem}.npz"
 
 
-def _result(file_id: str, digest: bytes, size: int, payload: Payload) -> UploadResult:
+def _result(sent: Sent, payload: Payload) -> UploadResult:
     return UploadResult(
-        file_id=file_id,
-        sha256=digest.hex(),
-        size=size,
+        file_id=sent.file_id,
+        sha256=sent.sha256.hex(),
+        size=sent.size,
         kind=payload.kind,
         weighting=payload.weighting,
         layers=[LayerInfo(key=a.key, dtype=a.dtype, shape=list(a.shape)) for a in payload.arrays],

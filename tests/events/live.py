@@ -24,7 +24,7 @@ from gateway.aggregator.notify import uvicorn_ws_options
 from gateway.app import create_app
 from gateway.events import EventHub, EventLog
 from gateway.settings import Settings
-from gateway.upstream.consumer import ChannelStatus
+from gateway.upstream.channel import ChannelStatus
 from tests.aggregator.conftest import Running, settings_for
 from tests.weights.util import sdk_weights
 
