@@ -30,13 +30,13 @@ from gateway.events import EventHub, EventLog, Events
 from gateway.forwarding import Forwarder
 from gateway.metrics import LiveFacts, Metrics
 from gateway.problems import add_exception_handlers, problem_responses
-from gateway.session import Session
 from gateway.settings import Settings
-from gateway.upstream.amqp import AmqpConsumer, AmqpSettings
+from gateway.upstream import auto
+from gateway.upstream.channel import NotificationConsumer
 from gateway.upstream.client import upstream_client
-from gateway.upstream.consumer import ConsumerSettings, NotificationConsumer, WebSocketConsumer
 from gateway.upstream.credentials import Credentials, from_settings
-from gateway.upstream.v3 import RetryPolicy
+from gateway.upstream.session import Session
+from gateway.upstream.transport import RetryPolicy
 
 log = logging.getLogger("gateway")
 
@@ -83,12 +83,11 @@ async def _session(
     settings: Settings, client: httpx.AsyncClient, upstream: _Upstream
 ) -> AsyncIterator[Session]:
     """The leaf session, logged in when credentials are configured; its token is kept out of logs."""
+    retry = RetryPolicy(max_retries=settings.bk_max_retries)
     session = Session(
-        client,
+        auto.connector(settings.bk_dialect, client, upstream.host, retry),
         upstream.host,
-        RetryPolicy(max_retries=settings.bk_max_retries),
         settings.bk_run_check_interval_s,
-        dialect=settings.bk_dialect,
         offline=upstream.embedded is not None,
     )
     if upstream.credentials is not None:
@@ -120,23 +119,6 @@ async def _events(settings: Settings) -> AsyncIterator[Events]:
         yield Events(event_log, EventHub(settings.gateway_sse_buffer))
     finally:
         event_log.close()
-
-
-def _consumer(settings: Settings, session: Session, events: Events) -> NotificationConsumer:
-    """The notification consumer of the configured dialect: v3 WebSocket, or v1 AMQP."""
-    timing = ConsumerSettings(
-        backoff_max_s=settings.bk_ws_backoff_max_s,
-        ping_interval_s=settings.bk_ws_ping_interval_s,
-        ping_timeout_s=settings.bk_ws_ping_timeout_s,
-    )
-    if settings.bk_dialect == "v1":
-        amqp = AmqpSettings(
-            port=settings.bk_amqp_port,
-            heartbeat_s=settings.bk_amqp_heartbeat_s,
-            prefetch=settings.bk_amqp_prefetch,
-        )
-        return AmqpConsumer(session, events, amqp, timing)
-    return WebSocketConsumer(session, events, settings.ssl_verify(), timing)
 
 
 @asynccontextmanager
@@ -184,7 +166,7 @@ def create_app(settings: Settings) -> FastAPI:
             )
             session_ = await stack.enter_async_context(_session(settings, client, upstream))
             events_ = await stack.enter_async_context(_events(settings))
-            consumer = _consumer(settings, session_, events_)
+            consumer = auto.channel(settings, session_, events_)
             loop = asyncio.get_running_loop()
             state.attach(
                 app,

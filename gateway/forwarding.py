@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -15,12 +13,13 @@ from pathlib import Path
 from anyio import to_thread
 from starlette.requests import ClientDisconnect, Request
 
-from gateway._io import FLUSH_BYTES, sha256_file, write_hashed
+from gateway._io import FLUSH_BYTES, write_hashed
 from gateway.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from gateway.multipart import FormData, MultipartLimits, read_multipart
-from gateway.session import Session
 from gateway.settings import Settings
-from gateway.weights import Payload, layers_to_npz, npz_to_object_npy, to_npz, with_weighting
+from gateway.upstream.protocol import WeightsFile
+from gateway.upstream.session import Session
+from gateway.weights import Payload, layers_to_npz, to_npz, with_weighting
 
 LAYER_PART = re.compile(r"layer_(0|[1-9][0-9]*)", re.ASCII)
 MAX_PARTS = 10_050
@@ -133,29 +132,27 @@ class Forwarder:
         self, received: Received, options: UploadOptions, scratch: Scratch
     ) -> Forwarded:
         """Validate and convert what was received, wait for the run if asked, then send it."""
-        npz, sha256, payload = await self.prepare(received, options.weighting, scratch)
+        npz, sha256, payload = await self.branchkey_npz(received, options.weighting, scratch)
         upstream = self.session.require()
-        wire, digest = npz, sha256
-        if upstream.upload_format == "npy-object":
-            # Protocol v1 carries the pickled object layout: written by our own writer from the
-            # validated NPZ, never by pickling (or passing on) anything the trainer sent.
-            wire = scratch.new(".npy")
-            await to_thread.run_sync(npz_to_object_npy, npz, wire, self.settings.weights.policy())
-            digest = await to_thread.run_sync(sha256_file, wire)
-        size = await to_thread.run_sync(os.path.getsize, wire)
+        filename = npz_name(received.file.filename if received.file else "weights.npz")
+        # The dialect's file (v1: the object .npy), made before any wait: a payload the dialect
+        # cannot carry is refused at once, not after the run starts.
+        outgoing = await upstream.prepare(
+            WeightsFile(npz, payload.kind, filename, sha256),
+            scratch.new(".out"),
+            self.settings.weights.policy(),
+        )
         if self._waits(options):
             await self.session.wait_for_start(self._wait_timeout(options))
-        filename = received.file.filename if received.file else "weights.npz"
-        file_id = await self.session.require().upload(
-            wire, size, base64.b64encode(digest).decode(), payload.kind, npz_name(filename)
-        )
-        self.on_forwarded(size)
-        return Forwarded(file_id, digest, size, payload)
+        sent = await upstream.upload(outgoing)
+        self.on_forwarded(sent.size)
+        return Forwarded(sent.file_id, sent.sha256, sent.size, payload)
 
-    async def prepare(
+    async def branchkey_npz(
         self, received: Received, weighting: str | None, scratch: Scratch
-    ) -> tuple[Path, bytes, Payload]:
-        """The BranchKey NPZ of an upload, its sha256 and what it holds (`weighting` overrides the form's)."""
+    ) -> tuple[Path, bytes | None, Payload]:
+        """The validated BranchKey NPZ of an upload, its sha256 when already known (the file as it
+        arrived), and what it holds; `weighting` overrides the form's."""
         chosen = weighting if weighting is not None else received.weighting
         policy = self.settings.weights.policy()
         if received.layers:
@@ -167,7 +164,7 @@ class Forwarder:
             payload = await to_thread.run_sync(
                 layers_to_npz, list(received.layers), chosen, target, policy
             )
-            return target, await to_thread.run_sync(sha256_file, target), payload
+            return target, None, payload
         assert received.file is not None  # noqa: S101 - a Received holds a file or layers
         converted = scratch.new(".npz")
         payload, was_converted = await to_thread.run_sync(
@@ -177,10 +174,8 @@ class Forwarder:
         if chosen is not None:
             target = scratch.new(".npz")
             payload = await to_thread.run_sync(with_weighting, final, chosen, target, policy)
-            final, was_converted = target, True
-        if was_converted:
-            return final, await to_thread.run_sync(sha256_file, final), payload
-        return final, received.file.sha256, payload  # unchanged: the digest taken on arrival
+            return target, None, payload
+        return final, None if was_converted else received.file.sha256, payload
 
     def _waits(self, options: UploadOptions) -> bool:
         return self.settings.bk_wait_for_run if options.wait is None else options.wait

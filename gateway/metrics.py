@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
-from gateway.upstream.consumer import ChannelState
+from gateway.upstream.channel import ChannelState
 
 UPSTREAM_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 """Seconds. Up to minutes: a multi-GB upload is a single request (BK_READ_TIMEOUT_S is 120 s)."""

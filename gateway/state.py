@@ -13,9 +13,9 @@ from gateway.embedded import EmbeddedAggregator
 from gateway.events import Events
 from gateway.forwarding import Forwarder
 from gateway.metrics import Metrics
-from gateway.session import Session
 from gateway.settings import Settings
-from gateway.upstream.consumer import NotificationConsumer
+from gateway.upstream.channel import NotificationConsumer
+from gateway.upstream.session import Session
 
 
 @dataclass(frozen=True)

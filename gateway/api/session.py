@@ -84,8 +84,7 @@ async def create_session(credentials: dict[str, Any], state: StateDep) -> Sessio
         )
     except CredentialsError as exc:
         raise BadRequestError(str(exc)) from None
-    await state.session.login(parsed)
-    state.consumer.session_changed()
+    await state.session.login(parsed)  # the notification channel follows by itself
     return _session_info(state)
 
 
@@ -93,7 +92,6 @@ async def create_session(credentials: dict[str, Any], state: StateDep) -> Sessio
 async def delete_session(state: StateDep) -> SessionInfo:
     """Log out: uploads get 401 problems until the next login."""
     state.session.logout()
-    state.consumer.session_changed()
     return _session_info(state)
 
 

@@ -13,8 +13,9 @@ from aio_pika.exceptions import AMQPException
 
 from gateway.errors import GatewayError
 from gateway.events import Events
-from gateway.session import Session
-from gateway.upstream.consumer import ConsumerSettings, NotificationConsumer
+from gateway.upstream.channel import ConsumerSettings, NotificationConsumer
+from gateway.upstream.session import Session
+from gateway.upstream.v1 import V1Upstream
 
 log = logging.getLogger("gateway.consumer")
 
@@ -61,7 +62,7 @@ class AmqpConsumer(NotificationConsumer):
         self.amqp = amqp
 
     async def _connect_and_read(self) -> None:
-        upstream = self.session.require()
+        upstream = self.session.require(V1Upstream)
         await upstream.ensure_authenticated()  # the vhost is the tree id authenticate returns
         creds = upstream.credentials
         if not creds.response_host:
@@ -93,7 +94,7 @@ class AmqpConsumer(NotificationConsumer):
             await channel.set_qos(prefetch_count=self.amqp.prefetch)
             queue = await channel.get_queue(creds.id, ensure=False)  # declared by the server
             try:
-                await self._consume_until_closed(connection, channel, queue)
+                await self._consume_until_closed(upstream, connection, channel, queue)
             except aiormq.exceptions.ChannelNotFoundEntity as exc:
                 raise GatewayError(
                     f"{where} has no queue {creds.id} in vhost {creds.tree_id} ({exc}): BranchKey "
@@ -105,6 +106,7 @@ class AmqpConsumer(NotificationConsumer):
 
     async def _consume_until_closed(
         self,
+        upstream: V1Upstream,
         connection: aio_pika.abc.AbstractConnection,
         channel: aio_pika.abc.AbstractChannel,
         queue: AbstractQueue,
@@ -136,7 +138,7 @@ class AmqpConsumer(NotificationConsumer):
 
             group.start_soon(watch)
             try:
-                await self._consume(queue)
+                await self._consume(upstream, queue)
             except Exception as exc:  # kept out of the task group, which would wrap it in a group
                 error = exc
             group.cancel_scope.cancel()
@@ -144,9 +146,9 @@ class AmqpConsumer(NotificationConsumer):
             raise error
         raise AmqpConnectionLostError(lost or "the broker ended the consumer")
 
-    async def _consume(self, queue: AbstractQueue) -> None:
+    async def _consume(self, upstream: V1Upstream, queue: AbstractQueue) -> None:
         async with queue.iterator(no_ack=False) as messages:
-            await self._connected()
+            await self._connected(upstream)
             async for message in messages:
                 await self._settle(message)
 

@@ -10,7 +10,6 @@ from typing import Any
 from gateway.settings import Settings
 
 V3_FIELDS = ("id", "name", "session_token", "tree_id", "branch_id", "owner_id")
-V1_FIELDS = ("leaf_name", "leaf_id", "leaf_session_token", "response_host")
 
 
 class CredentialsError(ValueError):

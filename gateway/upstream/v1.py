@@ -5,35 +5,56 @@ from __future__ import annotations
 import base64
 import dataclasses
 import logging
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
+import httpx
+from anyio import to_thread
 
 from gateway.errors import UpstreamUnavailableError
 from gateway.upstream.credentials import Credentials
-from gateway.upstream.v3 import RunInfo, V3Upstream, safe_filename
+from gateway.upstream.protocol import Outgoing, RunInfo, Sent, WeightsFile
+from gateway.upstream.transport import (
+    RetryPolicy,
+    Transport,
+    data_of,
+    metrics_body,
+    read_outgoing,
+    safe_filename,
+    upload_data,
+)
+from gateway.weights import ValidationPolicy, npz_to_object_npy
 
 log = logging.getLogger("gateway.upstream")
 
 V1_METADATA = "{'key1':'value1', 'key2':'value2'}"
 """The fixed `metadata` string of every v1 upload (§3.4): Python-dict syntax, not JSON."""
 
+_ID_KEYS = ("user_id", "tree_id", "branch_id")
 
-class V1Upstream(V3Upstream):
-    """One leaf's session with a v1 upstream: same retries and streaming as v3, v1 wire format.
+
+class V1Upstream:
+    """One leaf's session with a v1 upstream: the same transport as v3, the v1 wire format.
 
     The tree and branch ids come from `GET /v1/leaf/authenticate`; any call that needs them
     authenticates first when that has not happened yet (a start-up with the upstream down).
     """
 
     dialect = "v1"
-    upload_format = "npy-object"
-    download_accept = "*/*S"  # the v1 client's header, typo included (§3.4 #4)
-    resend_uploads = False  # a v1 server may count a resent upload twice: fail with a 504 instead
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        host: str,
+        credentials: Credentials,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.transport = Transport(client, retry)
+        self.host = host.rstrip("/")
+        self.credentials = credentials
         self._authenticated = False
         self._auth_lock = anyio.Lock()
 
@@ -46,13 +67,6 @@ class V1Upstream(V3Upstream):
         creds = self.credentials
         pair = f"{creds.id}:{creds.session_token}".encode("latin-1")  # checked by from_mapping
         return {"Authorization": f"Basic {base64.b64encode(pair).decode()}", "accept": accept}
-
-    def call_headers(self, path: str) -> dict[str, str]:
-        """`leaf: true` goes on the run call only (§3.4 #2)."""
-        headers = self.headers()
-        if path == self.run_path():
-            headers["leaf"] = "true"
-        return headers
 
     async def authenticate(self) -> Credentials:
         """`GET /v1/leaf/authenticate`: the tree, branch and user ids of this leaf."""
@@ -68,9 +82,11 @@ class V1Upstream(V3Upstream):
                 await self._authenticate()
 
     async def _authenticate(self) -> Credentials:
-        body = await self.call_json("GET", "/leaf/authenticate", "the authenticate call", 200)
-        data = body.get("data") if isinstance(body, dict) else None
-        ids = {key: data.get(key) if isinstance(data, dict) else None for key in _ID_KEYS}
+        body = await self.transport.call_json(
+            "GET", self.url("/leaf/authenticate"), self.headers(), "the authenticate call", 200
+        )
+        data = data_of(body)
+        ids = {key: data.get(key) if data is not None else None for key in _ID_KEYS}
         if not all(isinstance(value, str) and value for value in ids.values()):
             raise UpstreamUnavailableError(
                 "BranchKey's authenticate answer lacks data.user_id, data.tree_id or data.branch_id."
@@ -92,33 +108,61 @@ class V1Upstream(V3Upstream):
         self._authenticated = True
         return self.credentials
 
-    def run_path(self) -> str:
-        """`/v1/branch/{branch_id}/run`."""
-        return f"/branch/{self.credentials.branch_id}/run"
-
     async def run(self) -> RunInfo:
-        """`GET /v1/branch/{branch_id}/run` (the client adds `leaf: true` to this call only)."""
+        """`GET /v1/branch/{branch_id}/run`, the one call with `leaf: true` (§3.4 #2)."""
         await self.ensure_authenticated()
-        return await super().run()
-
-    async def upload(self, path: Path, size: int, digest_b64: str, kind: str, filename: str) -> str:
-        """`POST /v1/file/upload`: the `data` field with the fixed metadata string, then the `.npy`."""
-        del digest_b64, kind  # v1 sends neither integrity headers nor a payload kind
-        stem = Path(filename).name.rsplit(".", 1)[0] or "weights"
-        return await self.post_file(
-            path, size, safe_filename(f"{stem}.npy", "weights.npy"), V1_METADATA, {}
+        headers = {**self.headers(), "leaf": "true"}
+        path = f"/branch/{self.credentials.branch_id}/run"
+        body = await self.transport.call_json(
+            "GET", self.url(path), headers, "the run status call", 200
         )
+        data = data_of(body)
+        if data is None or "run_status" not in data or "run_number" not in data:
+            raise UpstreamUnavailableError(
+                "BranchKey's run status answer lacks data.run_status or data.run_number."
+            )
+        return RunInfo(run_status=str(data["run_status"]), run_number=data["run_number"])
+
+    async def prepare(self, npz: WeightsFile, scratch: Path, policy: ValidationPolicy) -> Outgoing:
+        """The v1 object `.npy` of `npz`, written to `scratch` by our own writer from the validated
+        NPZ: never by pickling (or passing on) anything the trainer sent."""
+        await to_thread.run_sync(npz_to_object_npy, npz.path, scratch, policy)
+        stem = Path(npz.filename).name.rsplit(".", 1)[0] or "weights"
+        name = safe_filename(f"{stem}.npy", "weights.npy")
+        return await read_outgoing(scratch, None, npz.kind, name)
+
+    async def upload(self, outgoing: Outgoing) -> Sent:
+        """`POST /v1/file/upload`: the `data` field with the fixed metadata string, then the `.npy`,
+        with neither integrity headers nor a payload kind. Never resent after a lost answer: a v1
+        server may count a resent upload twice in a round, so that is a 504 instead."""
+        file_id = await self.transport.post_file(
+            self.url("/file/upload"),
+            self.headers(),
+            upload_data(self.credentials, V1_METADATA),
+            outgoing,
+            resend_after_body=False,
+        )
+        return Sent(file_id=file_id, size=outgoing.size, sha256=outgoing.sha256)
+
+    async def download_url(self, file_id: str) -> str:
+        """`GET /v1/file/download/{file_id}` -> the blob URL."""
+        return await self.transport.download_url(
+            self.url(f"/file/download/{quote(file_id, safe='')}"),
+            self.headers("*/*S"),  # the v1 client's header, typo included (§3.4 #4)
+        )
+
+    def blob(self, url: str) -> AbstractAsyncContextManager[httpx.Response]:
+        """The blob behind a download URL, streamed; a non-200 answer is an error, never a model."""
+        return self.transport.blob(url)
 
     async def send_metrics(self, aggregation_id: str, mode: str, data: Any) -> None:
         """`POST /v1/performance/analysis` (JSON text without Content-Type; 201 expected)."""
         await self.ensure_authenticated()
-        await super().send_metrics(aggregation_id, mode, data)
-
-    async def ticket(self) -> dict[str, Any]:
-        """v1 has no WebSocket tickets: its notifications arrive over AMQP."""
-        raise UpstreamUnavailableError(
-            "Protocol v1 has no WebSocket; notifications come over AMQP."
+        await self.transport.call_json(
+            "POST",
+            self.url("/performance/analysis"),
+            self.headers(),
+            "the metrics call",
+            201,
+            content=metrics_body(self.credentials, aggregation_id, mode, data),
         )
-
-
-_ID_KEYS = ("user_id", "tree_id", "branch_id")

@@ -24,7 +24,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.state import running_state, stop_streams
-from gateway.upstream.consumer import ChannelStatus
+from gateway.upstream.channel import ChannelStatus
 from tests.aggregator.conftest import ADMIN, Running, start
 from tests.gateway.conftest import gateway_settings, write_credentials
 from tests.gateway.util import admin_get

@@ -25,7 +25,7 @@ from gateway.app import create_app
 from gateway.events import EventHub, EventLog
 from gateway.settings import Settings
 from gateway.state import running_state, stop_streams
-from gateway.upstream.consumer import ChannelStatus
+from gateway.upstream.channel import ChannelStatus
 from tests.aggregator.conftest import Running, settings_for
 from tests.weights.util import sdk_weights
 

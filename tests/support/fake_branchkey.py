@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import AsyncIterator
@@ -10,9 +11,10 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from gateway.session import Session
 from gateway.upstream.credentials import Credentials
-from gateway.upstream.v3 import RetryPolicy
+from gateway.upstream.session import Session
+from gateway.upstream.transport import RetryPolicy
+from gateway.upstream.v3 import V3Upstream
 
 HOST = "https://bk.example"
 CREDENTIALS = Credentials(
@@ -76,6 +78,7 @@ async def session_with(
 ) -> AsyncIterator[Session]:
     """A logged-in v3 session whose upstream is `fake`."""
     async with httpx.AsyncClient(transport=httpx.MockTransport(fake)) as client:
-        session = Session(client, HOST, FAST, run_check_interval_s)
+        connect = functools.partial(V3Upstream, client, HOST, retry=FAST)
+        session = Session(connect, HOST, run_check_interval_s)
         session.adopt(CREDENTIALS)
         yield session

@@ -1,25 +1,24 @@
-"""Upstream notification consumers: one supervised loop (backoff, `gap` and run-status re-reads after
-every outage) shared by the v3 WebSocket consumer here and the v1 AMQP consumer (`upstream/amqp.py`)."""
+"""The supervised notification channel (backoff, `gap` and run-status re-reads after every outage),
+shared by the v3 WebSocket consumer (`websocket.py`) and the v1 AMQP consumer (`amqp.py`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import random
-import ssl
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from gateway._io import cancel_on
 from gateway.clock import now_iso
 from gateway.errors import GatewayError
 from gateway.events import Events
-from gateway.session import Session
+from gateway.upstream.protocol import Upstream
+from gateway.upstream.session import Session
 
 log = logging.getLogger("gateway.consumer")
 
@@ -49,22 +48,11 @@ class ConsumerSettings:
     open_timeout_s: float = 10.0
 
 
-def ws_url(host: str, ticket_id: str, request_id: str) -> str:
-    """The WebSocket URL the official client builds from the API host (§5.6.1)."""
-    base = host.rstrip("/")
-    if base.startswith("https://"):
-        base = "wss://" + base[len("https://") :]
-    elif base.startswith("http://"):
-        base = "ws://" + base[len("http://") :]
-    else:
-        base = "wss://" + base
-    return f"{base}/api/v1/ws?ticket={ticket_id}&request_id={request_id}"
-
-
 class NotificationConsumer(ABC):
     """Keeps one notification channel to the upstream open for the current session and turns its
-    messages into events. Subclasses open the channel (`_connect_and_read`); the hub, the log and the
-    routes only see this interface: `run()`, `session_changed()` and `status`."""
+    messages into events. It watches `session.changed` itself: a login reconnects with the new leaf,
+    a logout leaves it `down` until the next one. Subclasses open the channel (`_connect_and_read`);
+    the hub, the log and the routes only see `run()` and `status`."""
 
     transient_errors: tuple[type[BaseException], ...] = (
         OSError,
@@ -80,15 +68,9 @@ class NotificationConsumer(ABC):
         self.events = events
         self.settings = settings or ConsumerSettings()
         self.status = ChannelStatus(since=time.time())
-        self._session_changed = anyio.Event()
         self._down_since: str | None = None
         self._restarted = False
         self._announced: tuple[str, Any] | None = None
-
-    def session_changed(self) -> None:
-        """The leaf session was replaced or ended: drop the connection and start over."""
-        self._session_changed.set()
-        self._session_changed = anyio.Event()
 
     async def run(self) -> None:
         """Supervise the channel until cancelled: reconnect with capped, jittered exponential backoff."""
@@ -101,7 +83,7 @@ class NotificationConsumer(ABC):
         attempt = 0
         self._restarted = await anyio.to_thread.run_sync(self._log_has_events)
         while True:
-            changed = self._session_changed
+            changed = self.session.changed.armed()
             if self.session.upstream is None:
                 self._set("down", "no leaf session")
                 await changed.wait()
@@ -110,7 +92,7 @@ class NotificationConsumer(ABC):
             opened_at = time.monotonic()
             reason = "the upstream closed the channel"
             async with anyio.create_task_group() as group:
-                group.start_soon(_cancel_on, changed, group.cancel_scope)
+                group.start_soon(cancel_on, changed, group.cancel_scope)
                 try:
                     await self._connect_and_read()
                 except Exception as exc:  # supervised: every failure ends in a reconnect
@@ -138,12 +120,13 @@ class NotificationConsumer(ABC):
 
     @abstractmethod
     async def _connect_and_read(self) -> None:
-        """Open the channel, call `_connected()` once it is up, then read until it ends."""
+        """Open the channel, call `_connected(upstream)` once it is up, then read until it ends."""
 
-    async def _connected(self) -> None:
-        """The channel is up: re-read the run, and after an outage or a restart say so (`gap`)."""
+    async def _connected(self, upstream: Upstream) -> None:
+        """The channel to `upstream` is up: re-read the run, and after an outage or a restart say so
+        (`gap`)."""
         self._set("connected")
-        log.info("notification channel connected (protocol %s)", self.session.dialect)
+        log.info("notification channel connected (protocol %s)", upstream.dialect)
         info = await self.session.refresh_run()
         if self._down_since is not None or self._restarted:
             reason = "channel-reconnected" if self._down_since is not None else "gateway-restarted"
@@ -226,71 +209,6 @@ class NotificationConsumer(ABC):
 
     def _log_has_events(self) -> bool:
         return self.events.log.bounds()[1] > 0
-
-
-class WebSocketConsumer(NotificationConsumer):
-    """Protocol v3: a fresh ticket per attempt, then the WebSocket (§5.6)."""
-
-    transient_errors = (
-        *NotificationConsumer.transient_errors,
-        InvalidHandshake,
-        InvalidURI,
-        ConnectionClosed,
-    )
-
-    def __init__(
-        self,
-        session: Session,
-        events: Events,
-        verify: bool | ssl.SSLContext,
-        settings: ConsumerSettings | None = None,
-    ) -> None:
-        super().__init__(session, events, settings)
-        self.verify = verify
-
-    async def _connect_and_read(self) -> None:
-        upstream = self.session.require()
-        ticket = await upstream.ticket()
-        url = ws_url(upstream.host, str(ticket["ticket_id"]), str(ticket.get("request_id", "")))
-        ssl_option: ssl.SSLContext | None = None
-        if url.startswith("wss://"):
-            ssl_option = (
-                self.verify if isinstance(self.verify, ssl.SSLContext) else _context(self.verify)
-            )
-        connection = await connect(
-            url,
-            ssl=ssl_option,
-            open_timeout=self.settings.open_timeout_s,
-            ping_interval=self.settings.ping_interval_s,
-            ping_timeout=self.settings.ping_timeout_s,
-            max_size=1 << 20,
-            proxy=None,
-        )
-        try:
-            await self._connected()
-            await self._read(connection)
-        finally:
-            # Close politely but briefly, even when cancelled; then make sure the socket is gone.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await connection.close()
-            connection.transport.abort()
-
-    async def _read(self, connection: ClientConnection) -> None:
-        async for raw in connection:
-            await self._handle_raw(raw)
-
-
-async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
-
-
-def _context(verify: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def _describe(exc: BaseException) -> str:

@@ -4,101 +4,110 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TypeVar, overload
 
 import anyio
-import httpx
 
-from gateway.errors import NoSessionError, RunNotStartedError
+from gateway._io import Signal
+from gateway.errors import GatewayError, NoSessionError, RunNotStartedError
 from gateway.upstream.credentials import Credentials
-from gateway.upstream.v1 import V1Upstream
-from gateway.upstream.v3 import RetryPolicy, RunInfo, V3Upstream
+from gateway.upstream.protocol import Connect, RunInfo, Upstream
 
 log = logging.getLogger("gateway.session")
 
+U = TypeVar("U")
+
 
 class Session:
-    """One leaf session at a time; replaced by login, cleared by logout."""
+    """One leaf session at a time; replaced by login, cleared by logout.
+
+    `changed` fires whenever the session is started, adopted or ended: whoever holds something
+    tied to the leaf (the notification channel) watches it, so no caller has to pass the news on.
+    """
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        connect: Connect,
         host: str,
-        retry: RetryPolicy,
         run_check_interval_s: float,
         *,
-        dialect: str = "v3",
         offline: bool = False,
     ) -> None:
-        self.client = client
-        self.dialect = dialect
+        self.connect = connect
         self.host = host
-        self.retry = retry
         self.run_check_interval_s = run_check_interval_s
         self.offline = offline
-        self.upstream: V3Upstream | None = None
+        self.upstream: Upstream | None = None
         self.run: RunInfo | None = None
-        self.run_checked_at: float | None = None
-        self.generation = 0
-        self._run_changed = anyio.Event()
+        self.changed = Signal()
+        """Fired on login, adopt and logout."""
+        self._run_changed = Signal()
 
     @property
     def credentials(self) -> Credentials | None:
         """The current leaf's credentials."""
         return self.upstream.credentials if self.upstream else None
 
-    def require(self) -> V3Upstream:
-        """The upstream of the current session, or a 401 problem when logged out."""
-        if self.upstream is None:
+    @overload
+    def require(self) -> Upstream: ...
+
+    @overload
+    def require(self, kind: type[U]) -> U: ...
+
+    def require(self, kind: type[object] | None = None) -> object:
+        """The upstream of the current session, or a 401 problem when logged out; with `kind`, that
+        dialect's class (the notification channels need their dialect's extra calls)."""
+        upstream = self.upstream
+        if upstream is None:
             raise NoSessionError(
                 "The gateway has no leaf session: POST credentials to /session (or set BK_CREDENTIALS_FILE)."
             )
-        return self.upstream
+        if kind is not None and not isinstance(upstream, kind):
+            raise GatewayError(
+                f"The session speaks protocol {upstream.dialect}, not what {kind.__name__} needs."
+            )
+        return upstream
 
     async def login(self, credentials: Credentials) -> RunInfo:
         """Start a session for `credentials`; the upstream must accept them (v1 authenticate, then
         the run status call)."""
-        upstream = self._upstream(credentials)
+        upstream = self.connect(credentials)
         await upstream.authenticate()
         info = await upstream.run()
         self.upstream = upstream
-        self.generation += 1
-        self._set_run(info)
+        self.run = info
         log.info(
             "session started for leaf %s on branch %s (protocol %s)",
             credentials.name,
             upstream.credentials.branch_id,
-            self.dialect,
+            upstream.dialect,
         )
+        self.changed.fire()
         return info
 
     def adopt(self, credentials: Credentials) -> None:
         """Use `credentials` without checking them now (start-up with an unreachable upstream)."""
-        self.upstream = self._upstream(credentials)
-        self.generation += 1
-
-    def _upstream(self, credentials: Credentials) -> V3Upstream:
-        kind = V1Upstream if self.dialect == "v1" else V3Upstream
-        return kind(self.client, self.host, credentials, self.retry)
+        self.upstream = self.connect(credentials)
+        self.changed.fire()
 
     def logout(self) -> None:
         """End the session: later uploads get 401 problems until a new login."""
         self.upstream = None
         self.run = None
-        self.run_checked_at = None
-        self.generation += 1
-        self._wake()
+        self.changed.fire()
+        self._run_changed.fire()
 
     async def refresh_run(self) -> RunInfo:
         """Ask the upstream for the run status."""
         info = await self.require().run()
-        self._set_run(info)
+        self.run = info
         return info
 
     def notify_run_status(self, status: str) -> None:
         """A run-status notification arrived (from the notification consumer)."""
         if self.run is not None and self.run.run_status != status:
             self.run = RunInfo(run_status=status, run_number=self.run.run_number)
-        self._wake()
+        self._run_changed.fire()
 
     async def wait_for_start(self, timeout_s: float) -> RunInfo:
         """Return once the run is started (`timeout_s` 0: check once): polls every interval, woken early by
@@ -115,16 +124,8 @@ class Session:
                     run_status=info.run_status,
                     run_number=info.run_number,
                 )
-            changed = self._run_changed
+            changed = self._run_changed.armed()
             with anyio.move_on_after(min(self.run_check_interval_s, remaining)):
                 await changed.wait()
             info = await self.refresh_run()
         return info
-
-    def _set_run(self, info: RunInfo) -> None:
-        self.run = info
-        self.run_checked_at = time.time()
-
-    def _wake(self) -> None:
-        self._run_changed.set()
-        self._run_changed = anyio.Event()

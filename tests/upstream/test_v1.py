@@ -20,8 +20,9 @@ from gateway.errors import (
     UpstreamUnavailableError,
 )
 from gateway.upstream.credentials import Credentials
+from gateway.upstream.protocol import Outgoing, WeightsFile
+from gateway.upstream.transport import RetryPolicy
 from gateway.upstream.v1 import V1_METADATA, V1Upstream
-from gateway.upstream.v3 import RetryPolicy
 from gateway.weights import ValidationPolicy, npz_to_object_npy
 from gateway.weights.objectnpy import read_object_npy
 
@@ -96,7 +97,9 @@ def test_upload_is_the_clients_multipart_without_integrity_headers(tmp_path: Pat
 
     async def upload(up: V1Upstream) -> str:
         await up.authenticate()
-        return await up.upload(npy, len(content), "ignored", "federated_learning", "w.npz")
+        npz_file = WeightsFile(npz, "federated_learning", "w.npz")
+        outgoing = await up.prepare(npz_file, tmp_path / "sent.npy", ValidationPolicy())
+        return (await up.upload(outgoing)).file_id
 
     assert _talk(_server(seen), upload) == "f-1"
     request = seen[-1]
@@ -175,7 +178,8 @@ def test_a_v1_upload_is_not_resent_after_a_read_timeout(tmp_path: Path) -> None:
         return _server([])(request)
 
     async def upload(up: V1Upstream) -> str:
-        return await up.upload(npy, 6, "ignored", "federated_learning", "w.npz")
+        outgoing = Outgoing(npy, 6, bytes(32), "federated_learning", "w.npy")
+        return (await up.upload(outgoing)).file_id
 
     result = _talk(handle, upload)
     assert isinstance(result, UpstreamTimeoutError)

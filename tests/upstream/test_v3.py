@@ -18,7 +18,10 @@ from gateway.errors import (
     UpstreamUnavailableError,
 )
 from gateway.upstream.credentials import Credentials
-from gateway.upstream.v3 import RetryPolicy, V3Upstream
+from gateway.upstream.protocol import WeightsFile
+from gateway.upstream.transport import RetryPolicy
+from gateway.upstream.v3 import V3Upstream
+from gateway.weights import ValidationPolicy
 
 CREDS = Credentials(
     id="leaf-1", name="leaf", session_token="tok:en", tree_id="t", branch_id="b", owner_id="o"
@@ -145,9 +148,9 @@ def test_upload_body_is_the_clients_multipart(tmp_path: Path) -> None:
     async def main() -> str:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
             upstream = V3Upstream(client, "https://bk.example", CREDS, FAST)
-            return await upstream.upload(
-                payload, 5002, "A" * 43 + "=", "federated_learning", 'we"ird\nname.npz'
-            )
+            npz = WeightsFile(payload, "federated_learning", 'we"ird\nname.npz', bytes(32))
+            outgoing = await upstream.prepare(npz, tmp_path / "unused", ValidationPolicy())
+            return (await upstream.upload(outgoing)).file_id
 
     assert anyio.run(main) == "f-1"
     request = seen[0]

@@ -1,0 +1,1 @@
+"""Unit tests of the upstream dialects, their shared transport, the session and the notification channel."""
