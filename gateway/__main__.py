@@ -228,8 +228,8 @@ def aggregator(
 
     from gateway.aggregator.app import create_aggregator_app
     from gateway.aggregator.leaves import LeavesFileError
-    from gateway.aggregator.notify import uvicorn_ws_options
     from gateway.aggregator.settings import AggregatorSettings
+    from gateway.aggregator.websocket import uvicorn_ws_options
     from gateway.logs import configure_logging, register_secret
 
     try:

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from gateway.aggregator.app import create_aggregator_app
-from gateway.aggregator.notify import uvicorn_ws_options
 from gateway.aggregator.settings import AggregatorSettings
+from gateway.aggregator.websocket import uvicorn_ws_options
 from tests.amqp import broker_cleanup
 from tests.servers import serve
 
