@@ -12,8 +12,8 @@ import uvicorn
 from pydantic import SecretStr
 
 from gateway.aggregator.app import create_aggregator_app
-from gateway.aggregator.notify import uvicorn_ws_options
 from gateway.aggregator.settings import AggregatorSettings
+from gateway.aggregator.websocket import uvicorn_ws_options
 from gateway.settings import Settings
 from gateway.upstream.credentials import Credentials, from_mapping
 

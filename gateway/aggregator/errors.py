@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -10,14 +12,77 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway.multipart import MultipartError
 from gateway.weights import WeightsError
 
+__all__ = [
+    "AggregatorError",
+    "BadRequestError",
+    "ConflictError",
+    "ForbiddenError",
+    "NotAuthenticatedError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "ServiceUnavailableError",
+    "UnprocessableError",
+    "add_exception_handlers",
+    "error_response",
+]
+
 
 class AggregatorError(Exception):
-    """A refused request: the status code and one sentence for the `error` key."""
+    """A refused request: one sentence for the `error` key; the subclass says the status code."""
 
-    def __init__(self, status: int, message: str) -> None:
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.status = status
         self.message = message
+
+
+class BadRequestError(AggregatorError):
+    """The request is malformed: a missing part, a bad header, a body that is not the JSON asked for."""
+
+    status = 400
+
+
+class NotAuthenticatedError(AggregatorError):
+    """No credentials, malformed ones, or credentials nobody here knows."""
+
+    status = 401
+
+
+class ForbiddenError(AggregatorError):
+    """Known credentials, but not for this branch, file or URL."""
+
+    status = 403
+
+
+class NotFoundError(AggregatorError):
+    """No branch, aggregation or upload has that id."""
+
+    status = 404
+
+
+class ConflictError(AggregatorError):
+    """Not now: the run is not started, the aggregation is pending or failed, the round is empty."""
+
+    status = 409
+
+
+class PayloadTooLargeError(AggregatorError):
+    """The file or body is larger than this aggregator accepts."""
+
+    status = 413
+
+
+class UnprocessableError(AggregatorError):
+    """The upload arrived whole but cannot be used: integrity mismatch, wrong kind or weighting."""
+
+    status = 422
+
+
+class ServiceUnavailableError(AggregatorError):
+    """A bounded resource is full; retry shortly."""
+
+    status = 503
 
 
 def error_response(status: int, message: str, code: str | None = None) -> JSONResponse:
@@ -41,18 +106,20 @@ def add_exception_handlers(app: FastAPI) -> None:
 
     async def weights_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, WeightsError)  # noqa: S101 - registered for this type only
-        status = 413 if exc.code in ("too-large", "zip-bomb") else 422
+        too_large = exc.code in ("too-large", "zip-bomb")
+        status = PayloadTooLargeError.status if too_large else UnprocessableError.status
         return error_response(status, f"Invalid weights file: {exc.message}", exc.code)
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for this type only
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
-        return error_response(400, f"Malformed request: {where}: {first.get('msg', 'invalid')}.")
+        message = f"Malformed request: {where}: {first.get('msg', 'invalid')}."
+        return error_response(BadRequestError.status, message)
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for this type only
-        message = "No such route." if exc.status_code == 404 else str(exc.detail)
+        message = "No such route." if exc.status_code == NotFoundError.status else str(exc.detail)
         return error_response(exc.status_code, message)
 
     app.add_exception_handler(AggregatorError, aggregator_error)

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from gateway.aggregator.store import LEAF_FIELDS, Leaf
+from gateway.aggregator.records import LEAF_FIELDS, Leaf
 
 
 class LeavesFileError(Exception):

@@ -13,10 +13,10 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.aggregator.records import LEAF_FIELDS, Aggregation, Branch, Leaf, Upload
 from gateway.clock import now_iso
 
 _SCHEMA = """
@@ -47,73 +47,6 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-LEAF_FIELDS = ("id", "name", "session_token", "tree_id", "branch_id", "owner_id")
-
-
-@dataclass(frozen=True)
-class Leaf:
-    """A leaf's credentials (the v3 `Credentials` fields)."""
-
-    id: str
-    name: str
-    session_token: str
-    tree_id: str
-    branch_id: str
-    owner_id: str
-
-    def public(self) -> dict[str, str]:
-        """Everything but the token."""
-        return {k: getattr(self, k) for k in LEAF_FIELDS if k != "session_token"}
-
-
-@dataclass(frozen=True)
-class Branch:
-    """A branch and its run."""
-
-    branch_id: str
-    tree_id: str
-    run_status: str
-    run_number: int
-    round: int
-    created_at: str
-    updated_at: str
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One stored upload."""
-
-    file_id: str
-    leaf_id: str
-    branch_id: str
-    run_number: int
-    round: int
-    digest: str
-    size: int
-    path: str
-    kind: str
-    weighting: float | None
-    metadata: str
-    created_at: str
-    active: int
-
-
-@dataclass(frozen=True)
-class Aggregation:
-    """One aggregation (pending, done or failed)."""
-
-    aggregation_id: str
-    branch_id: str
-    run_number: int
-    round: int
-    status: str
-    path: str | None
-    size: int | None
-    sha256: str | None
-    contributors: str
-    error: str | None
-    created_at: str
 
 
 class Store:
@@ -365,13 +298,10 @@ class Store:
             ).fetchone()
         return Aggregation(**dict(row)) if row else None
 
-    def aggregations(self, branch_id: str | None = None) -> list[Aggregation]:
-        """All aggregations (of one branch), oldest first."""
+    def aggregations(self) -> list[Aggregation]:
+        """All aggregations, oldest first."""
         with self._tx() as db:
-            rows = db.execute(
-                "SELECT * FROM aggregations WHERE ?1 IS NULL OR branch_id = ?1 ORDER BY created_at",
-                (branch_id,),
-            ).fetchall()
+            rows = db.execute("SELECT * FROM aggregations ORDER BY created_at").fetchall()
         return [Aggregation(**dict(row)) for row in rows]
 
     def upload(self, file_id: str) -> Upload | None:
@@ -380,13 +310,10 @@ class Store:
             row = db.execute("SELECT * FROM uploads WHERE file_id = ?", (file_id,)).fetchone()
         return Upload(**dict(row)) if row else None
 
-    def uploads(self, branch_id: str | None = None) -> list[Upload]:
-        """All uploads (of one branch), oldest first."""
+    def uploads(self) -> list[Upload]:
+        """All uploads, oldest first."""
         with self._tx() as db:
-            rows = db.execute(
-                "SELECT * FROM uploads WHERE ?1 IS NULL OR branch_id = ?1 ORDER BY created_at",
-                (branch_id,),
-            ).fetchall()
+            rows = db.execute("SELECT * FROM uploads ORDER BY created_at").fetchall()
         return [Upload(**dict(row)) for row in rows]
 
     # ------------------------------------------------------------ metrics
@@ -401,10 +328,8 @@ class Store:
             )
             return int(cursor.lastrowid or 0)
 
-    def metrics(self, branch_id: str | None = None) -> list[dict[str, Any]]:
-        """All performance reports (of one branch), oldest first."""
+    def metrics(self) -> list[dict[str, Any]]:
+        """All performance reports, oldest first."""
         with self._tx() as db:
-            rows = db.execute(
-                "SELECT * FROM metrics WHERE ?1 IS NULL OR branch_id = ?1 ORDER BY id", (branch_id,)
-            ).fetchall()
+            rows = db.execute("SELECT * FROM metrics ORDER BY id").fetchall()
         return [dict(row) for row in rows]

@@ -197,7 +197,8 @@ def aggregator(
     """Run the local BranchKey-compatible aggregator (protocols v3 and v1)."""
     # lazy: the aggregator app and its WebSocket module would slow every command's start
     from gateway.aggregator.app import create_aggregator_app
-    from gateway.aggregator.notify import uvicorn_ws_options
+    from gateway.aggregator.state import launch_of
+    from gateway.aggregator.websocket import uvicorn_ws_options
 
     settings = _aggregator_settings(
         host=host,
@@ -215,14 +216,14 @@ def aggregator(
     except LeavesFileError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(code=2) from None
-    register_secret(server.state.admin_token)
+    register_secret(launch_of(server).admin_token)
     data = settings.data_dir
     typer.echo(
         f"BranchKey-compatible aggregator on http://{settings.host}:{settings.port} (data in {data})"
     )
     typer.echo(f"leaf credentials: {settings.leaves_file or data / 'leaves.json'}")
     if settings.admin_token is None:
-        typer.echo(f"admin token (also in {data / 'admin-token'}): {server.state.admin_token}")
+        typer.echo(f"admin token (also in {data / 'admin-token'}): {launch_of(server).admin_token}")
     config = uvicorn.Config(
         server,
         host=settings.host,
@@ -237,5 +238,6 @@ def aggregator(
     except KeyboardInterrupt:
         pass  # Ctrl-C is the normal way to stop (uvicorn re-raises the signal after shutting down)
     finally:
-        if not runner.started and server.state.startup_error:  # repeated after uvicorn's traceback
-            typer.echo(server.state.startup_error, err=True)
+        failure = launch_of(server).startup_error
+        if not runner.started and failure:  # repeated after uvicorn's traceback
+            typer.echo(failure, err=True)

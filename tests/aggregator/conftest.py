@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from gateway.aggregator.app import create_aggregator_app
-from gateway.aggregator.notify import uvicorn_ws_options
 from gateway.aggregator.settings import AggregatorSettings
+from gateway.aggregator.state import launch_of
+from gateway.aggregator.websocket import uvicorn_ws_options
 from tests.amqp import broker_cleanup
 from tests.servers import serve
 
@@ -130,8 +131,8 @@ def start(data_dir: Path, **overrides: Any) -> Iterator[Running]:
     cleanup: AbstractContextManager[None] = nullcontext()
     if settings.amqp_url is not None:
         cleanup = broker_cleanup(
-            vhosts={leaf.tree_id for leaf in app.state.leaves},
-            users={leaf.id for leaf in app.state.leaves},
+            vhosts={leaf.tree_id for leaf in launch_of(app).leaves},
+            users={leaf.id for leaf in launch_of(app).leaves},
         )
     with cleanup, serve(app, **uvicorn_ws_options(ping_interval_s=5, ping_timeout_s=5)) as url:
         source = settings.leaves_file or data_dir / "leaves.json"

@@ -22,16 +22,16 @@ import pytest
 from aiormq.exceptions import ChannelAccessRefused
 from pamqp.commands import Basic
 
-from gateway.aggregator.amqp import (
+from gateway.aggregator.amqp import publish_with_retry
+from gateway.aggregator.app import create_aggregator_app
+from gateway.aggregator.provisioning import (
     AmqpSetupError,
     BrokerAdmin,
     ManagementProvisioner,
     leaf_permissions,
     provision,
-    publish_with_retry,
 )
-from gateway.aggregator.app import create_aggregator_app
-from gateway.aggregator.store import Leaf
+from gateway.aggregator.records import Leaf
 from gateway.weights.objectnpy import LayerSource, write_object_npy
 from tests.aggregator.conftest import Running, settings_for, start
 from tests.amqp import AMQP_URL, rabbitmqctl

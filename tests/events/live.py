@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from httpx_sse import connect_sse
 
 from gateway.aggregator.app import create_aggregator_app
-from gateway.aggregator.notify import uvicorn_ws_options
+from gateway.aggregator.websocket import uvicorn_ws_options
 from gateway.app import create_app
 from gateway.events import EventHub, EventLog
 from gateway.settings import Settings

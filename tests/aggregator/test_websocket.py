@@ -27,7 +27,7 @@ from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 from websockets.uri import parse_uri
 
-from gateway.aggregator.notify import (
+from gateway.aggregator.websocket import (
     MAX_MESSAGE_BYTES,
     Hub,
     TicketCapacityError,
