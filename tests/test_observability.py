@@ -22,11 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.logs import log_handler, redact, register_secret
 from gateway.state import running_state
-from tests.aggregator.conftest import ADMIN, Running, start
-from tests.cli.test_servers import free_port
-from tests.gateway.conftest import Gateway, gateway_settings, run_gateway, write_credentials
-from tests.gateway.util import wait_for_aggregation
-from tests.weights.util import sdk_weights
+from tests.support.aggregator import ADMIN, Running, start
+from tests.support.gateways import Gateway, gateway_settings, run_gateway, write_credentials
+from tests.support.http import wait_for_aggregation, wait_ready
+from tests.support.ports import free_port
+from tests.support.weights import sdk_weights
 
 TOKEN = "observability-gateway-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -60,14 +60,6 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
-def wait_until_connected(url: str, headers: dict[str, str] | None = None) -> None:
-    """Wait for /readyz: the session is up and the notification channel is connected."""
-    deadline = time.monotonic() + 20
-    while httpx.get(f"{url}/readyz", headers=headers).status_code != 200:
-        assert time.monotonic() < deadline, "the gateway did not become ready"
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def aggregator(tmp_path: Path) -> Iterator[Running]:
     """An aggregator whose rounds complete with one upload."""
@@ -98,7 +90,7 @@ def test_metrics_after_an_upload_and_a_download(
 ) -> None:
     """/metrics counts the upload and downloads with their bytes, times the upload upstream (201), and shows the channel state, open SSE streams and the event log size."""
     url = gateway.url
-    wait_until_connected(url)
+    wait_ready(url)
     with httpx.Client(timeout=30) as client:
         uploaded = client.post(f"{url}/upload", files={"file": ("w.npz", weights)})
         assert uploaded.status_code == 201, uploaded.text
@@ -388,7 +380,7 @@ def test_aggregator_redacts_websocket_tickets(tmp_path: Path) -> None:
         credentials = write_credentials(tmp_path / "leaf.json", leaf)
         settings = gateway_settings(tmp_path / "gw", bk_host=url, bk_credentials_file=credentials)
         with run_gateway(settings) as gateway:
-            wait_until_connected(gateway.url)
+            wait_ready(gateway.url)
     finally:
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)

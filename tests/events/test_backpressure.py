@@ -12,9 +12,11 @@ from contextlib import contextmanager
 import httpx
 
 from gateway.events import Subscriber
-from tests.aggregator.conftest import Running
-from tests.events.conftest import Live
-from tests.events.live import Gateway, ids, wait_until
+from tests.support.aggregator import Running
+from tests.support.gateways import Gateway
+from tests.support.live import Live
+from tests.support.sse import ids
+from tests.support.waiting import wait_until
 
 BUFFER = 4
 """GATEWAY_SSE_BUFFER for this test: events queued per subscriber before the hub drops it."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from itertools import pairwise
 
-from tests.events.conftest import Live
-from tests.events.live import Received, aggregation_ids, check_problem, ids, of_type, wait_until
+from tests.support.http import check_problem
+from tests.support.live import Live
+from tests.support.sse import Received, aggregation_ids, ids, of_type
+from tests.support.waiting import wait_until
 
 
 def test_aggregations_reach_curl_and_httpx_sse_in_order_once(live: Live) -> None:

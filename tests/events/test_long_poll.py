@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from tests.events.conftest import Live
-from tests.events.live import check_problem
+from tests.support.http import check_problem
+from tests.support.live import Live
 
 
 def _long_poll(url: str, **params: Any) -> tuple[httpx.Response, float]:

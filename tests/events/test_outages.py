@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from tests.events.conftest import Live
-from tests.events.live import aggregation_ids, free_port, ids, of_type, wait_until
+from tests.support.live import Live
+from tests.support.ports import free_port
+from tests.support.sse import aggregation_ids, ids, of_type
+from tests.support.waiting import wait_until
 
 
 def test_aggregator_restart_on_the_same_port_gives_a_gap_and_events_resume(live: Live) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.events.conftest import Live
-from tests.events.live import Received, of_type
+from tests.support.live import Live
+from tests.support.sse import Received, of_type
 
 
 def _upload(url: str, weights: Path) -> httpx.Response:

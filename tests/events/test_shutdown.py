@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.events.conftest import Live
+from tests.support.live import Live
 
 
 def test_shutdown_ends_open_streams_promptly(live: Live) -> None:

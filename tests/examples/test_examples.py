@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.aggregator.conftest import start
-from tests.servers import serve
+from tests.support.aggregator import start
+from tests.support.http import wait_ready
+from tests.support.servers import serve
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ROUNDS = 2
@@ -68,14 +68,6 @@ def federation(folder: Path, leaves: int) -> Iterator[list[str]]:
         for url in urls:
             wait_ready(url)
         yield urls  # the gateways stop before the aggregator
-
-
-def wait_ready(url: str, timeout: float = 30) -> None:
-    """Until the gateway's session and notification channel are up (GET /readyz is 200)."""
-    deadline = time.monotonic() + timeout
-    while httpx.get(f"{url}/readyz", timeout=5).status_code != 200:
-        assert time.monotonic() < deadline, f"{url} was not ready within {timeout} s"
-        time.sleep(0.05)
 
 
 def example_env(**extra: str) -> dict[str, str]:

@@ -8,10 +8,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.aggregator.conftest import ADMIN, Running
-from tests.gateway.conftest import Gateway, GatewayFactory
-from tests.gateway.util import admin_get, check_problem
-from tests.weights.util import sdk_weights
+from tests.support.aggregator import ADMIN, Running
+from tests.support.gateways import Gateway, GatewayFactory
+from tests.support.http import admin_get, check_problem
+from tests.support.weights import sdk_weights
 
 TOKEN = "gateway-secret"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

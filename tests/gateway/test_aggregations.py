@@ -11,10 +11,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.aggregator.conftest import ADMIN, Running
-from tests.gateway.conftest import Gateway, GatewayFactory
-from tests.gateway.util import curl, load_npz, wait_for_aggregation
-from tests.weights.util import read_v1, sdk_weights
+from tests.support.aggregator import ADMIN, Running
+from tests.support.gateways import Gateway, GatewayFactory
+from tests.support.http import curl, load_npz, wait_for_aggregation
+from tests.support.weights import read_v1, sdk_weights
 
 WEIGHTINGS = [1.0, 3.0, 6.0]
 

@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from tests.aggregator.conftest import Running
-from tests.gateway.conftest import Gateway, GatewayFactory
-from tests.gateway.util import load_npz
-from tests.weights.util import read_v1, sdk_weights
+from tests.support.aggregator import Running
+from tests.support.gateways import Gateway, GatewayFactory
+from tests.support.http import load_npz
+from tests.support.weights import read_v1, sdk_weights
 
 ROUNDS = 6
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from gateway.state import GatewayState, running_state
-from tests.gateway.conftest import gateway_settings, run_gateway
-from tests.gateway.util import curl, load_npz, wait_for_aggregation
-from tests.weights.util import sdk_weights
+from tests.support.gateways import gateway_settings, run_gateway
+from tests.support.http import curl, load_npz, wait_for_aggregation
+from tests.support.weights import sdk_weights
 
 
 def test_embedded_round_trip(tmp_path: Path) -> None:

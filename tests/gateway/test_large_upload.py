@@ -16,9 +16,9 @@ import psutil
 import pytest
 
 from gateway.weights.writer import NpzWriter
-from tests.aggregator.conftest import ADMIN, Running
-from tests.gateway.conftest import GatewayFactory
-from tests.gateway.util import admin_get
+from tests.support.aggregator import ADMIN, Running
+from tests.support.gateways import GatewayFactory
+from tests.support.http import admin_get
 
 MiB = 1 << 20
 LAYER_BYTES = 300 * MiB

@@ -12,11 +12,11 @@ import numpy as np
 from gateway.settings import WeightsSettings
 from gateway.weights import ValidationPolicy
 from gateway.weights.writer import NpzWriter
-from tests.aggregator.conftest import ADMIN, Running
-from tests.gateway.conftest import Gateway, GatewayFactory
-from tests.gateway.util import admin_get, assert_problem, check_problem, curl
-from tests.weights.corpus import LENIENT, Case, build_corpus
-from tests.weights.util import sdk_weights
+from tests.support.aggregator import ADMIN, Running
+from tests.support.corpus import LENIENT, Case, build_corpus
+from tests.support.gateways import Gateway, GatewayFactory
+from tests.support.http import admin_get, assert_problem, check_problem, curl
+from tests.support.weights import sdk_weights
 
 LIMIT = 4096
 REFUSED = {400, 413, 422}

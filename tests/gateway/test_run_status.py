@@ -10,10 +10,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.aggregator.conftest import ADMIN, Running
-from tests.gateway.conftest import FAST_POLL_S, Gateway, GatewayFactory
-from tests.gateway.util import admin_get, check_problem
-from tests.weights.util import sdk_weights
+from tests.support.aggregator import ADMIN, Running
+from tests.support.gateways import FAST_POLL_S, Gateway, GatewayFactory
+from tests.support.http import admin_get, check_problem
+from tests.support.weights import sdk_weights
 
 
 @pytest.fixture

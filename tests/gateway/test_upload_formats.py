@@ -12,17 +12,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.aggregator.conftest import Running
-from tests.gateway.conftest import GatewayFactory
-from tests.gateway.util import (
-    CurlResult,
-    aggregator_file,
-    curl,
-    load_npz,
-    write_npy,
-    write_v1,
-)
-from tests.weights.util import sdk_weights
+from tests.support.aggregator import Running
+from tests.support.gateways import GatewayFactory
+from tests.support.http import CurlResult, aggregator_file, curl, load_npz
+from tests.support.weights import save_v1, sdk_weights, write_npy
 
 LAYERS = [
     np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
@@ -47,7 +40,7 @@ class Form:
 
 
 def _v1(folder: Path) -> None:
-    write_v1(folder / "w.npy", 12, LAYERS)
+    save_v1(folder / "w.npy", 12, LAYERS)
 
 
 def _npz(folder: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,10 +16,11 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from tests.gateway.conftest import Gateway, gateway_settings, run_gateway, write_credentials
-from tests.gateway.util import check_problem
-from tests.servers import serve
-from tests.weights.util import sdk_weights
+from tests.support.gateways import Gateway, gateway_settings, run_gateway, write_credentials
+from tests.support.http import check_problem
+from tests.support.ports import free_port
+from tests.support.servers import serve
+from tests.support.weights import sdk_weights
 
 CREDENTIALS = {
     "id": "leaf-x",
@@ -105,16 +105,9 @@ def _still_up(gateway: Gateway) -> None:
     assert list(gateway.tmp_dir.iterdir()) == []
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def test_unreachable_upstream_is_502_and_not_ready(tmp_path: Path, weights: bytes) -> None:
     """With BranchKey unreachable: upload 502 upstream-unavailable, /readyz 503, /healthz still 200."""
-    with _gateway(tmp_path, f"http://127.0.0.1:{_closed_port()}", bk_connect_timeout_s=2) as gw:
+    with _gateway(tmp_path, f"http://127.0.0.1:{free_port()}", bk_connect_timeout_s=2) as gw:
         check_problem(_upload(gw, weights), 502, "upstream-unavailable")
         with httpx.Client() as client:
             check_problem(client.get(f"{gw.url}/readyz"), 503, "not-ready")

@@ -32,13 +32,13 @@ from tests.packaging.docker import (
 from tests.packaging.replay import (
     Container,
     Image,
-    free_port,
     loopback_url,
     replay_build,
     stop,
     wait_for,
 )
-from tests.weights.util import sdk_weights
+from tests.support.ports import free_port
+from tests.support.weights import sdk_weights
 
 DOCKERFILES = (REPO / "Dockerfile", REPO / "deploy" / "trainer.Dockerfile")
 BASE_IMAGE = "python:3.11-slim-bookworm"

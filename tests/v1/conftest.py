@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from gateway.settings import Settings
-from tests.aggregator.conftest import Running
-from tests.amqp import AMQP_URL, delete_from_broker, rabbitmqctl
-from tests.events.live import Gateway, run_aggregator, run_gateway, wait_until
-from tests.gateway.conftest import gateway_settings
-
-GatewayFactory = Callable[..., Gateway]
-"""`factory(leaf, dialect="v1", **settings)`: a live gateway for the aggregator's leaf `leaf`."""
+from tests.support.aggregator import Running, start
+from tests.support.amqp import AMQP_URL
+from tests.support.gateways import (
+    Gateway,
+    GatewayFactory,
+    gateway_settings,
+    run_gateway,
+    v1_credentials,
+)
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -31,23 +32,8 @@ def round_size() -> int:
 def rabbit_aggregator(tmp_path: Path, round_size: int) -> Iterator[Running]:
     """An aggregator with three dev leaves publishing notifications on the local RabbitMQ; its
     vhost and users are removed afterwards."""
-    leaves: list[dict[str, str]] = []
-    try:
-        with run_aggregator(tmp_path / "agg", amqp_url=AMQP_URL, min_leaves=round_size) as running:
-            leaves = running.leaves
-            yield running
-    finally:  # after the aggregator has closed its own broker connections
-        delete_from_broker({leaf["tree_id"] for leaf in leaves}, [leaf["id"] for leaf in leaves])
-
-
-def v1_credentials(leaf: dict[str, str]) -> dict[str, str]:
-    """The leaf's credentials in the v1 client's shape (no tree or branch id)."""
-    return {
-        "leaf_name": leaf["name"],
-        "leaf_id": leaf["id"],
-        "leaf_session_token": leaf["session_token"],
-        "response_host": "127.0.0.1",
-    }
+    with start(tmp_path / "agg", amqp_url=AMQP_URL, min_leaves=round_size) as running:
+        yield running
 
 
 @pytest.fixture
@@ -60,7 +46,7 @@ def gateways(rabbit_aggregator: Running, tmp_path: Path) -> Iterator[GatewayFact
             shaped = v1_credentials(creds) if dialect == "v1" else creds
             path = tmp_path / f"leaf{leaf}-{dialect}.json"
             path.write_text(json.dumps(shaped), encoding="utf-8")
-            settings: Settings = gateway_settings(
+            settings = gateway_settings(
                 tmp_path / f"gw{leaf}-{dialect}",
                 bk_host=rabbit_aggregator.url,
                 bk_dialect=dialect,
@@ -74,40 +60,3 @@ def gateways(rabbit_aggregator: Running, tmp_path: Path) -> Iterator[GatewayFact
             return gateway
 
         yield factory
-
-
-def _json_rows(*args: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = json.loads(rabbitmqctl(*args, "--formatter", "json") or "[]")
-    return rows
-
-
-def connections(user: str) -> list[str]:
-    """RabbitMQ's process ids of the open connections of `user`."""
-    # The tab-separated listing, not JSON: only it prints pids in the form close_connection takes.
-    lines = rabbitmqctl("list_connections", "user", "pid", "--no-table-headers").splitlines()
-    rows = [line.split("\t") for line in lines if "\t" in line]
-    return [pid.strip() for name, pid in rows if name == user]
-
-
-def close_connections(user: str) -> int:
-    """Close every broker connection of `user`, as an operator or a broker failover would."""
-    pids = connections(user)
-    for pid in pids:
-        rabbitmqctl("close_connection", pid, "closed by the test")
-    return len(pids)
-
-
-def queue_counts(vhost: str, queue: str) -> tuple[int, int]:
-    """(ready, unacknowledged) messages of a queue."""
-    for row in _json_rows(
-        "list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged"
-    ):
-        if row["name"] == queue:
-            return int(row["messages_ready"]), int(row["messages_unacknowledged"])
-    raise AssertionError(f"no queue {queue!r} in vhost {vhost!r}")
-
-
-def upload_v3(agg: Running, client: httpx.Client, weights: Path, leaf: int) -> None:
-    """Leaf `leaf` uploads straight to the aggregator (v3), closing a one-upload round."""
-    response = agg.upload(client, weights, leaf)
-    assert response.status_code == 201, response.text

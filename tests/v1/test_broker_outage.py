@@ -16,17 +16,12 @@ import pytest
 
 from gateway.events import Event, EventType
 from gateway.state import running_state
-from tests.aggregator.conftest import Running
-from tests.amqp import AMQP_URL
-from tests.events.live import Gateway, SseSubscriber, aggregation_ids, of_type, wait_until
-from tests.v1.conftest import (
-    GatewayFactory,
-    close_connections,
-    connections,
-    queue_counts,
-    upload_v3,
-)
-from tests.weights.util import sdk_weights
+from tests.support.aggregator import Running, upload_v3
+from tests.support.amqp import AMQP_URL, close_connections, connections, queue_counts
+from tests.support.gateways import Gateway, GatewayFactory
+from tests.support.sse import SseSubscriber, aggregation_ids, of_type
+from tests.support.waiting import wait_until
+from tests.support.weights import sdk_weights
 
 
 def _weights(folder: Path) -> Path:

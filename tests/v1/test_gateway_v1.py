@@ -12,18 +12,12 @@ from typing import Any
 import httpx
 import numpy as np
 
-from tests.aggregator.conftest import Running
-from tests.events.live import (
-    CurlSubscriber,
-    aggregation_ids,
-    run_aggregator,
-    run_gateway,
-    wait_until,
-)
-from tests.gateway.conftest import gateway_settings
-from tests.gateway.util import curl
-from tests.v1.conftest import GatewayFactory, v1_credentials
-from tests.weights.util import read_v1, sdk_weights
+from tests.support.aggregator import Running, start
+from tests.support.gateways import GatewayFactory, gateway_settings, run_gateway, v1_credentials
+from tests.support.http import curl
+from tests.support.sse import CurlSubscriber, aggregation_ids
+from tests.support.waiting import wait_until
+from tests.support.weights import read_v1, sdk_weights
 
 LAYERS = [
     np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
@@ -142,7 +136,7 @@ def test_fractional_weighting_is_refused_before_anything_is_sent(
 def test_without_a_broker_the_channel_is_down_and_says_why(tmp_path: Path) -> None:
     """An aggregator without --amqp-url provisions nothing: the gateway's uploads still work, while
     /readyz is 503 naming the broker's refusal, and the channel keeps retrying instead of exiting."""
-    with run_aggregator(tmp_path / "agg", min_leaves=1) as agg:
+    with start(tmp_path / "agg", min_leaves=1) as agg:
         leaf = agg.leaves[0]
         path = tmp_path / "leaf.json"
         path.write_text(json.dumps(v1_credentials(leaf)), encoding="utf-8")

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from gateway.weights import ValidationPolicy, npz_to_object_npy
-from tests.aggregator.conftest import Running
-from tests.events.live import SseSubscriber, aggregation_ids
-from tests.peers import ensure_peer
-from tests.v1.conftest import GatewayFactory, v1_credentials
-from tests.weights.util import read_v1, sdk_weights
+from tests.support.aggregator import Running
+from tests.support.gateways import GatewayFactory, v1_credentials
+from tests.support.peers import ensure_peer
+from tests.support.sse import SseSubscriber, aggregation_ids
+from tests.support.weights import read_v1, sdk_weights
 
 pytestmark = pytest.mark.peers
 

@@ -1,4 +1,4 @@
-"""A running local aggregator on a free port, with three development leaves."""
+"""The local aggregator on a loopback port for tests: three development leaves and a known admin token."""
 
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from gateway.aggregator.app import create_aggregator_app
 from gateway.aggregator.settings import AggregatorSettings
 from gateway.aggregator.state import launch_of
 from gateway.aggregator.websocket import uvicorn_ws_options
-from tests.amqp import broker_cleanup
-from tests.servers import serve
+from tests.support.amqp import broker_cleanup
+from tests.support.servers import serve
 
 ADMIN = "admin-secret-token"
 
@@ -112,18 +111,12 @@ def settings_for(data_dir: Path, **overrides: Any) -> AggregatorSettings:
     return AggregatorSettings(_env_file=None, **values)
 
 
-@pytest.fixture
-def aggregator(tmp_path: Path) -> Iterator[Running]:
-    """An aggregator on a free port with default settings."""
-    with start(tmp_path / "agg") as running:
-        yield running
-
-
 @contextmanager
-def start(data_dir: Path, **overrides: Any) -> Iterator[Running]:
-    """Start an aggregator for `data_dir`; stop it on exit.
+def start(data_dir: Path, port: int = 0, **overrides: Any) -> Iterator[Running]:
+    """Start an aggregator for `data_dir` on `port` (0: a free one); stop it on exit.
 
-    With `amqp_url=tests.amqp.AMQP_URL` it provisions RabbitMQ for its leaves at start-up; their vhosts
+    A restart on the same port and data dir keeps its URL and leaves.
+    With `amqp_url=tests.support.amqp.AMQP_URL` it provisions RabbitMQ for its leaves at start-up; their vhosts
     and users are deleted from the broker once the aggregator has stopped.
     """
     settings = settings_for(data_dir, **overrides)
@@ -134,7 +127,14 @@ def start(data_dir: Path, **overrides: Any) -> Iterator[Running]:
             vhosts={leaf.tree_id for leaf in launch_of(app).leaves},
             users={leaf.id for leaf in launch_of(app).leaves},
         )
-    with cleanup, serve(app, **uvicorn_ws_options(ping_interval_s=5, ping_timeout_s=5)) as url:
+    options = uvicorn_ws_options(ping_interval_s=5, ping_timeout_s=5)
+    with cleanup, serve(app, port, **options) as url:
         source = settings.leaves_file or data_dir / "leaves.json"
-        leaves = json.loads(source.read_text())
+        leaves = json.loads(source.read_text(encoding="utf-8"))
         yield Running(url=url, data_dir=data_dir, leaves=leaves)
+
+
+def upload_v3(agg: Running, client: httpx.Client, weights: Path, leaf: int) -> None:
+    """Leaf `leaf` uploads straight to the aggregator (v3), closing a one-upload round."""
+    response = agg.upload(client, weights, leaf)
+    assert response.status_code == 201, response.text

@@ -5,16 +5,21 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 PEERS_DIR = ROOT / ".venv-peers"
 """Where the peer virtualenvs live (git-ignored, removed by `make clean`)."""
 
@@ -183,3 +188,102 @@ def _clean_env() -> dict[str, str]:
     """The environment without the variables that would point a child at this project's venv."""
     drop = {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PIP_REQUIRE_VIRTUALENV"}
     return {key: value for key, value in os.environ.items() if key not in drop}
+
+
+PEER_DEADLINE_S = 90.0
+"""A peer script ends itself (exit 3) after this long, whatever it is waiting for."""
+
+
+class PeerScript:
+    """A script running in the peer; reads its JSON event lines, keeps the tail of its stderr."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self._events: queue.Queue[str | None] = queue.Queue()
+        self._stderr: deque[str] = deque(maxlen=60)
+        self._readers = [
+            threading.Thread(target=self._read_stdout, name="peer-stdout", daemon=True),
+            threading.Thread(target=self._read_stderr, name="peer-stderr", daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._events.put(line)
+        self._events.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self._stderr.append(line)
+
+    def _explain(self) -> str:
+        return "".join(self._stderr)[-4000:]
+
+    def expect(self, event: str, timeout: float) -> dict[str, Any]:
+        """The next event line, which must be `event` and arrive within `timeout` seconds."""
+        try:
+            line = self._events.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(
+                f"The peer sent no {event!r} within {timeout} s. Its stderr:\n{self._explain()}"
+            )
+        if line is None:
+            self.process.wait(timeout=10)
+            pytest.fail(
+                f"The peer exited ({self.process.returncode}) before {event!r}. Its stderr:\n"
+                f"{self._explain()}"
+            )
+        try:
+            message: dict[str, Any] = json.loads(line)
+        except json.JSONDecodeError:
+            pytest.fail(f"The peer wrote a line that is not an event: {line!r}")
+        if message["event"] == "error":
+            pytest.fail(
+                f"The peer script failed:\n{message['traceback']}\nIts stderr:\n{self._explain()}"
+            )
+        assert message["event"] == event, message
+        return message
+
+    def finish(self, timeout: float) -> None:
+        """Wait for the script to end by itself (it closes its clients), then for the readers."""
+        self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=5)
+        assert self.process.returncode == 0, self._explain()
+
+    def kill(self) -> None:
+        """End the script at once (a failed test) and drain its pipes."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+        for reader in self._readers:
+            reader.join(timeout=5)
+
+
+@contextmanager
+def run_script(
+    peer: Peer, script: str, job: dict[str, Any], work_dir: Path
+) -> Iterator[PeerScript]:
+    """Start `script` in the peer with `job` (plus the work dir and deadline) as its first stdin line."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    job = {**job, "work_dir": str(work_dir), "deadline_s": PEER_DEADLINE_S}
+    with subprocess.Popen(
+        [str(peer.python), "-I", "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_clean_env(),
+        cwd=work_dir,
+    ) as process:
+        running = PeerScript(process)
+        try:
+            assert process.stdin is not None
+            process.stdin.write(json.dumps(job) + "\n")
+            process.stdin.flush()
+            yield running
+        finally:
+            running.kill()

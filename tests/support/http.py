@@ -1,4 +1,4 @@
-"""Helpers for gateway tests: curl as a user types it, problem checks, weights files, aggregator look-ups."""
+"""HTTP helpers: curl as a user types it, problem+json checks, readiness, aggregator admin look-ups."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from tests.aggregator.conftest import Running
+from tests.support.aggregator import Running
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -89,23 +89,6 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_v1(path: Path, num_samples: int, layers: list[np.ndarray[Any, Any]]) -> Path:
-    """A BranchKey v1 client file: np.save of the object array (num_samples, [layers]) via a handle."""
-    array = np.empty(2, dtype=object)
-    array[0] = num_samples
-    array[1] = layers
-    with path.open("wb") as stream:
-        np.save(stream, array, allow_pickle=True)
-    return path
-
-
-def write_npy(path: Path, array: np.ndarray[Any, Any]) -> Path:
-    """A plain `.npy` file."""
-    with path.open("wb") as stream:
-        np.save(stream, array, allow_pickle=False)
-    return path
-
-
 def load_npz(data: bytes) -> dict[str, np.ndarray[Any, Any]]:
     """Every member of an NPZ, read without pickle."""
     with np.load(io.BytesIO(data), allow_pickle=False) as archive:
@@ -143,3 +126,11 @@ def wait_for_aggregation(
                 return record
         time.sleep(0.05)
     raise AssertionError(f"no aggregation finished within {timeout} s")
+
+
+def wait_ready(url: str, headers: dict[str, str] | None = None, timeout: float = 30) -> None:
+    """Until the gateway's session and notification channel are up (GET /readyz is 200)."""
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{url}/readyz", headers=headers, timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, f"{url} was not ready within {timeout} s"
+        time.sleep(0.05)

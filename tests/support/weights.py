@@ -1,7 +1,8 @@
-"""Small builders for payload files used across the weights tests."""
+"""Small builders and readers of weights files: SDK NPZ, plain .npy, v1 object .npy, hand-made archives."""
 
 from __future__ import annotations
 
+import functools
 import io
 import zipfile
 from pathlib import Path
@@ -11,7 +12,9 @@ import numpy as np
 
 from gateway.weights import Limits, ValidationPolicy, WeightsError, inspect_payload
 from gateway.weights.npy import ArrayHeader, array_from_bytes
-from gateway.weights.objectnpy import read_object_npy
+from gateway.weights.objectnpy import LayerSource, read_object_npy, write_object_npy
+
+Array = np.ndarray[Any, Any]
 
 
 def npy_bytes(array: np.ndarray[Any, Any]) -> bytes:
@@ -61,3 +64,46 @@ def read_v1(path: Path) -> tuple[int, list[np.ndarray[Any, Any]]]:
 
     parsed = read_object_npy(path, Limits(), sink)
     return parsed.num_samples, [arrays[ref.index] for ref in parsed.layers]
+
+
+def write_npy(path: Path, array: Array) -> Path:
+    """A plain `.npy` file."""
+    with path.open("wb") as stream:
+        np.save(stream, array, allow_pickle=False)
+    return path
+
+
+def save_v1(path: Path, num_samples: int, layers: list[Array]) -> Path:
+    """A BranchKey v1 client file: np.save of the object array (num_samples, [layers]) via a handle."""
+    array = np.empty(2, dtype=object)
+    array[0] = num_samples
+    array[1] = layers
+    with path.open("wb") as stream:
+        np.save(stream, array, allow_pickle=True)
+    return path
+
+
+def write_v1(path: Path, num_samples: int, layers: list[Array]) -> Path:
+    """A v1 object .npy `(num_samples, [layers])`, written by gateway.weights (no pickle)."""
+    sources = [
+        LayerSource(
+            dtype=layer.dtype,
+            shape=layer.shape,
+            fortran_order=False,
+            chunks=functools.partial(_chunks, layer),
+        )
+        for layer in layers
+    ]
+    with path.open("wb") as out:
+        write_object_npy(out, num_samples, sources)
+    return path
+
+
+def _chunks(layer: Array) -> list[bytes]:
+    return [np.ascontiguousarray(layer).tobytes()]
+
+
+def layers_of(seed: int) -> list[Array]:
+    """Two layers of different dtypes and shapes."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((8, 4)).astype(np.float32), rng.standard_normal(5)]

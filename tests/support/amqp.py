@@ -1,11 +1,13 @@
-"""The test RabbitMQ broker (127.0.0.1:5672, guest/guest): its URL, rabbitmqctl, and cleanup of what tests provision."""
+"""The test RabbitMQ broker (127.0.0.1:5672, guest/guest): its URL, rabbitmqctl, connections, queues, and cleanup of what tests provision."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 """The admin URL tests pass as `amqp_url`."""
@@ -53,3 +55,34 @@ def broker_cleanup(vhosts: Iterable[str] = (), users: Iterable[str] = ()) -> Ite
         yield
     finally:
         delete_from_broker(vhosts, users)
+
+
+def _json_rows(*args: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json.loads(rabbitmqctl(*args, "--formatter", "json") or "[]")
+    return rows
+
+
+def connections(user: str) -> list[str]:
+    """RabbitMQ's process ids of the open connections of `user`."""
+    # The tab-separated listing, not JSON: only it prints pids in the form close_connection takes.
+    lines = rabbitmqctl("list_connections", "user", "pid", "--no-table-headers").splitlines()
+    rows = [line.split("\t") for line in lines if "\t" in line]
+    return [pid.strip() for name, pid in rows if name == user]
+
+
+def close_connections(user: str) -> int:
+    """Close every broker connection of `user`, as an operator or a broker failover would."""
+    pids = connections(user)
+    for pid in pids:
+        rabbitmqctl("close_connection", pid, "closed by the test")
+    return len(pids)
+
+
+def queue_counts(vhost: str, queue: str) -> tuple[int, int]:
+    """(ready, unacknowledged) messages of a queue."""
+    for row in _json_rows(
+        "list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged"
+    ):
+        if row["name"] == queue:
+            return int(row["messages_ready"]), int(row["messages_unacknowledged"])
+    raise AssertionError(f"no queue {queue!r} in vhost {vhost!r}")
