@@ -298,7 +298,7 @@ def test_dockerignore_sends_only_what_the_image_needs() -> None:
         "build/lib/gateway/app.py",
         "deploy/credentials/leaf-a.json",
         "deploy/credentials/gateway-a.env",
-        "tests/test_cli.py",
+        "tests/cli/test_client.py",
         ".env",
     ]
     assert [path for path in left_out if not ignore.excluded(path)] == []

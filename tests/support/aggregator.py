@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -138,3 +139,24 @@ def upload_v3(agg: Running, client: httpx.Client, weights: Path, leaf: int) -> N
     """Leaf `leaf` uploads straight to the aggregator (v3), closing a one-upload round."""
     response = agg.upload(client, weights, leaf)
     assert response.status_code == 201, response.text
+
+
+def ready_leaves(port: int, leaves_file: Path, timeout: float = 30) -> list[dict[str, Any]]:
+    """The leaves in `leaves_file` once the aggregator on `port` answers leaf 0's v3 run request."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        if not leaves_file.exists():
+            continue
+        leaves: list[dict[str, Any]] = json.loads(leaves_file.read_text())
+        leaf = leaves[0]
+        try:
+            status = httpx.get(
+                f"http://127.0.0.1:{port}/api/v1/run/{leaf['branch_id']}",
+                headers={"Authorization": f"Bearer {leaf['id']}:{leaf['session_token']}"},
+            ).status_code
+        except httpx.TransportError:
+            continue
+        if status == 200:
+            return leaves
+    raise AssertionError(f"no aggregator answered on port {port} within {timeout} s")

@@ -1,4 +1,4 @@
-"""Gateway settings and credentials: defaults, validation naming the variable, both credential shapes."""
+"""Leaf credentials from a file or the environment: the v3 and v1 shapes, and what each wire cannot carry."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from gateway.settings import Settings
 from gateway.upstream.credentials import CredentialsError, from_mapping, from_settings
@@ -19,36 +18,6 @@ V3 = {
     "branch_id": "b1",
     "owner_id": "o1",
 }
-
-
-def test_defaults_are_local_and_offline() -> None:
-    """Unset BK_HOST means the embedded aggregator; the gateway binds loopback on 8000."""
-    settings = Settings(_env_file=None)
-    assert settings.bk_host is None
-    assert settings.gateway_host == "127.0.0.1"
-    assert settings.gateway_port == 8000
-    assert int(settings.gateway_max_upload_bytes) == 8 * 1024**3
-    assert settings.bk_dialect == "v3"
-    assert settings.ssl_verify() is True
-
-
-@pytest.mark.parametrize(
-    ("variable", "value", "fragment"),
-    [
-        ("BK_DIALECT", "v1", "BK_DIALECT=v1 needs BK_HOST"),
-        ("BK_HOST", "app.branchkey.com", "BK_HOST must start with http"),
-        ("BK_SSL_VERIFY", "/no/such/ca.pem", "BK_SSL_VERIFY"),
-        ("GATEWAY_PORT", "70000", "gateway_port"),
-    ],
-)
-def test_bad_settings_are_explained(
-    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, fragment: str
-) -> None:
-    """A bad variable fails at start-up with a sentence naming it."""
-    monkeypatch.setenv(variable, value)
-    with pytest.raises(ValidationError) as caught:
-        Settings(_env_file=None)
-    assert fragment in str(caught.value)
 
 
 def test_credentials_file_v3_and_v1_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

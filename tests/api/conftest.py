@@ -1,4 +1,4 @@
-"""Live servers for gateway tests: an aggregator with three dev leaves and gateways for its leaves."""
+"""Live servers for the route tests: gateways for the aggregator's leaves, and the `live` harness (aggregator, gateways, subscribers)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tests.support.gateways import (
     run_gateway,
     write_credentials,
 )
+from tests.support.live import Live
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,3 +48,13 @@ def gateway_for(aggregator: Running, tmp_path: Path) -> Iterator[GatewayFactory]
             return stack.enter_context(run_gateway(settings))
 
         yield factory
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Live]:
+    """A harness for live servers (an aggregator, gateways and subscribers), closed in a safe order after the test."""
+    harness = Live(tmp_path)
+    try:
+        yield harness
+    finally:
+        harness.close()
