@@ -9,7 +9,7 @@ high-water mark, reset per phase through /proc/<pid>/clear_refs, is the cross-ch
 size it measures (a) a curl multipart upload (which, with one leaf, closes the round), the FedAvg
 that follows until the admin API reports the aggregation done, and (b) a curl download of the
 result through the signed URL. Then (c) the official client (branchkey==3.0.1, in the peer
-virtualenv of tests/peers.py) uploads the 512 MiB payload to the same server as an anchor, with the
+virtualenv of tests/support/peers.py) uploads the 512 MiB payload to the same server as an anchor, with the
 client process's own RSS sampled the same way. It prints a table with an informational PASS/FAIL
 target; it never asserts and exits 0.
 """
@@ -444,7 +444,7 @@ def bench_aggregator(
 def bench_client(
     agg: Aggregator, trace: RssTrace, payload: Payload, scratch: Path, report: Report
 ) -> None:
-    from tests.peers import PeerError, ensure_peer
+    from tests.support.peers import PeerError, ensure_peer
 
     label = payload.label
     print(f"[{label}] official client {CLIENT_VERSION}: preparing its virtualenv ...", flush=True)

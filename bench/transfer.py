@@ -856,7 +856,7 @@ def guarded(report: Report, size: str, operation: str, step: Callable[[], None])
 
 
 def peer_python(report: Report) -> Path | None:
-    from tests.peers import PeerError, ensure_peer
+    from tests.support.peers import PeerError, ensure_peer
 
     print(f"official client {CLIENT_VERSION}: preparing its virtualenv ...", flush=True)
     try:

@@ -13,7 +13,7 @@ from gateway.cache import AggregateSource, AggregationCache, Format, Served
 from gateway.errors import BadRequestError, GatewayError, UpstreamUnavailableError
 from gateway.weights import Limits
 from tests.support.fake_branchkey import FakeBranchKey, session_with
-from tests.weights.util import read_v1, sdk_weights
+from tests.support.weights import read_v1, sdk_weights
 
 LAYERS = [np.arange(4, dtype=np.float32), np.full((2, 2), 0.5, dtype=np.float32)]
 

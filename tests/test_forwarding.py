@@ -15,7 +15,7 @@ from gateway.errors import BadRequestError, NoSessionError, RunNotStartedError
 from gateway.forwarding import Forwarder, Received, ReceivedFile, Scratch, UploadOptions
 from gateway.settings import Settings
 from tests.support.fake_branchkey import FakeBranchKey, session_with
-from tests.weights.util import npy_bytes, sdk_weights
+from tests.support.weights import npy_bytes, sdk_weights
 
 LAYERS = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, dtype=np.float32)]
 

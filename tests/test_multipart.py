@@ -10,9 +10,8 @@ import os
 import socket
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ import anyio
 import httpx
 import psutil
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -35,6 +33,8 @@ from gateway.multipart import (
     read_multipart,
 )
 from gateway.multipart.sinks import FileSink
+from tests.support.servers import serve
+from tests.support.waiting import wait_until
 
 MiB = 1024 * 1024
 BOUNDARY = "gateway-test-boundary-5e1f"
@@ -103,24 +103,6 @@ def _make_app(
     )
 
 
-@contextmanager
-def _serve(app: Starlette) -> Iterator[int]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while not server.started:
-            assert thread.is_alive(), "uvicorn exited during startup"
-            assert time.monotonic() < deadline, "uvicorn did not start in time"
-            time.sleep(0.01)
-        yield int(server.servers[0].sockets[0].getsockname()[1])
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 class Launcher:
     """Starts servers for one test; each gets its own upload directory."""
 
@@ -136,8 +118,11 @@ class Launcher:
         dest = self._root / f"uploads-{self._count}"
         dest.mkdir()
         outcomes: list[int | str] = []
-        port = self._stack.enter_context(_serve(_make_app(dest, limits, file_fields, outcomes)))
-        return Server(url=f"http://127.0.0.1:{port}", port=port, dest=dest, outcomes=outcomes)
+        app = _make_app(dest, limits, file_fields, outcomes)
+        url = self._stack.enter_context(serve(app, lifespan="off"))
+        port = httpx.URL(url).port
+        assert port is not None
+        return Server(url=url, port=port, dest=dest, outcomes=outcomes)
 
 
 @pytest.fixture
@@ -174,13 +159,6 @@ def _post(server: Server, body: bytes, content_type: str = CONTENT_TYPE) -> http
 
 def _leftovers(dest: Path) -> list[str]:
     return sorted(path.name for path in dest.iterdir())
-
-
-def _wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {WAIT_S} s waiting for {what}"
-        time.sleep(0.02)
 
 
 def _raw_head(port: int, content_length: int, path: str = "/upload") -> bytes:
@@ -462,8 +440,8 @@ def test_client_disconnect_mid_upload(launch: Launcher) -> None:
     declared = len(head) + 16 * MiB + len(TAIL)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(_raw_head(server.port, declared) + head + os.urandom(8 * MiB))
-        _wait_until(lambda: bool(_leftovers(server.dest)), "the temp file to appear")
-    _wait_until(lambda: server.outcomes == [400], "the reader to report the disconnect")
+        wait_until(lambda: bool(_leftovers(server.dest)), WAIT_S, "the temp file to appear")
+    wait_until(lambda: server.outcomes == [400], WAIT_S, "the reader to report the disconnect")
     assert _leftovers(server.dest) == []
 
 

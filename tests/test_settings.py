@@ -1,11 +1,11 @@
-"""Settings map onto the weights policy, from the environment, with validation."""
+"""The gateway's settings: defaults, validation naming the variable, and the weights policy they map onto."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from gateway.settings import WeightsSettings
+from gateway.settings import Settings, WeightsSettings
 
 
 def test_defaults_are_strict_and_shallow() -> None:
@@ -59,3 +59,33 @@ def test_bad_values_name_the_variable(
     with pytest.raises(ValidationError) as caught:
         WeightsSettings(_env_file=None)
     assert name.removeprefix("GATEWAY_").lower() in str(caught.value)
+
+
+def test_defaults_are_local_and_offline() -> None:
+    """Unset BK_HOST means the embedded aggregator; the gateway binds loopback on 8000."""
+    settings = Settings(_env_file=None)
+    assert settings.bk_host is None
+    assert settings.gateway_host == "127.0.0.1"
+    assert settings.gateway_port == 8000
+    assert int(settings.gateway_max_upload_bytes) == 8 * 1024**3
+    assert settings.bk_dialect == "v3"
+    assert settings.ssl_verify() is True
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("BK_DIALECT", "v1", "BK_DIALECT=v1 needs BK_HOST"),
+        ("BK_HOST", "app.branchkey.com", "BK_HOST must start with http"),
+        ("BK_SSL_VERIFY", "/no/such/ca.pem", "BK_SSL_VERIFY"),
+        ("GATEWAY_PORT", "70000", "gateway_port"),
+    ],
+)
+def test_bad_settings_are_explained(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, fragment: str
+) -> None:
+    """A bad variable fails at start-up with a sentence naming it."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)
+    assert fragment in str(caught.value)

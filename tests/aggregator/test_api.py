@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from tests.aggregator.conftest import Running, start
-from tests.weights.util import sdk_weights
+from tests.support.aggregator import Running, start
+from tests.support.weights import sdk_weights
 
 
 def wait_for_aggregations(

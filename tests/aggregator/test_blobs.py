@@ -22,8 +22,8 @@ from gateway.aggregator.state import AggregatorState
 from gateway.aggregator.store import Store
 from gateway.aggregator.websocket import Hub, TicketStore
 from gateway.weights import LEARNING
-from tests.aggregator.conftest import settings_for
-from tests.weights.util import read_v1, sdk_weights
+from tests.support.aggregator import settings_for
+from tests.support.weights import read_v1, sdk_weights
 
 LAYERS: list[np.ndarray[Any, Any]] = [
     np.arange(6, dtype=np.float32).reshape(2, 3),

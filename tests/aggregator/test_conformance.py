@@ -5,14 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import queue
 import secrets
-import subprocess
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +14,15 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.aggregator.conftest import Running, start
-from tests.peers import Peer, PeerError, ensure_peer
-from tests.weights.util import sdk_weights
+from tests.support.aggregator import ADMIN, Running, start
+from tests.support.http import admin_get
+from tests.support.peers import Peer, PeerError, ensure_peer, run_script
+from tests.support.weights import sdk_weights
 
 # Building the peer virtualenv on the first run takes longer than the suite's 120 s per-test limit.
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(600)]
 
 VERSION = "3.0.1"
-PEER_DEADLINE_S = 90.0
-"""A peer script ends itself (exit 3) after this long, whatever it is waiting for."""
 
 Array = np.ndarray[Any, Any]
 
@@ -230,110 +223,6 @@ def main(clients):
 )
 
 
-# ---------------------------------------------------------------- driving a peer script
-
-
-def _peer_env() -> dict[str, str]:
-    """This environment without what would point the peer's interpreter at this project's venv."""
-    drop = {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PIP_REQUIRE_VIRTUALENV"}
-    return {key: value for key, value in os.environ.items() if key not in drop}
-
-
-class PeerScript:
-    """A script running in the peer; reads its JSON event lines, keeps the tail of its stderr."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
-        self._events: queue.Queue[str | None] = queue.Queue()
-        self._stderr: deque[str] = deque(maxlen=60)
-        self._readers = [
-            threading.Thread(target=self._read_stdout, name="peer-stdout", daemon=True),
-            threading.Thread(target=self._read_stderr, name="peer-stderr", daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def _read_stdout(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self._events.put(line)
-        self._events.put(None)
-
-    def _read_stderr(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self._stderr.append(line)
-
-    def _explain(self) -> str:
-        return "".join(self._stderr)[-4000:]
-
-    def expect(self, event: str, timeout: float) -> dict[str, Any]:
-        """The next event line, which must be `event` and arrive within `timeout` seconds."""
-        try:
-            line = self._events.get(timeout=timeout)
-        except queue.Empty:
-            pytest.fail(
-                f"The peer sent no {event!r} within {timeout} s. Its stderr:\n{self._explain()}"
-            )
-        if line is None:
-            self.process.wait(timeout=10)
-            pytest.fail(
-                f"The peer exited ({self.process.returncode}) before {event!r}. Its stderr:\n"
-                f"{self._explain()}"
-            )
-        try:
-            message: dict[str, Any] = json.loads(line)
-        except json.JSONDecodeError:
-            pytest.fail(f"The peer wrote a line that is not an event: {line!r}")
-        if message["event"] == "error":
-            pytest.fail(
-                f"The peer script failed:\n{message['traceback']}\nIts stderr:\n{self._explain()}"
-            )
-        assert message["event"] == event, message
-        return message
-
-    def finish(self, timeout: float) -> None:
-        """Wait for the script to end by itself (it closes its clients), then for the readers."""
-        self.process.wait(timeout=timeout)
-        for reader in self._readers:
-            reader.join(timeout=5)
-        assert self.process.returncode == 0, self._explain()
-
-    def kill(self) -> None:
-        """End the script at once (a failed test) and drain its pipes."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=10)
-        for reader in self._readers:
-            reader.join(timeout=5)
-
-
-@contextmanager
-def run_script(
-    peer: Peer, script: str, job: dict[str, Any], work_dir: Path
-) -> Iterator[PeerScript]:
-    """Start `script` in the peer with `job` (plus the work dir and deadline) as its first stdin line."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    job = {**job, "work_dir": str(work_dir), "deadline_s": PEER_DEADLINE_S}
-    with subprocess.Popen(
-        [str(peer.python), "-I", "-c", script],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_peer_env(),
-        cwd=work_dir,
-    ) as process:
-        running = PeerScript(process)
-        try:
-            assert process.stdin is not None
-            process.stdin.write(json.dumps(job) + "\n")
-            process.stdin.flush()
-            yield running
-        finally:
-            running.kill()
-
-
 def base_job(agg: Running) -> dict[str, Any]:
     """What every script needs: the aggregator's URL and the leaves' credentials."""
     return {"url": agg.url, "leaves": agg.leaves}
@@ -350,14 +239,6 @@ def peer() -> Peer:
 
 
 # ---------------------------------------------------------------- admin API and wire helpers
-
-
-def admin_get(agg: Running, client: httpx.Client, what: str) -> list[dict[str, Any]]:
-    """One admin listing (`uploads`, `aggregations`, `metrics`, `rounds`)."""
-    response = client.get(f"{agg.url}/admin/{what}", headers=agg.admin)
-    response.raise_for_status()
-    data: list[dict[str, Any]] = response.json()["data"]
-    return data
 
 
 def digest_of(body: bytes) -> str:
@@ -433,7 +314,7 @@ def test_three_leaves_complete_a_round(
         aggregation_id = done["aggregation_ids"][0]
         assert done["aggregation_ids"] == [aggregation_id] * 3
         assert len(set(done["file_ids"])) == 3
-        [aggregation] = admin_get(agg, client, "aggregations")
+        [aggregation] = admin_get(agg.url, ADMIN, "aggregations", client)
         assert aggregation["aggregation_id"] == aggregation_id
         assert aggregation["status"] == "done"
         assert sorted(json.loads(aggregation["contributors"])) == sorted(
@@ -462,7 +343,9 @@ def test_three_leaves_complete_a_round(
 
         assert done["metrics_ok"] is True
         reports = [
-            m for m in admin_get(agg, client, "metrics") if m["aggregation_id"] == aggregation_id
+            m
+            for m in admin_get(agg.url, ADMIN, "metrics", client)
+            if m["aggregation_id"] == aggregation_id
         ]
         assert len(reports) == 1
         assert reports[0]["mode"] == "test"
@@ -484,18 +367,18 @@ def test_run_gating(peer: Peer, tmp_path: Path) -> None:
             refused = script.expect("refused", timeout=60)
             assert refused["error"].endswith(": run is blocked"), refused["error"]
             assert refused["run_status"] == "stop"
-            assert admin_get(agg, client, "uploads") == []
+            assert admin_get(agg.url, ADMIN, "uploads", client) == []
 
             waiting = script.expect("waiting", timeout=30)
             assert waiting["run_status"] == "stop"
-            assert admin_get(agg, client, "uploads") == []
+            assert admin_get(agg.url, ADMIN, "uploads", client) == []
             agg.set_run(client, "start")
             uploaded = script.expect("uploaded", timeout=15)
             script.finish(timeout=30)
 
         assert "error" not in uploaded, uploaded
         assert uploaded["run_status"] == "start"
-        [stored] = admin_get(agg, client, "uploads")
+        [stored] = admin_get(agg.url, ADMIN, "uploads", client)
         assert stored["file_id"] == uploaded["file_id"]
         assert stored["leaf_id"] == agg.leaves[1]["id"]
 
@@ -509,8 +392,8 @@ def test_tampered_digest_is_refused_and_nothing_is_stored(tmp_path: Path) -> Non
         response = client.send(client_upload_request(agg, client, path, 0, digest=wrong))
         assert response.status_code == 422, response.text
         assert isinstance(response.json().get("error"), str)
-        assert admin_get(agg, client, "uploads") == []
-        assert admin_get(agg, client, "rounds")[0]["leaves"] == []
+        assert admin_get(agg.url, ADMIN, "uploads", client) == []
+        assert admin_get(agg.url, ADMIN, "rounds", client)[0]["leaves"] == []
         assert list((agg.data_dir / "uploads").iterdir()) == []
         assert list((agg.data_dir / "tmp").iterdir()) == []
 
@@ -526,9 +409,9 @@ def test_retried_upload_returns_the_same_file_id(tmp_path: Path) -> None:
         assert first.status_code == second.status_code == 201, (first.text, second.text)
         file_id = first.json()["data"]["file_id"]
         assert second.json()["data"]["file_id"] == file_id
-        assert [u["file_id"] for u in admin_get(agg, client, "uploads")] == [file_id]
-        assert admin_get(agg, client, "rounds")[0]["leaves"] == [agg.leaves[1]["id"]]
-        assert admin_get(agg, client, "aggregations") == []
+        assert [u["file_id"] for u in admin_get(agg.url, ADMIN, "uploads", client)] == [file_id]
+        assert admin_get(agg.url, ADMIN, "rounds", client)[0]["leaves"] == [agg.leaves[1]["id"]]
+        assert admin_get(agg.url, ADMIN, "aggregations", client) == []
 
 
 def test_host_with_trailing_slash(peer: Peer, tmp_path: Path) -> None:
@@ -539,7 +422,7 @@ def test_host_with_trailing_slash(peer: Peer, tmp_path: Path) -> None:
             script.finish(timeout=30)
         assert done["run_status"] == "start"
         assert done["run_number"] == 1
-        [stored] = admin_get(agg, client, "uploads")
+        [stored] = admin_get(agg.url, ADMIN, "uploads", client)
         assert stored["file_id"] == done["file_id"]
         sent, got = load_layers(Path(done["input"])), load_layers(Path(done["download"]))
         assert sorted(got) == sorted(sent)

@@ -9,7 +9,7 @@ import anyio
 from gateway.aggregator.state import AggregatorState
 from gateway.aggregator.store import Store
 from gateway.aggregator.websocket import Hub, TicketStore
-from tests.aggregator.conftest import settings_for
+from tests.support.aggregator import settings_for
 
 
 def test_branch_lock_serialises_and_forgets_idle_locks(tmp_path: Path) -> None:

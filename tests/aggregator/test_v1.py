@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import json
 import logging
 import struct
@@ -32,11 +31,10 @@ from gateway.aggregator.provisioning import (
     provision,
 )
 from gateway.aggregator.records import Leaf
-from gateway.weights.objectnpy import LayerSource, write_object_npy
-from tests.aggregator.conftest import Running, settings_for, start
-from tests.amqp import AMQP_URL, rabbitmqctl
-from tests.weights.corpus import v1_file, v1_stream
-from tests.weights.util import read_v1, sdk_weights
+from tests.support.aggregator import Running, settings_for, start
+from tests.support.amqp import AMQP_URL, rabbitmqctl
+from tests.support.corpus import v1_file, v1_stream
+from tests.support.weights import layers_of, read_v1, sdk_weights, write_v1
 
 Array = np.ndarray[Any, Any]
 FIXED_METADATA = "{'key1':'value1', 'key2':'value2'}"
@@ -51,26 +49,6 @@ def basic(agg: Running, leaf: int = 0, token: str | None = None) -> dict[str, st
     creds = agg.leaves[leaf]
     pair = f"{creds['id']}:{creds['session_token'] if token is None else token}"
     return {"Authorization": "Basic " + base64.b64encode(pair.encode("latin-1")).decode()}
-
-
-def write_v1(path: Path, num_samples: int, layers: list[Array]) -> Path:
-    """A v1 object .npy `(num_samples, [layers])`, written by gateway.weights (no pickle)."""
-    sources = [
-        LayerSource(
-            dtype=layer.dtype,
-            shape=layer.shape,
-            fortran_order=False,
-            chunks=functools.partial(_chunks, layer),
-        )
-        for layer in layers
-    ]
-    with path.open("wb") as out:
-        write_object_npy(out, num_samples, sources)
-    return path
-
-
-def _chunks(layer: Array) -> list[bytes]:
-    return [np.ascontiguousarray(layer).tobytes()]
 
 
 def upload_v1(
@@ -107,12 +85,6 @@ def wait_done(agg: Running, client: httpx.Client, count: int) -> list[dict[str, 
             return found
         time.sleep(0.05)
     raise AssertionError(f"{count} aggregations were not done within 20 s")
-
-
-def layers_of(seed: int) -> list[Array]:
-    """Two layers of different dtypes and shapes."""
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal((8, 4)).astype(np.float32), rng.standard_normal(5)]
 
 
 # ---------------------------------------------------------------- HTTP routes

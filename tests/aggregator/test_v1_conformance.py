@@ -10,12 +10,11 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.aggregator.conftest import Running, start
-from tests.aggregator.test_conformance import admin_get, run_script
-from tests.aggregator.test_v1 import layers_of, write_v1
-from tests.amqp import AMQP_URL
-from tests.peers import Peer, PeerError, ensure_peer
-from tests.weights.util import read_v1
+from tests.support.aggregator import ADMIN, Running, start
+from tests.support.amqp import AMQP_URL
+from tests.support.http import admin_get
+from tests.support.peers import Peer, PeerError, ensure_peer, run_script
+from tests.support.weights import layers_of, read_v1, write_v1
 
 # Building a peer virtualenv on the first run takes longer than the suite's 120 s per-test limit.
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(600)]
@@ -152,7 +151,7 @@ def test_v1_client_round_over_amqp(peer: Peer, tmp_path: Path) -> None:
             assert constructed["ids"] == [[leaf["owner_id"], leaf["tree_id"], agg.branch]] * 3
             assert constructed["run"] == [["stop", 1]] * 3
             assert constructed["refused"].endswith(": run is blocked"), constructed["refused"]
-            assert admin_get(agg, client, "uploads") == []
+            assert admin_get(agg.url, ADMIN, "uploads", client) == []
             agg.set_run(client, "start")
             done = script.expect("done", timeout=60)
             script.finish(timeout=30)
@@ -161,7 +160,7 @@ def test_v1_client_round_over_amqp(peer: Peer, tmp_path: Path) -> None:
         assert done["aggregation_ids"] == [aggregation_id] * 3
         assert done["downloaded"] == [True] * 3
         assert len(set(done["file_ids"])) == 3
-        [aggregation] = admin_get(agg, client, "aggregations")
+        [aggregation] = admin_get(agg.url, ADMIN, "aggregations", client)
         assert aggregation["aggregation_id"] == aggregation_id
         assert aggregation["run_number"] == 2
 
@@ -178,7 +177,7 @@ def test_v1_client_round_over_amqp(peer: Peer, tmp_path: Path) -> None:
             np.testing.assert_allclose(result[index], expected, rtol=1e-6, atol=1e-7)
 
         assert done["metrics_ok"] is True
-        [report] = admin_get(agg, client, "metrics")
+        [report] = admin_get(agg.url, ADMIN, "metrics", client)
         assert report["aggregation_id"] == aggregation_id
         assert report["leaf_id"] == leaf["id"]
         assert json.loads(report["data"]) == metrics

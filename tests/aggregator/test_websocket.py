@@ -8,7 +8,6 @@ import logging
 import re
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,6 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import Body, FastAPI, Query, WebSocket
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -36,6 +34,7 @@ from gateway.aggregator.websocket import (
     run_status_message,
     uvicorn_ws_options,
 )
+from tests.support.servers import serve
 
 BRANCH = "branch-1"
 LEAF = "leaf-1"
@@ -143,34 +142,20 @@ class _Server:
 
 @contextlib.contextmanager
 def _serve(hub: Hub, tickets: TicketStore, ping_s: float = PING_S) -> Iterator[_Server]:
-    """Run the test app under uvicorn on 127.0.0.1:0 in a thread; fail if the app logged an error."""
-    config = uvicorn.Config(
-        _create_app(hub, tickets),
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        timeout_graceful_shutdown=5,
-        **uvicorn_ws_options(ping_interval_s=ping_s, ping_timeout_s=ping_s),
-    )
-    server = uvicorn.Server(config)
+    """Run the test app under uvicorn on a free port in a thread; fail if the app logged an error."""
     errors = _ErrorLog()
     logging.getLogger("uvicorn.error").addHandler(errors)
-    thread = threading.Thread(target=server.run, name="uvicorn-notify-test", daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive(), "the test server did not start"
-            assert time.monotonic() < deadline, "the test server did not start in 10 s"
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=10) as http:
-            yield _Server(http=http, ws_url=f"ws://127.0.0.1:{port}")
+        with (
+            serve(
+                _create_app(hub, tickets),
+                **uvicorn_ws_options(ping_interval_s=ping_s, ping_timeout_s=ping_s),
+            ) as url,
+            httpx.Client(base_url=url, trust_env=False, timeout=10) as http,
+        ):
+            yield _Server(http=http, ws_url=url.replace("http://", "ws://", 1))
     finally:
-        server.should_exit = True
-        thread.join(timeout=15)
         logging.getLogger("uvicorn.error").removeHandler(errors)
-    assert not thread.is_alive(), "the test server did not stop"
     assert not errors.records, [record.getMessage() for record in errors.records]
 
 

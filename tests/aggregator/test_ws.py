@@ -14,8 +14,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.aggregator.conftest import Running, start
-from tests.weights.util import sdk_weights
+from tests.support.aggregator import Running, start
+from tests.support.weights import sdk_weights
 
 
 def ticket(agg: Running, client: httpx.Client, leaf: int = 0) -> dict[str, str]:

@@ -6,94 +6,38 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
-from gateway.app import create_app
-from gateway.settings import Settings
-from gateway.state import running_state, stop_streams
-from gateway.upstream.channel import ChannelStatus
-from tests.aggregator.conftest import ADMIN, Running, start
-from tests.gateway.conftest import gateway_settings, write_credentials
-from tests.gateway.util import admin_get
-from tests.weights.util import sdk_weights
+from tests.support.aggregator import ADMIN, Running, start
+from tests.support.gateways import Gateway, gateway_settings, run_gateway, write_credentials
+from tests.support.http import admin_get
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
+from tests.support.weights import sdk_weights
 
 CLI_TIMEOUT_S = 60.0
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `condition` every 20 ms; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.02)
-
-
 @contextlib.contextmanager
-def serve_on(app: Any, port: int) -> Iterator[str]:
-    """Run `app` under uvicorn on 127.0.0.1:`port` in a thread (a restarted server keeps its URL)."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    wait_until(lambda: server.started or not thread.is_alive(), 20, "the server started")
-    assert server.started, f"the server did not start on port {port}"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_streams(app)  # open SSE streams end now, as the gateway's own server does
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
-@dataclass
-class Gateway:
-    """A live gateway for leaf 0 of the aggregator."""
-
-    url: str
-    settings: Settings
-
-
-@contextlib.contextmanager
-def run_gateway(upstream: Running, folder: Path, port: int, **overrides: Any) -> Iterator[Gateway]:
-    """A gateway for leaf 0 with its data in `folder`; ready once its channel has heard the upstream."""
+def leaf0_gateway(
+    upstream: Running, folder: Path, port: int, **overrides: Any
+) -> Iterator[Gateway]:
+    """A gateway for leaf 0 on `port` with its data in `folder`; ready once its channel has heard the upstream."""
     credentials = write_credentials(folder.parent / "leaf0.json", upstream.leaves[0])
     settings = gateway_settings(
         folder, bk_host=upstream.url, bk_credentials_file=credentials, **overrides
     )
-    app = create_app(settings)
-    with serve_on(app, port) as url:
-
-        def heard_upstream() -> bool:
-            status: ChannelStatus = running_state(app).consumer.status
-            last = status.last_message_at
-            return status.state == "connected" and last is not None and last >= status.since
-
-        wait_until(heard_upstream, 20, "the gateway's notification channel connected")
-        yield Gateway(url=url, settings=settings)
+    with run_gateway(settings, port, wait_heard=True) as gateway:
+        yield gateway
 
 
 @pytest.fixture
@@ -106,7 +50,7 @@ def upstream(tmp_path: Path) -> Iterator[Running]:
 @pytest.fixture
 def gateway(upstream: Running, tmp_path: Path) -> Iterator[Gateway]:
     """A gateway for leaf 0 on a free port."""
-    with run_gateway(upstream, tmp_path / "gw", free_port()) as running:
+    with leaf0_gateway(upstream, tmp_path / "gw", free_port()) as running:
         yield running
 
 
@@ -365,7 +309,7 @@ def test_watch_resumes_after_the_gateway_restarts(
     folder = tmp_path / "gw"
     watcher: Watcher | None = None
     try:
-        with run_gateway(upstream, folder, port) as first:
+        with leaf0_gateway(upstream, folder, port) as first:
             watcher = Watcher("--types", "aggregation", "--count", "3", url=first.url, cwd=tmp_path)
             watcher.wait_for_stderr("following")
             upload(first, weights(tmp_path, 1))
@@ -373,7 +317,7 @@ def test_watch_resumes_after_the_gateway_restarts(
             # Hold the watcher while the gateway is away and the next two aggregations happen,
             # so that they can only reach it by replay after its last event id.
             watcher.process.send_signal(signal.SIGSTOP)
-        with run_gateway(upstream, folder, port) as second:
+        with leaf0_gateway(upstream, folder, port) as second:
             upload(second, weights(tmp_path, 2))
             upload(second, weights(tmp_path, 3))
             first_id = parse(watcher.stdout[0])[0]
@@ -471,7 +415,7 @@ def test_help_describes_each_command(command: str, options: list[str], tmp_path:
 
 def test_token_is_sent_as_bearer(upstream: Running, tmp_path: Path) -> None:
     """With GATEWAY_TOKEN set on the gateway, commands need --token (or the env variable) and send it as Bearer."""
-    with run_gateway(upstream, tmp_path / "gw", free_port(), gateway_token="s3cret") as gateway:
+    with leaf0_gateway(upstream, tmp_path / "gw", free_port(), gateway_token="s3cret") as gateway:
         refused = cli("status", url=gateway.url, cwd=tmp_path)
         assert refused.returncode == 1
         assert refused.stderr.startswith("error: Gateway token required: "), refused.stderr

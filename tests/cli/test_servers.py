@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from gateway.aggregator.settings import AggregatorSettings
 from gateway.settings import Settings
+from tests.support.aggregator import ready_leaves
+from tests.support.ports import free_port
 
 
 def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -40,14 +37,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BK_AGGREGATOR_")}
     env.update(COLUMNS="200", NO_COLOR="1", **extra)
     return env
-
-
-def free_port() -> int:
-    """A port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -76,27 +65,6 @@ def aggregator_command(*args: str, cwd: Path) -> Iterator[Aggregator]:
     finally:
         process.send_signal(signal.SIGINT)
         running.out, running.err = process.communicate(timeout=30)
-
-
-def ready_leaves(port: int, leaves_file: Path, timeout: float = 30) -> list[dict[str, Any]]:
-    """The leaves in `leaves_file` once the aggregator on `port` answers leaf 0's v3 run request."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        if not leaves_file.exists():
-            continue
-        leaves: list[dict[str, Any]] = json.loads(leaves_file.read_text())
-        leaf = leaves[0]
-        try:
-            status = httpx.get(
-                f"http://127.0.0.1:{port}/api/v1/run/{leaf['branch_id']}",
-                headers={"Authorization": f"Bearer {leaf['id']}:{leaf['session_token']}"},
-            ).status_code
-        except httpx.TransportError:
-            continue
-        if status == 200:
-            return leaves
-    raise AssertionError(f"no aggregator answered on port {port} within {timeout} s")
 
 
 def test_aggregator_command_serves_dev_leaves(tmp_path: Path) -> None:

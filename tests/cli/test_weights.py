@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from gateway.weights import inspect_payload
-from tests.weights.util import sdk_weights
+from tests.support.weights import sdk_weights
 
 
 def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:

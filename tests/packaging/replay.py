@@ -8,7 +8,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,14 +26,6 @@ from tests.packaging.docker import (
 )
 
 INSTALL_SCRIPT = REPO / "deploy" / "install.sh"
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _pip_environment() -> dict[str, str]:

@@ -32,13 +32,13 @@ from tests.packaging.docker import (
 from tests.packaging.replay import (
     Container,
     Image,
-    free_port,
     loopback_url,
     replay_build,
     stop,
     wait_for,
 )
-from tests.weights.util import sdk_weights
+from tests.support.ports import free_port
+from tests.support.weights import sdk_weights
 
 DOCKERFILES = (REPO / "Dockerfile", REPO / "deploy" / "trainer.Dockerfile")
 BASE_IMAGE = "python:3.11-slim-bookworm"
@@ -298,7 +298,7 @@ def test_dockerignore_sends_only_what_the_image_needs() -> None:
         "build/lib/gateway/app.py",
         "deploy/credentials/leaf-a.json",
         "deploy/credentials/gateway-a.env",
-        "tests/test_cli.py",
+        "tests/cli/test_client.py",
         ".env",
     ]
     assert [path for path in left_out if not ignore.excluded(path)] == []

@@ -21,7 +21,7 @@ from gateway.weights import (
     to_npz,
 )
 from gateway.weights.objectnpy import read_object_npy
-from tests.weights.util import sdk_weights, write_npz
+from tests.support.weights import sdk_weights, write_npz
 
 
 def v1_file(path: Path, samples: object, layers: object) -> Path:

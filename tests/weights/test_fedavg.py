@@ -11,7 +11,7 @@ import pytest
 
 from gateway.weights import Limits, ValidationPolicy, WeightsError, fedavg
 from gateway.weights import averaging as fedavg_module
-from tests.weights.util import sdk_weights, write_npz
+from tests.support.weights import sdk_weights, write_npz
 
 
 def averaged(path: Path) -> list[np.ndarray[Any, Any]]:

@@ -37,7 +37,7 @@ from gateway.weights import (
     object_npy_to_npz,
     to_npz,
 )
-from tests.weights.corpus import (
+from tests.support.corpus import (
     Case,
     Entry,
     build_corpus,

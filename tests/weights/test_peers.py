@@ -21,7 +21,7 @@ from gateway.weights import (
     npz_to_object_npy,
     object_npy_to_npz,
 )
-from tests.peers import Peer, PeerError, ensure_peer
+from tests.support.peers import Peer, PeerError, ensure_peer
 
 # Building a peer virtualenv on the first run takes longer than the suite's 120 s per-test limit.
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(600)]

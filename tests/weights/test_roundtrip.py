@@ -21,7 +21,7 @@ from gateway.weights import (
 )
 from gateway.weights.objectnpy import read_object_npy
 from gateway.weights.policy import Limits
-from tests.weights.util import sdk_weights
+from tests.support.weights import sdk_weights
 
 NUMERIC = st.one_of(
     hnp.boolean_dtypes(),

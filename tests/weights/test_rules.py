@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gateway.weights import ValidationPolicy, WeightsError, inspect_payload
-from tests.weights.util import refusal, sdk_weights, write_npz
+from tests.support.weights import refusal, sdk_weights, write_npz
 
 LENIENT = ValidationPolicy.lenient()
 STRICT = ValidationPolicy()

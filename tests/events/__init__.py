@@ -1,1 +1,0 @@
-"""Tests of the gateway's events: SSE, replay, gaps, long-poll, against a real aggregator."""

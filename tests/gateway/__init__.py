@@ -1,1 +1,0 @@
-"""End-to-end tests of the gateway against the local aggregator over real sockets."""

@@ -1,0 +1,49 @@
+"""No BK_HOST: the gateway runs its embedded local aggregator, so a single trainer works offline end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from gateway.state import GatewayState, running_state
+from tests.support.gateways import gateway_settings, run_gateway
+from tests.support.http import curl, load_npz, wait_for_aggregation
+from tests.support.weights import sdk_weights
+
+
+def test_embedded_round_trip(tmp_path: Path) -> None:
+    """Upload with curl, the embedded one-leaf aggregator aggregates, GET /aggregations/<id> returns the layers."""
+    layers = [np.arange(20, dtype=np.float32).reshape(4, 5) / 3, np.array([1.5, -2.0, 0.25])]
+    sdk_weights(tmp_path / "w.npz", 9.0, layers)
+    settings = gateway_settings(tmp_path / "gw", bk_host=None)
+    with run_gateway(settings) as gateway:
+        state: GatewayState = running_state(gateway.app)
+        embedded = state.embedded
+        assert embedded is not None
+        assert embedded.url.startswith("http://127.0.0.1:")
+        with httpx.Client() as client:
+            session = client.get(f"{gateway.url}/session").json()
+            assert session["state"] == "authenticated"
+            assert session["offline"] is True
+            assert session["upstream_host"] == embedded.url
+            assert client.get(f"{gateway.url}/readyz").status_code == 200
+
+        uploaded = curl("-F", "file=@w.npz", f"{gateway.url}/upload", cwd=tmp_path)
+        assert uploaded.status == 201, uploaded.body
+        assert uploaded.json()["weighting"] == 9.0
+
+        with httpx.Client() as client:
+            record = wait_for_aggregation(embedded.url, embedded.admin_token, client)
+        answer = curl(f"{gateway.url}/aggregations/{record['aggregation_id']}")
+        assert answer.status == 200, answer.body
+        arrays = load_npz(answer.body)
+        assert list(arrays) == ["layer_0", "layer_1"]
+        for index, layer in enumerate(layers):
+            assert arrays[f"layer_{index}"].dtype == layer.dtype
+            np.testing.assert_allclose(arrays[f"layer_{index}"], layer, rtol=1e-12)
+        aggregator_url = embedded.url
+    with httpx.Client() as client, pytest.raises(httpx.ConnectError):
+        client.get(f"{aggregator_url}/admin/aggregations")
