@@ -150,6 +150,8 @@ class Subscriber:
         self.receive = receive
         self.types = types
         self.lagged = False
+        self._queued = 0
+        """Items in the buffer (counted here: asking the stream costs more than the send itself)."""
         self._tick_pending = False
 
     def __enter__(self) -> Self:
@@ -167,24 +169,26 @@ class Subscriber:
             item = await self.receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise StopAsyncIteration from None
+        self._queued -= 1
         if item is KEEPALIVE:
             self._tick_pending = False
         return item
 
     def offer(self, event: Event) -> bool:
         """Queue `event`; False when the subscriber is `buffer` events behind (it is then closed)."""
-        queued = self.send.statistics().current_buffer_used
-        if queued - self._tick_pending >= self.hub.buffer:  # the spare slot is for a tick
+        if self._queued - self._tick_pending >= self.hub.buffer:  # the spare slot is for a tick
             self.lagged = True
             self.send.close()
             return False
         self.send.send_nowait(event)
+        self._queued += 1
         return True
 
     def tick(self) -> None:
         """Queue a keep-alive tick if nothing is queued (a stream with news writes anyway)."""
-        if not self.send.statistics().current_buffer_used:
+        if not self._queued:
             self.send.send_nowait(KEEPALIVE)
+            self._queued += 1
             self._tick_pending = True
 
     def close(self) -> None:
