@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse
 
 from gateway.aggregator.auth import BasicLeafDep, own_branch
 from gateway.aggregator.blobs import download_url, serve_blob
-from gateway.aggregator.metrics import store_metric
+from gateway.aggregator.performance import store_metric
 from gateway.aggregator.rounds import get_branch
 from gateway.aggregator.state import StateDep
 from gateway.aggregator.uploads import receive_upload

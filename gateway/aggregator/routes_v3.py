@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from gateway.aggregator.auth import LeafDep, own_branch
 from gateway.aggregator.blobs import download_url, serve_blob
 from gateway.aggregator.errors import ServiceUnavailableError
-from gateway.aggregator.metrics import store_metric
+from gateway.aggregator.performance import store_metric
 from gateway.aggregator.rounds import get_branch, min_leaves
 from gateway.aggregator.state import StateDep
 from gateway.aggregator.uploads import receive_upload
