@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -19,7 +20,7 @@ from gateway.multipart import FormData, MultipartLimits, read_multipart
 from gateway.settings import Settings
 from gateway.upstream.protocol import WeightsFile
 from gateway.upstream.session import Session
-from gateway.weights import Payload, layers_to_npz, to_npz, with_weighting
+from gateway.weights import Payload, WeightingSource, layers_to_npz, upload_to_npz
 
 LAYER_PART = re.compile(r"layer_(0|[1-9][0-9]*)", re.ASCII)
 MAX_PARTS = 10_050
@@ -65,6 +66,7 @@ class Forwarded:
     sha256: bytes
     size: int
     payload: Payload
+    weighting_source: WeightingSource | None
 
 
 @dataclass
@@ -132,7 +134,9 @@ class Forwarder:
         self, received: Received, options: UploadOptions, scratch: Scratch
     ) -> Forwarded:
         """Validate and convert what was received, wait for the run if asked, then send it."""
-        npz, sha256, payload = await self.branchkey_npz(received, options.weighting, scratch)
+        npz, sha256, payload, source = await self.branchkey_npz(
+            received, options.weighting, scratch
+        )
         upstream = self.session.require()
         filename = npz_name(received.file.filename if received.file else "weights.npz")
         # The dialect's file (v1: the object .npy), made before any wait: a payload the dialect
@@ -146,36 +150,33 @@ class Forwarder:
             await self.session.wait_for_start(self._wait_timeout(options))
         sent = await upstream.upload(outgoing)
         self.on_forwarded(sent.size)
-        return Forwarded(sent.file_id, sent.sha256, sent.size, payload)
+        return Forwarded(sent.file_id, sent.sha256, sent.size, payload, source)
 
     async def branchkey_npz(
         self, received: Received, weighting: str | None, scratch: Scratch
-    ) -> tuple[Path, bytes | None, Payload]:
+    ) -> tuple[Path, bytes | None, Payload, WeightingSource | None]:
         """The validated BranchKey NPZ of an upload, its sha256 when already known (the file as it
-        arrived), and what it holds; `weighting` overrides the form's."""
+        arrived), what it holds and where its weighting came from; `weighting` overrides the form's."""
         chosen = weighting if weighting is not None else received.weighting
         policy = self.settings.weights.policy()
+        target = scratch.new(".npz")
         if received.layers:
             if chosen is None:
                 raise BadRequestError(
-                    "Per-layer uploads need a 'weighting' field (or ?weighting=)."
+                    "Per-layer uploads need a 'weighting' field: add -F weighting=12 "
+                    "(or ?weighting=12), the number of samples this update was trained on."
                 )
-            target = scratch.new(".npz")
             payload = await to_thread.run_sync(
                 layers_to_npz, list(received.layers), chosen, target, policy
             )
-            return target, None, payload
+            return target, None, payload, "request"
         assert received.file is not None  # noqa: S101 - a Received holds a file or layers
-        converted = scratch.new(".npz")
-        payload, was_converted = await to_thread.run_sync(
-            to_npz, received.file.path, converted, policy
+        incoming = await to_thread.run_sync(
+            functools.partial(upload_to_npz, received.file.path, target, policy, weighting=chosen)
         )
-        final = converted if was_converted else received.file.path
-        if chosen is not None:
-            target = scratch.new(".npz")
-            payload = await to_thread.run_sync(with_weighting, final, chosen, target, policy)
-            return target, None, payload
-        return final, None if was_converted else received.file.sha256, payload
+        if incoming.converted:
+            return target, None, incoming.payload, incoming.weighting_source
+        return received.file.path, received.file.sha256, incoming.payload, incoming.weighting_source
 
     def _waits(self, options: UploadOptions) -> bool:
         return self.settings.bk_wait_for_run if options.wait is None else options.wait
@@ -225,12 +226,18 @@ async def _receive_form(request: Request, scratch: Scratch, limit: int) -> Recei
         return Received(file=file, weighting=weighting)
     if layers:
         if sorted(layers) != list(range(len(layers))):
+            names = ", ".join(f"layer_{i}" for i in sorted(layers)[:8])
+            expected = "layer_0" if len(layers) == 1 else f"layer_0 .. layer_{len(layers) - 1}"
             raise BadRequestError(
-                f"Layer parts must be layer_0 .. layer_{len(layers) - 1} without gaps."
+                f"{len(layers)} layer part(s) must be named {expected} without gaps; found "
+                f"{names}. Number them from 0: curl -F layer_0=@l0.npy -F layer_1=@l1.npy "
+                "-F weighting=12 localhost:8000/upload"
             )
         return Received(layers=tuple(layers[i] for i in range(len(layers))), weighting=weighting)
     raise BadRequestError(
-        "The form needs a 'file' part, or 'layer_0', 'layer_1', ... parts and 'weighting'."
+        "The form needs a 'file' part (curl -F file=@w.npy localhost:8000/upload), or "
+        "'layer_0', 'layer_1', ... parts and 'weighting' (curl -F layer_0=@l0.npy "
+        "-F weighting=12 localhost:8000/upload)."
     )
 
 

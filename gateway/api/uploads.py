@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from gateway.forwarding import Forwarded, UploadOptions
 from gateway.state import StateDep
+from gateway.weights import WeightingSource
 
 router = APIRouter()
 
@@ -30,6 +31,10 @@ class UploadResult(BaseModel):
     size: int
     kind: str
     weighting: float | None
+    weighting_source: WeightingSource | None = Field(
+        description="Where the weighting came from: 'file' (the NPZ's weighting or the v1 sample "
+        "count), 'request' (a 'weighting' form field or ?weighting=), 'default' (neither: 1.0)."
+    )
     layers: list[LayerInfo]
 
 
@@ -47,8 +52,9 @@ async def create_upload(
         str | None, Query(description="Aggregation weight; overrides the file's.")
     ] = None,
 ) -> UploadResult:
-    """Upload weights: a multipart `file` part (NPZ or v1 object .npy), `layer_<n>` .npy parts plus
-    `weighting`, or a raw `application/octet-stream` body."""
+    """Upload weights: a multipart `file` part (NPZ, v1 object .npy, a plain .npy array or a list of
+    arrays saved with np.save), `layer_<n>` .npy parts plus `weighting`, or a raw
+    `application/octet-stream` body. A file without a weighting gets `weighting`, else 1.0."""
     options = UploadOptions(wait=wait, wait_timeout_s=wait_timeout, weighting=weighting)
     return _result(await state.forwarder.handle(request, options))
 
@@ -61,5 +67,6 @@ def _result(forwarded: Forwarded) -> UploadResult:
         size=forwarded.size,
         kind=payload.kind,
         weighting=payload.weighting,
+        weighting_source=forwarded.weighting_source,
         layers=[LayerInfo(key=a.key, dtype=a.dtype, shape=list(a.shape)) for a in payload.arrays],
     )

@@ -74,13 +74,17 @@ def upload(
             exists=True,
             dir_okay=False,
             readable=True,
-            help="Weights file: an NPZ (weighting + layer_0..) or the v1 client's object .npy; "
+            help="Weights file: an NPZ (weighting + layer_0..), the v1 client's object .npy, "
+            "a plain .npy array (one layer) or a list of arrays saved with np.save; "
             "the gateway recognises it by its content.",
         ),
     ],
     weighting: Annotated[
         str | None,
-        typer.Option(help="Aggregation weight (number of samples); overrides the file's."),
+        typer.Option(
+            help="Aggregation weight (number of samples); overrides the file's "
+            "(a plain .npy without it gets 1.0)."
+        ),
     ] = None,
     wait: Annotated[
         bool | None,

@@ -100,7 +100,8 @@ def pack(
 ) -> None:
     """Build an NPZ payload from one plain .npy file per layer plus a weighting."""
     try:
-        payload = layers_to_npz(layers, weighting, dst, _policy(False, False))
+        labels = [f"{path} (layer_{index})" for index, path in enumerate(layers)]
+        payload = layers_to_npz(layers, weighting, dst, _policy(False, False), labels=labels)
     except WeightsError as error:
         _fail(error)
     typer.echo(f"wrote {dst} ({payload.layer_count} layers, weighting {payload.weighting:g})")

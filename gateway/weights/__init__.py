@@ -14,6 +14,7 @@ from gateway.weights.convert import (
     with_weighting,
 )
 from gateway.weights.errors import ErrorCode, WeightsError
+from gateway.weights.incoming import Incoming, WeightingSource, upload_to_npz
 from gateway.weights.layers import parse_weighting
 from gateway.weights.model import ANALYTICS, LEARNING, ArrayInfo, Payload, PayloadKind
 from gateway.weights.npz import inspect_aggregate, inspect_npz
@@ -25,10 +26,12 @@ __all__ = [
     "LEARNING",
     "ArrayInfo",
     "ErrorCode",
+    "Incoming",
     "Limits",
     "Payload",
     "PayloadKind",
     "ValidationPolicy",
+    "WeightingSource",
     "WeightsError",
     "aggregate_to_object_npy",
     "detect_format",
@@ -44,5 +47,6 @@ __all__ = [
     "object_npy_to_npz",
     "parse_weighting",
     "to_npz",
+    "upload_to_npz",
     "with_weighting",
 ]

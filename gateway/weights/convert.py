@@ -63,13 +63,14 @@ def inspect_payload(path: Path, policy: ValidationPolicy | None = None) -> Paylo
     if kind == "npy":
         raise WeightsError(
             "not-a-payload",
-            "This is a single .npy array, not a payload: send an NPZ (weighting + layer_0..), "
-            "a v1 (num_samples, [arrays]) object .npy, or each layer as its own part.",
+            "This is a single .npy array, not a payload: upload it through the gateway "
+            "(curl -F file=@w.npy -F weighting=12 localhost:8000/upload), or save an NPZ with "
+            'np.savez("w.npz", weighting=12, layer_0=array).',
         )
     raise WeightsError(
         "not-a-payload",
         "The file is neither an NPZ archive nor a .npy file; save the weights with "
-        "numpy.savez / numpy.save.",
+        'np.savez("w.npz", weighting=n_samples, layer_0=a, layer_1=b) or np.save("w.npy", array).',
     )
 
 
@@ -149,11 +150,13 @@ def layers_to_npz(
     policy: ValidationPolicy | None = None,
     *,
     compress: bool = True,
+    labels: Sequence[str] | None = None,
 ) -> Payload:
-    """Per-layer `.npy` files (in order) plus a weighting number, as one NPZ."""
+    """Per-layer `.npy` files (in order) plus a weighting number, as one NPZ (`labels` name the
+    files in messages; default: the HTTP parts)."""
     policy = policy or ValidationPolicy()
     value = parse_weighting(weighting, policy)
-    headers = inspect_layer_files(paths, policy)
+    headers = inspect_layer_files(paths, policy, labels)
     with atomic_path(dst) as tmp:
         with NpzWriter(tmp, compress=compress) as writer:
             writer.write_weighting(value)

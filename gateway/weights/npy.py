@@ -182,3 +182,24 @@ def array_from_bytes(
     if header.fortran_order:
         return flat.reshape(header.shape[::-1]).transpose()
     return flat.reshape(header.shape)
+
+
+_KIND_WORDS = {
+    "b": "a boolean",
+    "i": "an integer",
+    "u": "an unsigned integer",
+    "f": "a float",
+    "c": "a complex",
+    "U": "a string",
+    "S": "a bytes",
+    "O": "a Python-object",
+    "V": "a structured (record)",
+    "M": "a datetime",
+    "m": "a timedelta",
+}
+
+
+def dtype_words(dtype: np.dtype[Any]) -> str:
+    """A dtype for people: `a string array (numpy dtype <U3)`."""
+    kind = _KIND_WORDS.get(dtype.kind, "an")
+    return f"{kind} array (numpy dtype {dtype.str})"

@@ -25,7 +25,7 @@ from gateway.weights.model import (
     PayloadKind,
     layer_index,
 )
-from gateway.weights.npy import array_from_bytes
+from gateway.weights.npy import array_from_bytes, dtype_words
 from gateway.weights.policy import ValidationPolicy
 
 NUMERIC_KINDS = frozenset("biufc")
@@ -49,7 +49,9 @@ def _inspect(archive: Archive, policy: ValidationPolicy) -> Payload:
             raise WeightsError(
                 "missing-weighting",
                 "Missing 'weighting' field: a learning payload needs a 'weighting' array "
-                "holding its aggregation weight (usually the number of training samples).",
+                "holding its aggregation weight (usually the number of training samples): "
+                "add it with -F weighting=12 (or ?weighting=12) when uploading, or save "
+                'np.savez("w.npz", weighting=12, layer_0=a, ...).',
             )
         _check_single(weighting)
         chosen = _learning_layers(archive.members, policy, ignored)
@@ -124,10 +126,12 @@ def _learning_layers(
 ) -> list[Member]:
     layers = [m for m in members if m.key.startswith(LAYER_PREFIX)]
     if not layers:
+        found = [m.key for m in members if m.key not in RESERVED_KEYS]
         raise WeightsError(
             "no-layers",
             "No layer arrays found: a learning payload stores its parameters as "
-            "'layer_0', 'layer_1', ... arrays.",
+            f"'layer_0', 'layer_1', ... arrays, and this archive holds {_keys(found)}. "
+            f"Save them under those names: {savez_hint(len(found))}.",
         )
     for member in members:
         if member.key not in RESERVED_KEYS and not member.key.startswith(LAYER_PREFIX):
@@ -135,7 +139,8 @@ def _learning_layers(
                 raise WeightsError(
                     "unexpected-key",
                     f"Unexpected key {member.key!r} in a learning payload: only 'weighting' and "
-                    "'layer_<n>' arrays are allowed (the gateway's strict key check).",
+                    "'layer_<n>' arrays are allowed (the gateway's strict key check); save "
+                    f"only those: {savez_hint(len(layers))}.",
                 )
             ignored.append(member.key)
     if policy.strict_layer_dtypes:
@@ -143,18 +148,23 @@ def _learning_layers(
             if member.header.dtype.kind not in NUMERIC_KINDS:
                 raise WeightsError(
                     "not-numeric",
-                    f"{member.key} has dtype {member.header.dtype.str}; layers must be numeric "
-                    "(bool, integer, unsigned, float or complex).",
+                    f"{member.key} is {dtype_words(member.header.dtype)}; layers must be "
+                    "numeric (bool, integer, unsigned, float or complex): convert it before "
+                    f"saving, e.g. {member.key}=array.astype(np.float32).",
                 )
     indexed = {layer_index(m.key): m for m in layers}
     if policy.strict_layer_numbering:
         expected = set(range(len(layers)))
         if None in indexed or set(indexed) != expected:
             names = ", ".join(sorted((m.key for m in layers), key=_natural)[:8])
+            expected_names = (
+                "layer_0" if len(layers) == 1 else f"layer_0 .. layer_{len(layers) - 1}"
+            )
             raise WeightsError(
                 "layer-numbering",
-                f"Layers must be named layer_0 .. layer_{len(layers) - 1} with no gaps, "
-                f"duplicates or leading zeros; found {names}.",
+                f"{len(layers)} layer(s) must be named {expected_names} with no gaps, "
+                f"duplicates or leading zeros; found {names}. Save them in order: "
+                f"{savez_hint(len(layers))}.",
             )
     numbered = sorted((i, m) for i, m in indexed.items() if i is not None)
     rest = [m for m in layers if layer_index(m.key) is None]
@@ -184,8 +194,9 @@ def _analytics_fields(members: list[Member]) -> list[Member]:
         if member.header.dtype.kind not in ANALYTICS_KINDS:
             raise WeightsError(
                 "unsupported-dtype",
-                f"Field {member.key!r} has unsupported dtype {member.header.dtype.str}; fields "
-                "must be numeric, boolean or string.",
+                f"Field {member.key!r} is {dtype_words(member.header.dtype)}, which is not "
+                "supported; fields must be numeric, boolean or string: convert it before "
+                f"saving, e.g. {member.key}=np.asarray(value, dtype=np.float64).",
             )
     return fields
 
@@ -249,3 +260,17 @@ def inspect_aggregate(path: Path, policy: ValidationPolicy) -> Payload:
             arrays=tuple(_info(m) for m in chosen),
             size=archive.size,
         )
+
+
+def _keys(keys: list[str]) -> str:
+    if not keys:
+        return "no other arrays"
+    shown = ", ".join(repr(key) for key in keys[:8])
+    return shown + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+
+
+def savez_hint(count: int) -> str:
+    """The `np.savez` call that writes `count` layers the way the protocol names them."""
+    names = ["layer_0=...", "layer_1=..."][: max(count, 1)]
+    more = ", ..." if count > 2 else ""
+    return f'np.savez("w.npz", weighting=n_samples, {", ".join(names)}{more})'

@@ -73,7 +73,7 @@ class ArrayRef:
 
 @dataclass
 class ObjectRoot:
-    """The outer object array: its two items."""
+    """The outer object array: its items (the v1 pair, or a list of arrays)."""
 
     items: list[Any]
 
@@ -155,10 +155,12 @@ class NumpyObjects:
         dtype = dtype_ref.dtype
         check_shape(shape, dtype, f"Array {len(self.arrays)}")
         if dtype.hasobject:
-            if self.root is not None or shape != (2,) or not isinstance(data, list):
+            if self.root is not None or len(shape) != 1 or not isinstance(data, list):
                 raise forbidden(
-                    "an object array inside the weights (only the outer pair may hold objects)"
+                    "an object array inside the weights (only the outer array may hold objects)"
                 )
+            if len(data) != shape[0]:
+                raise unsupported("an object array whose items do not match its shape")
             self.root = ObjectRoot(items=data)
             return self.root
         if not isinstance(data, Blob) or data.data is None:

@@ -24,12 +24,14 @@ from gateway.weights.picklevm import run_pickle, unsupported
 from gateway.weights.policy import Limits, ValidationPolicy
 
 __all__ = [
+    "ArrayList",
     "ArrayRef",
     "ArraySink",
     "LayerSource",
     "ObjectNpy",
     "check_sample_count",
     "inspect_object_npy",
+    "read_object_arrays",
     "read_object_npy",
     "write_object_npy",
 ]
@@ -44,6 +46,14 @@ class ObjectNpy:
     size: int
 
 
+@dataclass(frozen=True)
+class ArrayList:
+    """A parsed list of arrays saved with `np.save` (a 1-D object array of numeric arrays)."""
+
+    layers: tuple[ArrayRef, ...]
+    size: int
+
+
 def read_object_npy(path: Path, limits: Limits, sink: ArraySink | None = None) -> ObjectNpy:
     """Parse a v1 object `.npy` safely and apply the protocol's type rules (§3.6).
 
@@ -52,17 +62,28 @@ def read_object_npy(path: Path, limits: Limits, sink: ArraySink | None = None) -
     globals that rebuild plain numeric arrays and hands each array's bytes to `sink` as soon as they
     are read, so memory stays about one layer.
     """
+    parsed = _read(path, limits, sink, allow_list=False)
+    assert isinstance(parsed, ObjectNpy)  # noqa: S101 - allow_list=False never yields a list
+    return parsed
+
+
+def read_object_arrays(
+    path: Path, limits: Limits, sink: ArraySink | None = None
+) -> ObjectNpy | ArrayList:
+    """Like `read_object_npy`, but a 1-D object array whose items are all numeric arrays is read
+    as a list of layers (what `np.save("w.npy", np.array([a, b], dtype=object))` writes)."""
+    return _read(path, limits, sink, allow_list=True)
+
+
+def _read(
+    path: Path, limits: Limits, sink: ArraySink | None, *, allow_list: bool
+) -> ObjectNpy | ArrayList:
     with path.open("rb") as stream:
         size = os.fstat(stream.fileno()).st_size
         header = read_header(
             stream.read, limits.max_header_bytes, "The .npy file", allow_object=True
         )
-        if header.dtype != np.dtype(object) or header.shape != (2,):
-            raise WeightsError(
-                "not-object-pair",
-                f"A v1 weights file is an object array of shape (2,); this one is "
-                f"{header.dtype.str} shape {header.shape}.",
-            )
+        _check_outer(header, allow_list=allow_list)
         if size - header.header_size > limits.max_pickle_bytes:
             raise WeightsError(
                 "too-large",
@@ -79,7 +100,56 @@ def read_object_npy(path: Path, limits: Limits, sink: ArraySink | None = None) -
         raise WeightsError(
             "not-object-pair", "The pickle stream does not hold the (num_samples, [arrays]) pair."
         )
-    return _check_pair(result.built.items, objects.arrays, size)
+    items = result.built.items
+    if len(items) != header.shape[0]:
+        raise WeightsError(
+            "shape-mismatch",
+            f"The header declares {header.shape[0]} items but the pickle stream holds {len(items)}.",
+        )
+    if allow_list and items and isinstance(items[0], PendingArray):
+        return _check_list(items, objects.arrays, size)
+    return _check_pair(items, objects.arrays, size)
+
+
+def _check_outer(header: ArrayHeader, *, allow_list: bool) -> None:
+    if header.dtype == np.dtype(object) and header.shape == (2,):
+        return
+    if allow_list and header.dtype == np.dtype(object) and len(header.shape) == 1:
+        if header.shape[0] == 0:
+            raise WeightsError(
+                "no-layers",
+                "The object array is empty: save at least one layer, e.g. "
+                'np.save("w.npy", np.array([a, b], dtype=object)).',
+            )
+        return
+    if allow_list:
+        raise WeightsError(
+            "not-object-pair",
+            f"An object .npy must hold a list of arrays (1-D); this one has shape "
+            f"{header.shape}. Save each layer as its own array in a list: "
+            'np.save("w.npy", np.array([a, b], dtype=object)), or '
+            'np.savez("w.npz", weighting=n_samples, layer_0=a, layer_1=b).',
+        )
+    raise WeightsError(
+        "not-object-pair",
+        f"A v1 weights file is an object array of shape (2,); this one is "
+        f"{header.dtype.str} shape {header.shape}.",
+    )
+
+
+def _check_list(items: list[Any], arrays: list[ArrayRef], size: int) -> ArrayList:
+    refs: list[ArrayRef] = []
+    for position, item in enumerate(items):
+        if not isinstance(item, PendingArray) or not isinstance(item.built, ArrayRef):
+            raise WeightsError(
+                "not-ndarray",
+                f"Item {position} of the object array is not a numeric numpy array: a list of "
+                'layers holds arrays only, e.g. np.save("w.npy", np.array([a, b], dtype=object)).',
+            )
+        refs.append(item.built)
+    if [ref.index for ref in refs] != list(range(len(arrays))):
+        raise unsupported("layers that are shared, reordered or outside the list")
+    return ArrayList(layers=tuple(refs), size=size)
 
 
 def _check_pair(items: list[Any], arrays: list[ArrayRef], size: int) -> ObjectNpy:

@@ -44,8 +44,9 @@ def unsupported(why: str) -> WeightsError:
     """The stream is not one numpy writes."""
     return WeightsError(
         "unsupported-pickle",
-        f"The object array's pickle stream is not one numpy writes ({why}); "
-        "save the (num_samples, [arrays]) pair with numpy.save, or send an NPZ instead.",
+        f"The object array's pickle stream is not one numpy writes ({why}); save distinct "
+        'arrays with np.save("w.npy", np.array([a, b], dtype=object)), or send an NPZ: '
+        'np.savez("w.npz", weighting=n_samples, layer_0=a, layer_1=b).',
     )
 
 
@@ -54,7 +55,9 @@ def forbidden(what: str) -> WeightsError:
     return WeightsError(
         "pickle-forbidden",
         f"The pickle stream uses {what}, which is not allowed: only a Python int, a list and "
-        "plain numeric numpy arrays may appear in a v1 weights file.",
+        "plain numeric numpy arrays may appear in an object .npy; convert each layer with "
+        "np.asarray(layer, dtype=np.float32), or send an NPZ: "
+        'np.savez("w.npz", weighting=n_samples, layer_0=a, layer_1=b).',
     )
 
 

@@ -77,3 +77,15 @@ def test_pack_writes_the_given_weighting(tmp_path: Path) -> None:
     assert payload.weighting == 4.0
     assert [info.shape for info in payload.arrays] == [(2, 3), (4,)]
     assert result.stdout == "wrote packed.npz (2 layers, weighting 4)\n"
+
+
+def test_pack_names_the_local_file_not_an_http_part(tmp_path: Path) -> None:
+    """`pack` refusing a string layer names the file and its layer, never an HTTP "Part", in plain words."""
+    np.save(tmp_path / "names.npy", np.array(["abc"]))
+    result = run("pack", "packed.npz", "names.npy", "--weighting", "4", cwd=tmp_path)
+    assert result.returncode == 1
+    refusal = json.loads(result.stderr)
+    assert refusal["error"] == "not-numeric"
+    assert refusal["detail"].startswith("names.npy (layer_0) is a string array (numpy dtype <U3)")
+    assert "Part" not in refusal["detail"]
+    assert not (tmp_path / "packed.npz").exists()

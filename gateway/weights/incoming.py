@@ -1,0 +1,118 @@
+"""Any weights file a trainer uploads, as the BranchKey NPZ, and where its weighting came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from gateway.weights.convert import detect_format, inspect_payload, with_weighting
+from gateway.weights.layers import inspect_layer_file, iter_file_data, parse_weighting
+from gateway.weights.model import WEIGHTING_KEY, Payload, layer_key
+from gateway.weights.npy import ArrayHeader
+from gateway.weights.npz import inspect_npz
+from gateway.weights.objectnpy import ObjectNpy, check_sample_count, read_object_arrays
+from gateway.weights.policy import ValidationPolicy
+from gateway.weights.writer import NpzWriter, atomic_path, move_to_front
+
+WeightingSource = Literal["default", "file", "request"]
+"""file: the NPZ's `weighting` or the v1 sample count; request: a form field or `?weighting=`;
+default: neither, so 1.0."""
+DEFAULT_WEIGHTING = 1.0
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """An upload made ready for BranchKey."""
+
+    payload: Payload
+    converted: bool
+    """False: the uploaded file itself is the NPZ to send; True: `dst` holds it."""
+    weighting_source: WeightingSource | None
+    """None only for an analytics payload without a weighting."""
+
+
+def upload_to_npz(
+    src: Path,
+    dst: Path,
+    policy: ValidationPolicy | None = None,
+    *,
+    weighting: str | float | None = None,
+    compress: bool = True,
+) -> Incoming:
+    """Validate an upload of any accepted form and make it the BranchKey NPZ.
+
+    An NPZ or a v1 `(num_samples, [arrays])` file keeps its own weighting unless `weighting` is
+    given; a plain `.npy` array (one layer) or a list of arrays saved with `np.save` (one layer per
+    item) carries none, so it gets `weighting`, else 1.0.
+    """
+    policy = policy or ValidationPolicy()
+    kind = detect_format(src, policy.limits)
+    if kind == "npy":
+        return _plain_to_npz(src, dst, policy, weighting, compress)
+    if kind == "npy-object":
+        return _object_to_npz(src, dst, policy, weighting, compress)
+    if weighting is not None and kind == "npz":
+        return Incoming(with_weighting(src, weighting, dst, policy), True, "request")
+    payload = inspect_payload(src, policy)
+    return Incoming(payload, False, None if payload.weighting is None else "file")
+
+
+def _chosen(
+    weighting: str | float | None, policy: ValidationPolicy
+) -> tuple[float, WeightingSource]:
+    if weighting is None:
+        return DEFAULT_WEIGHTING, "default"
+    return parse_weighting(weighting, policy), "request"
+
+
+def _plain_to_npz(
+    src: Path,
+    dst: Path,
+    policy: ValidationPolicy,
+    weighting: str | float | None,
+    compress: bool,
+) -> Incoming:
+    """A single `.npy` array as the one-layer model `layer_0`."""
+    value, source = _chosen(weighting, policy)
+    header = inspect_layer_file(src, policy, "The .npy file")
+    with atomic_path(dst) as tmp:
+        with NpzWriter(tmp, compress=compress) as writer:
+            writer.write_weighting(value)
+            writer.write_stream(
+                layer_key(0),
+                header.dtype,
+                header.shape,
+                header.fortran_order,
+                iter_file_data(src, header),
+            )
+        payload = inspect_npz(tmp, policy)
+    return Incoming(payload, True, source)
+
+
+def _object_to_npz(
+    src: Path,
+    dst: Path,
+    policy: ValidationPolicy,
+    weighting: str | float | None,
+    compress: bool,
+) -> Incoming:
+    """A v1 pair or a list of arrays, each array streamed into the NPZ as it is read."""
+    value, source = _chosen(weighting, policy)
+    with atomic_path(dst) as tmp:
+        with NpzWriter(tmp, compress=compress) as writer:
+
+            def sink(index: int, header: ArrayHeader, data: bytes) -> None:
+                writer.write_stream(
+                    layer_key(index), header.dtype, header.shape, header.fortran_order, [data]
+                )
+
+            parsed = read_object_arrays(src, policy.limits, sink)
+            if isinstance(parsed, ObjectNpy):
+                check_sample_count(parsed.num_samples, policy)
+                if source == "default":
+                    value, source = float(parsed.num_samples), "file"
+            writer.write_weighting(value)
+            move_to_front(writer, WEIGHTING_KEY)
+        payload = inspect_npz(tmp, policy)
+    return Incoming(payload, True, source)
