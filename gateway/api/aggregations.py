@@ -1,14 +1,15 @@
-"""`/aggregations`: the long-poll list, the latest one, and each aggregation's file (Range, ETag)."""
+"""`/aggregations`: the long-poll list, the latest one, and each aggregation's file (Range, ETag, If-None-Match)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import anyio
 from anyio import to_thread
-from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel
 from starlette.types import Message, Receive, Scope, Send
 
@@ -83,7 +84,8 @@ async def get_latest_aggregation(state: StateDep) -> AggregationEvent:
 
 
 _FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/octet-stream": {}}, "description": "The aggregated model."}
+    200: {"content": {"application/octet-stream": {}}, "description": "The aggregated model."},
+    304: {"description": "Not Modified: If-None-Match holds the current ETag (or *)."},
 }
 
 
@@ -107,21 +109,39 @@ async def stream_aggregation(
         Format,
         Query(alias="format", description="npz: plain layer_0.. arrays; npy: the v1 object array."),
     ] = Format.npz,
-) -> FileResponse:
+    if_none_match: Annotated[
+        str | None,
+        Header(description="ETags the client holds (or *): a match is answered 304 Not Modified."),
+    ] = None,
+) -> Response:
     """The aggregated model: `layer_0 ..` as an NPZ of plain arrays, or (`?format=npy`) the v1 object
     array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples)."""
     served = await state.cache.open(state.session.require, aggregation_id, fmt)
+    headers = {
+        "ETag": f'"{served.sha256}"',
+        "Cache-Control": "private, max-age=31536000, immutable",
+    }
+    if etag_matches(if_none_match, headers["ETag"]):
+        await to_thread.run_sync(functools.partial(served.path.unlink, missing_ok=True))
+        return Response(status_code=304, headers=headers)
     return SentFileResponse(
         served.path,
         media_type="application/octet-stream",
         filename=f"{aggregation_id}.{fmt.value}",
-        headers={
-            "ETag": f'"{served.sha256}"',
-            "Cache-Control": "private, max-age=31536000, immutable",
-        },
+        headers=headers,
         cleanup=lambda: served.path.unlink(missing_ok=True),
         on_sent=metrics.record_download,
     )
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 If-None-Match: `*`, or any listed tag equal to `etag` by weak comparison."""
+    if if_none_match is None:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    ours = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == ours for tag in if_none_match.split(","))
 
 
 class SentFileResponse(FileResponse):

@@ -155,3 +155,22 @@ def test_unknown_aggregation_is_a_404_problem(
         dotted = client.get(f"{gateways[0].url}/aggregations/..%5Cetc")
         assert dotted.status_code == 400
         assert dotted.json()["type"] == "/problems/bad-request"
+
+
+def test_if_none_match_answers_304(round_done: tuple[list[Gateway], str, list[Any]]) -> None:
+    """If-None-Match with the current ETag (alone, weak, in a list, or `*`) gives 304 with no body; another tag gives 200."""
+    gateways, aggregation_id, _ = round_done
+    url = f"{gateways[0].url}/aggregations/{aggregation_id}"
+    full = curl(url)
+    etag = full.headers["etag"]
+    for header in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        for method in ((), ("-I",)):
+            answer = curl(*method, "-H", f"If-None-Match: {header}", url)
+            assert answer.status == 304, (header, method)
+            if not method:  # curl -I prints the headers as its output
+                assert answer.body == b""
+            assert answer.headers["etag"] == etag
+    other = curl("-H", 'If-None-Match: "0000"', url)
+    assert other.status == 200
+    assert other.body == full.body
+    assert other.headers["etag"] == etag
