@@ -63,7 +63,9 @@ def _validation_problem(error: RequestValidationError) -> dict[str, Any]:
 
 
 def _http_problem(error: StarletteHTTPException) -> dict[str, Any]:
-    kind = {404: "not-found", 405: "method-not-allowed"}.get(error.status_code, "http-error")
+    kind = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}.get(
+        error.status_code, "http-error"
+    )
     return {
         "type": PROBLEM_BASE + kind,
         "title": str(error.detail),

@@ -86,7 +86,9 @@ def check_blob_signature(
 ) -> None:
     """403 unless the URL was signed by this aggregator for this file and format, and is unexpired."""
     ask = _DOWNLOAD_PATHS[fmt]
-    if not hmac.compare_digest(signature, _sign(state.blob_key, fmt, file_id, expires)):
+    expected = _sign(state.blob_key, fmt, file_id, expires).encode("ascii")
+    # bytes: compare_digest raises TypeError on a str that is not ASCII
+    if not hmac.compare_digest(signature.encode("utf-8", "surrogateescape"), expected):
         raise ForbiddenError(f"Bad download signature: ask {ask} for a new URL.")
     if expires < time.time():
         raise ForbiddenError(f"This download URL has expired: ask {ask} for a new one.")

@@ -23,3 +23,5 @@ async def read_json(request: Request) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BadRequestError("The request body must be JSON.") from None
+    except RecursionError:
+        raise BadRequestError("The request body is JSON nested too deeply.") from None

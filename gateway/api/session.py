@@ -7,11 +7,12 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from gateway.api.bodies import BoundedJSONRoute
 from gateway.errors import BadRequestError
 from gateway.state import SessionDep, StateDep
 from gateway.upstream.credentials import CredentialsError, from_mapping
 
-router = APIRouter()
+router = APIRouter(route_class=BoundedJSONRoute)  # POST /session, /performance: bounded JSON
 
 
 class RunStatus(BaseModel):

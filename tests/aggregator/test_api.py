@@ -302,3 +302,15 @@ def test_admin_requires_token(aggregator: Running) -> None:
         assert (
             client.post(f"{aggregator.url}/admin/run", json={"status": "stop"}).status_code == 401
         )
+
+
+def test_deeply_nested_json_bodies_get_400(aggregator: Running) -> None:
+    """JSON nested 100 000 levels deep sent to the report and admin routes is a 400, not a 500 (RecursionError)."""
+    body = "[" * 100_000 + "]" * 100_000
+    with httpx.Client(base_url=aggregator.url, timeout=30) as client:
+        report = client.post(
+            "/api/v1/performance/analysis", headers=aggregator.auth(), content=body
+        )
+        admin = client.post("/admin/run", headers=aggregator.admin, content=body)
+    assert (report.status_code, admin.status_code) == (400, 400), (report.text, admin.text)
+    assert "nested too deeply" in report.json()["error"]

@@ -102,3 +102,11 @@ def test_signature_binds_format_and_file(state: AggregatorState, tmp_path: Path)
     _, expires, signature = _signed(state, "npy", "another-id")
     with pytest.raises(NotFoundError):
         anyio.run(serve_blob, state, "npy", "another-id", expires, signature)
+
+
+def test_a_non_ascii_signature_is_403(state: AggregatorState, tmp_path: Path) -> None:
+    """A signature holding non-ASCII characters is refused with 403 (not a TypeError from compare_digest)."""
+    file_id = _upload(state, tmp_path)
+    _, expires, signature = _signed(state, "npz", file_id)
+    with pytest.raises(ForbiddenError, match="Bad download signature"):
+        anyio.run(serve_blob, state, "npz", file_id, expires, "é" + signature[1:])
