@@ -113,9 +113,11 @@ def add_exception_handlers(app: FastAPI, on_problem: ProblemHook | None = None) 
         body = problem_body(error)
         if on_problem is not None:
             on_problem(request.scope, str(body["type"]))
-        headers = (
-            {"WWW-Authenticate": "Bearer"} if isinstance(error, NotAuthenticatedError) else None
-        )
+        headers: dict[str, str] | None = None
+        if isinstance(error, NotAuthenticatedError):
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(error, StarletteHTTPException) and error.headers:
+            headers = dict(error.headers)  # 405: Starlette's Allow
         return problem(body, headers)
 
     for kind in (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 from fastapi import FastAPI, Request
@@ -85,12 +86,14 @@ class ServiceUnavailableError(AggregatorError):
     status = 503
 
 
-def error_response(status: int, message: str, code: str | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, code: str | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     """The one error body shape of the aggregator."""
     body: dict[str, str] = {"error": message}
     if code:
         body["code"] = code
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def add_exception_handlers(app: FastAPI) -> None:
@@ -120,7 +123,7 @@ def add_exception_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for this type only
         message = "No such route." if exc.status_code == NotFoundError.status else str(exc.detail)
-        return error_response(exc.status_code, message)
+        return error_response(exc.status_code, message, headers=exc.headers)  # 405: its Allow
 
     app.add_exception_handler(AggregatorError, aggregator_error)
     app.add_exception_handler(MultipartError, multipart_error)

@@ -19,6 +19,7 @@ from gateway.aggregator.errors import (
     UnprocessableError,
     add_exception_handlers,
 )
+from tests.support.aggregator import Running
 
 STATUSES: list[tuple[type[AggregatorError], int]] = [
     (BadRequestError, 400),
@@ -61,3 +62,11 @@ def test_unknown_route_keeps_the_error_shape() -> None:
     """Starlette's own 404 for an unknown path is answered in the same `{"error": ...}` shape."""
     response = _get("/nowhere", NotFoundError("unused"))
     assert (response.status_code, response.json()) == (404, {"error": "No such route."})
+
+
+def test_a_wrong_method_gets_405_with_allow(aggregator: Running) -> None:
+    """A method a route does not serve gets 405 in the error shape, with the methods it does serve in `Allow`."""
+    response = httpx.put(f"{aggregator.url}/admin/run", headers=aggregator.admin, timeout=10)
+    assert response.status_code == 405
+    assert "POST" in response.headers["allow"].split(", ")
+    assert "error" in response.json()
