@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import httpx
@@ -47,3 +48,16 @@ def test_embedded_round_trip(tmp_path: Path) -> None:
         aggregator_url = embedded.url
     with httpx.Client() as client, pytest.raises(httpx.ConnectError):
         client.get(f"{aggregator_url}/admin/aggregations")
+
+
+def test_embedded_aggregator_data_is_private(tmp_path: Path) -> None:
+    """The embedded aggregator's folder is 0700 and its database files 0600, as the standalone one's."""
+    settings = gateway_settings(tmp_path / "gw", bk_host=None)
+    with run_gateway(settings):
+        folder = settings.gateway_data_dir / "aggregator"
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        files = list(folder.glob("aggregator.db*"))
+        assert files
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
+            f.name: 0o600 for f in files
+        }

@@ -25,7 +25,7 @@ from gateway.aggregator.routes_v1 import v1_api
 from gateway.aggregator.routes_v3 import api
 from gateway.aggregator.settings import AggregatorSettings
 from gateway.aggregator.state import AggregatorState, Launch, attach_launch, attach_state
-from gateway.aggregator.store import Store
+from gateway.aggregator.store import Store, private_folder
 from gateway.aggregator.websocket import Hub, TicketStore
 
 log = logging.getLogger("gateway.aggregator")
@@ -37,15 +37,14 @@ def create_aggregator_app(settings: AggregatorSettings, *, embedded: bool = Fals
 
     `state.launch_of(app)` tells its runner the leaves, the admin token and, if the lifespan failed, why.
     """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(settings.data_dir)  # leaves, admin token, database: secrets only its owner reads
     leaves = _load_leaves(settings)
-    admin_token = (
-        settings.admin_token.get_secret_value()
-        if settings.admin_token
-        else _stored_admin_token(settings.data_dir)
-    )
+    if settings.admin_token:
+        admin_token, generated = settings.admin_token.get_secret_value(), False
+    else:
+        admin_token, generated = _stored_admin_token(settings.data_dir)
 
-    launch = Launch(leaves, admin_token)
+    launch = Launch(leaves, admin_token, admin_token_generated=generated)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,16 +79,17 @@ def _load_leaves(settings: AggregatorSettings) -> list[Leaf]:
     return leaves
 
 
-def _stored_admin_token(data_dir: Path) -> str:
-    """A generated admin token, kept in `<data_dir>/admin-token` (mode 0600) across restarts."""
+def _stored_admin_token(data_dir: Path) -> tuple[str, bool]:
+    """The admin token kept in `<data_dir>/admin-token` (mode 0600) across restarts, and whether it
+    was generated just now."""
     path = data_dir / "admin-token"
     if path.exists():
-        return path.read_text(encoding="utf-8").strip()
+        return path.read_text(encoding="utf-8").strip(), False
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(token + "\n")
-    return token
+    return token, True
 
 
 async def _start_amqp(

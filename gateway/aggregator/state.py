@@ -69,6 +69,8 @@ class Launch:
 
     leaves: list[Leaf]
     admin_token: str
+    admin_token_generated: bool = False
+    """True when this start generated the token (and wrote it to `<data_dir>/admin-token`)."""
     startup_error: str | None = None
     """Why the lifespan failed, when it did (uvicorn only logs a traceback)."""
 

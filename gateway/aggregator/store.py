@@ -49,11 +49,27 @@ CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+def private_folder(folder: Path) -> None:
+    """Create `folder` (and its parents) if need be, and make it 0700 whatever it was."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+
+
+def _private_files(database: Path) -> None:
+    """Make the SQLite files 0600: a new database is created so (SQLite gives its -wal and -shm files
+    the database's mode), and the files of an older data directory are narrowed."""
+    os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+    for path in (database, *(database.with_name(database.name + end) for end in ("-wal", "-shm"))):
+        if path.exists():
+            path.chmod(0o600)
+
+
 class Store:
     """State under one data directory."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
+        private_folder(data_dir)  # the database holds every leaf token and the blob signing key
         self.uploads_dir = data_dir / "uploads"
         self.results_dir = data_dir / "aggregations"
         self.tmp_dir = data_dir / "tmp"
@@ -62,7 +78,9 @@ class Store:
         for leftover in self.tmp_dir.iterdir():  # partial uploads of a previous process
             leftover.unlink(missing_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(data_dir / "aggregator.db", check_same_thread=False)
+        database = data_dir / "aggregator.db"
+        _private_files(database)
+        self._db = sqlite3.connect(database, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

@@ -8,6 +8,7 @@ class's default.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +22,8 @@ from gateway.aggregator.leaves import LeavesFileError
 from gateway.aggregator.settings import AggregatorSettings
 from gateway.logs import configure_logging, register_secret
 from gateway.settings import Settings
+
+_log = logging.getLogger("gateway.aggregator")
 
 app = typer.Typer()
 """The server commands; `gateway.cli` adds them to `branchkey-gateway`."""
@@ -222,8 +225,10 @@ def aggregator(
         f"BranchKey-compatible aggregator on http://{settings.host}:{settings.port} (data in {data})"
     )
     typer.echo(f"leaf credentials: {settings.leaves_file or data / 'leaves.json'}")
-    if settings.admin_token is None:
-        typer.echo(f"admin token (also in {data / 'admin-token'}): {launch_of(server).admin_token}")
+    if launch_of(
+        server
+    ).admin_token_generated:  # a log line, JSON too; the token itself is never logged
+        _log.info("admin token generated: read it from %s (mode 0600)", data / "admin-token")
     config = uvicorn.Config(
         server,
         host=settings.host,

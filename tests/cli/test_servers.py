@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -145,3 +146,24 @@ def test_serve_help_shows_the_settings_defaults(tmp_path: Path) -> None:
     port = Settings.model_fields["gateway_port"].default
     assert f"Interface to bind (GATEWAY_HOST, {host})." in result.stdout
     assert f"Port to bind (GATEWAY_PORT, {port})." in result.stdout
+
+
+def test_the_admin_token_is_announced_once_as_a_log_line(tmp_path: Path) -> None:
+    """The first start logs (JSON) where the generated admin token is; a restart reading it back says nothing; the token is never shown."""
+    outputs = []
+    for _ in range(2):
+        port = free_port()
+        args = ["--port", str(port), "--data-dir", "data"]
+        with aggregator_command(*args, cwd=tmp_path, GATEWAY_LOG_FORMAT="json") as running:
+            ready_leaves(port, tmp_path / "data" / "leaves.json")
+        outputs.append(running.out + running.err)
+    token = (tmp_path / "data" / "admin-token").read_text(encoding="utf-8").strip()
+    announced = [
+        json.loads(line)
+        for line in outputs[0].splitlines()
+        if line.startswith("{") and "admin token" in line
+    ]
+    assert len(announced) == 1
+    assert str(Path("data", "admin-token")) in announced[0]["msg"]
+    assert "admin token" not in outputs[1]
+    assert token not in outputs[0] + outputs[1]
