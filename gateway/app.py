@@ -23,7 +23,7 @@ from starlette.types import Scope
 from gateway import __version__, logs, state
 from gateway.api import aggregations, events, health, session, uploads
 from gateway.api.auth import RequireToken
-from gateway.cache import AggregationCache
+from gateway.cache import AggregationCache, remove_partials
 from gateway.embedded import EmbeddedAggregator
 from gateway.errors import GatewayError
 from gateway.events import EventHub, EventLog, Events
@@ -52,11 +52,12 @@ class _Upstream:
 
 @asynccontextmanager
 async def _folders(settings: Settings) -> AsyncIterator[tuple[Path, Path]]:
-    """The scratch folder (emptied of what an earlier process left) and the download cache."""
+    """The scratch folder and the download cache, both rid of what an earlier process left."""
     tmp_dir, cache_dir = settings.gateway_data_dir / "tmp", settings.gateway_data_dir / "cache"
     for folder in (tmp_dir, cache_dir):
         folder.mkdir(parents=True, exist_ok=True)
     await to_thread.run_sync(_clear, tmp_dir)
+    await to_thread.run_sync(remove_partials, cache_dir)
     yield tmp_dir, cache_dir
 
 

@@ -207,6 +207,13 @@ class AggregationCache:
                 self.locks.discard(stale, lock)
 
 
+def remove_partials(cache: Path) -> None:
+    """Remove the partial files (`.<name>.<hex>`) a crashed process left: ids never start with '.'."""
+    for entry in cache.iterdir():
+        if entry.name.startswith(".") and entry.is_file():
+            entry.unlink(missing_ok=True)
+
+
 def _digest_path(target: Path) -> Path:
     return target.with_name(target.name + ".sha256")
 

@@ -12,7 +12,9 @@ import pytest
 from gateway.cache import AggregateSource, AggregationCache, Format, Served
 from gateway.errors import BadRequestError, GatewayError, UpstreamUnavailableError
 from gateway.weights import Limits
+from tests.support.aggregator import Running
 from tests.support.fake_branchkey import FakeBranchKey, session_with
+from tests.support.gateways import gateway_settings, run_gateway, write_credentials
 from tests.support.weights import read_v1, sdk_weights
 
 LAYERS = [np.arange(4, dtype=np.float32), np.full((2, 2), 0.5, dtype=np.float32)]
@@ -158,3 +160,20 @@ def test_the_v1_format_is_made_from_the_cached_npz(tmp_path: Path) -> None:
     assert samples == 0
     np.testing.assert_array_equal(layers[0], LAYERS[0])
     assert fake.calls("/blob/") == 1
+
+
+def test_start_up_removes_partial_files_a_crash_left(aggregator: Running, tmp_path: Path) -> None:
+    """A gateway starting over a cache holding `.<name>.<hex>` partials removes them and keeps the cached files."""
+    credentials = write_credentials(tmp_path / "leaf.json", aggregator.leaves[0])
+    settings = gateway_settings(
+        tmp_path / "gw", bk_host=aggregator.url, bk_credentials_file=credentials
+    )
+    cache = settings.gateway_data_dir / "cache"
+    cache.mkdir(parents=True)
+    partials = [cache / ".agg-1.npz.0123456789abcdef", cache / ".agg-2.npy.fedcba9876543210"]
+    kept = [cache / "agg-1.npz", cache / "agg-1.npz.sha256"]
+    for path in partials + kept:
+        path.write_bytes(b"x")
+    with run_gateway(settings):
+        assert [path.exists() for path in partials] == [False, False]
+        assert [path.exists() for path in kept] == [True, True]
