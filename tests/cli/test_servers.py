@@ -50,12 +50,12 @@ class Aggregator:
 
 
 @contextlib.contextmanager
-def aggregator_command(*args: str, cwd: Path) -> Iterator[Aggregator]:
+def aggregator_command(*args: str, cwd: Path, **env: str) -> Iterator[Aggregator]:
     """`python -m gateway aggregator <args>` in the background, stopped with SIGINT (Ctrl-C) at the end."""
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "aggregator", *args],
         cwd=cwd,
-        env=clean_env(),
+        env=clean_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
