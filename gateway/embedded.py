@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from gateway.aggregator.app import create_aggregator_app
 from gateway.aggregator.settings import AggregatorSettings
 from gateway.aggregator.websocket import uvicorn_ws_options
+from gateway.http_limits import bounded_http_options
 from gateway.settings import Settings
 from gateway.upstream.credentials import Credentials, from_mapping
 
@@ -42,6 +43,9 @@ class EmbeddedAggregator:
             log_config=None,  # leave the gateway's own logging configuration alone
             timeout_graceful_shutdown=5,
             **uvicorn_ws_options(),
+            **bounded_http_options(
+                int(self.settings.max_header_bytes), self.settings.header_timeout_s
+            ),
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

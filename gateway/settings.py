@@ -127,6 +127,15 @@ class Settings(BaseSettings):
         description="Longest wait between notification-channel reconnects (both dialects).",
     )
     gateway_wait_timeout_s: float = Field(600.0, gt=0, description="Longest `wait=true` upload.")
+    gateway_max_header_bytes: ByteSize = Field(
+        ByteSize(16 * 1024),
+        ge=1024,
+        le=1024**2,
+        description="Request line and headers of one request (431 above).",
+    )
+    gateway_header_timeout_s: float = Field(
+        10.0, gt=0, description="Close a connection whose request headers take longer."
+    )
     gateway_log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text, or one JSON object per line."
     )

@@ -61,3 +61,14 @@ def test_embedded_aggregator_data_is_private(tmp_path: Path) -> None:
         assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
             f.name: 0o600 for f in files
         }
+
+
+def test_embedded_aggregator_bounds_request_headers(tmp_path: Path) -> None:
+    """The embedded aggregator answers 431 to 17 KiB of headers, as the standalone one does."""
+    settings = gateway_settings(tmp_path / "gw", bk_host=None)
+    with run_gateway(settings) as gateway:
+        embedded = running_state(gateway.app).embedded
+        assert embedded is not None
+        big = {"x-pad": "a" * 17 * 1024}
+        assert httpx.get(f"{embedded.url}/api/v3/runs", headers=big, timeout=10).status_code == 431
+        assert httpx.get(f"{gateway.url}/healthz", headers=big, timeout=10).status_code == 431

@@ -46,6 +46,15 @@ class AggregatorSettings(BaseSettings):
     max_upload_bytes: ByteSize = Field(
         ByteSize(8 * 1024**3), ge=1, description="Largest weights file."
     )
+    max_header_bytes: ByteSize = Field(
+        ByteSize(16 * 1024),
+        ge=1024,
+        le=1024**2,
+        description="Request line and headers of one request (431 above).",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Close a connection whose request headers take longer."
+    )
     max_metadata_bytes: int = Field(64 * 1024, ge=256, description="Largest `data` form field.")
     amqp_url: SecretStr | None = Field(
         None,

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from gateway.aggregator.leaves import LeavesFileError
 from gateway.aggregator.settings import AggregatorSettings
+from gateway.http_limits import bounded_http_options
 from gateway.logs import configure_logging, register_secret
 from gateway.settings import Settings
 
@@ -108,6 +109,10 @@ def serve(
         timeout_graceful_shutdown=10,
         log_level="info",
         log_config=None,  # keep configure_logging's handler: JSON or text, secrets redacted
+        # httptools with a bound on request heads (see gateway/http_limits.py)
+        **bounded_http_options(
+            int(settings.gateway_max_header_bytes), settings.gateway_header_timeout_s
+        ),
     )
     _GatewayServer(config, functools.partial(stop_streams, gateway)).run()
 
@@ -236,6 +241,7 @@ def aggregator(
         timeout_graceful_shutdown=10,
         log_config=None,  # keep configure_logging's handler: tickets in WebSocket URLs are redacted
         **uvicorn_ws_options(settings.ping_interval_s, settings.ping_timeout_s),
+        **bounded_http_options(int(settings.max_header_bytes), settings.header_timeout_s),
     )
     runner = uvicorn.Server(config)
     try:

@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.aggregator.settings import AggregatorSettings
 from gateway.settings import Settings
 from tests.support.aggregator import ready_leaves
 from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 
 def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -167,3 +169,48 @@ def test_the_admin_token_is_announced_once_as_a_log_line(tmp_path: Path) -> None
     assert str(Path("data", "admin-token")) in announced[0]["msg"]
     assert "admin token" not in outputs[1]
     assert token not in outputs[0] + outputs[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _status_with_header_of(url: str, size: int) -> int:
+    """The status of GET `url` with one header of `size` bytes."""
+    return httpx.get(url, headers={"x-pad": "a" * size}, timeout=10).status_code
+
+
+def test_aggregator_command_bounds_request_headers(tmp_path: Path) -> None:
+    """`aggregator` answers 431 to headers over BK_AGGREGATOR_MAX_HEADER_BYTES (here 4 KiB) and serves smaller ones."""
+    port = free_port()
+    args = ["--port", str(port), "--data-dir", "data"]
+    with aggregator_command(*args, cwd=tmp_path, BK_AGGREGATOR_MAX_HEADER_BYTES="4KiB"):
+        ready_leaves(port, tmp_path / "data" / "leaves.json")
+        url = f"http://127.0.0.1:{port}/api/v3/runs"
+        assert _status_with_header_of(url, 5000) == 431
+        assert _status_with_header_of(url, 3000) != 431
+
+
+def test_serve_command_bounds_request_headers(tmp_path: Path) -> None:
+    """`serve` answers 431 to headers over GATEWAY_MAX_HEADER_BYTES (here 4 KiB) and serves smaller ones."""
+    port = free_port()
+    env = clean_env(GATEWAY_PORT=str(port), GATEWAY_DATA_DIR="gw", GATEWAY_MAX_HEADER_BYTES="4KiB")
+    env.pop("BK_HOST", None)  # the embedded aggregator: no network needed
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/healthz"
+        wait_until(lambda: _answers(url), 30, "the gateway answers /healthz")
+        assert _status_with_header_of(url, 5000) == 431
+        assert _status_with_header_of(url, 3000) == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)

@@ -18,6 +18,7 @@ from gateway.aggregator.app import create_aggregator_app
 from gateway.aggregator.settings import AggregatorSettings
 from gateway.aggregator.state import launch_of
 from gateway.aggregator.websocket import uvicorn_ws_options
+from gateway.http_limits import bounded_http_options
 from tests.support.amqp import broker_cleanup
 from tests.support.servers import serve
 
@@ -128,7 +129,10 @@ def start(data_dir: Path, port: int = 0, **overrides: Any) -> Iterator[Running]:
             vhosts={leaf.tree_id for leaf in launch_of(app).leaves},
             users={leaf.id for leaf in launch_of(app).leaves},
         )
-    options = uvicorn_ws_options(ping_interval_s=5, ping_timeout_s=5)
+    options = {
+        **uvicorn_ws_options(ping_interval_s=5, ping_timeout_s=5),
+        **bounded_http_options(int(settings.max_header_bytes), settings.header_timeout_s),
+    }
     with cleanup, serve(app, port, **options) as url:
         source = settings.leaves_file or data_dir / "leaves.json"
         leaves = json.loads(source.read_text(encoding="utf-8"))

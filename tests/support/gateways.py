@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from gateway.app import create_app
 from gateway.events import EventHub, EventLog
+from gateway.http_limits import bounded_http_options
 from gateway.settings import Settings
 from gateway.state import running_state
 from gateway.upstream.channel import ChannelStatus
@@ -126,6 +127,8 @@ def run_gateway(
     broker sends nothing on connect, so v1 tests wait for the channel instead).
     """
     app = create_app(settings)
+    bounds = int(settings.gateway_max_header_bytes), settings.gateway_header_timeout_s
+    options = {**bounded_http_options(*bounds), **options}
     with serve(app, port, **options) as url:
         gateway = Gateway(url=url, settings=settings, app=app)
         if wait_heard:

@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from gateway.http_limits import BoundedHttpToolsProtocol, bounded_http_options
 from gateway.state import stop_streams
 
 START_TIMEOUT_S = 20.0
@@ -22,10 +23,14 @@ STOP_TIMEOUT_S = 30.0
 def serve(app: Any, port: int = 0, send_buffer: int | None = None, **options: Any) -> Iterator[str]:
     """Run `app` under uvicorn on 127.0.0.1:`port` (0: a free one) in a thread; yield its base URL.
 
-    A chosen port lets a restarted server keep its URL. `send_buffer` fixes SO_SNDBUF of the accepted
+    A chosen port lets a restarted server keep its URL. It speaks HTTP as the real servers do
+    (`gateway.http_limits`) unless `options` say otherwise. `send_buffer` fixes SO_SNDBUF of the accepted
     sockets (they inherit it from the listening one).
     """
     options.setdefault("timeout_graceful_shutdown", 5)
+    bounds = BoundedHttpToolsProtocol.max_header_bytes, BoundedHttpToolsProtocol.header_timeout_s
+    for name, value in bounded_http_options(*bounds).items():  # the servers' own HTTP protocol
+        options.setdefault(name, value)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if send_buffer is not None:

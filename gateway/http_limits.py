@@ -1,0 +1,195 @@
+"""uvicorn's httptools protocol with a bound on request heads: 431 above a size, closed after a time.
+
+httptools (what uvicorn's `http="auto"` picks, and the fast one for multi-GB uploads) has no header
+limit at all: it buffers header values without bound (100 MiB of headers reach the app), and a
+pure-ASGI middleware sees headers only after they are parsed. So this subclass measures the head of
+each request itself as the bytes arrive, before the parser sees them: from the start of a message to
+its blank line, it answers 431 and closes above `max_header_bytes`, and closes a connection whose
+head is not complete `header_timeout_s` after its first byte (or after the connection opened).
+uvicorn has only a keep-alive timer, which any byte resets, so a slowloris client otherwise holds a
+connection forever; an idle keep-alive connection between requests stays governed by that timer.
+
+Where a head ends is found in the raw bytes (a blank line split across reads included); the chunk
+is fed to the parser in two pieces there, so the body that follows a head in the same read is never
+counted, and the parser's callbacks say whether the head really ended. A `Content-Length` body is
+followed byte for byte, so a pipelined head arriving in the same read as the end of the previous
+body is counted exactly; after a chunked body such a head is counted from the next read on (at most
+one read, 256 KiB, more). Body chunks go straight to the parser: uploads pay nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+_END_OF_HEAD = re.compile(rb"\n\r?\n")
+_TOO_LARGE_BODY = b"Request header fields too large.\n"
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"connection: close\r\n"
+    b"content-length: " + str(len(_TOO_LARGE_BODY)).encode("ascii") + b"\r\n\r\n" + _TOO_LARGE_BODY
+)
+_logger = logging.getLogger(__name__)
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """`HttpToolsProtocol` refusing request heads over `max_header_bytes` and slower than `header_timeout_s`."""
+
+    max_header_bytes = 16 * 1024
+    header_timeout_s = 10.0
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._in_head = True  # between messages or inside a head: bytes arriving are head bytes
+        self._head_bytes = 0  # of the current head, so far
+        self._head_tail = b""  # its last bytes: a blank line may be split across reads
+        self._body_left: int | None = None  # of a Content-Length body; None: chunked
+        self._refused = False  # a head was too large: 431 once the requests before it are answered
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()  # a connection that sends nothing at all is closed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        while data:
+            if self._in_head:
+                data = self._head_received(data)
+            elif self._body_left is not None and len(data) > self._body_left:
+                # the end of this body and what follows it: feed them apart, to count a next head
+                piece, data = data[: self._body_left], data[self._body_left :]
+                self._feed(piece)
+            else:
+                self._feed(data)
+                if self._in_head:  # a chunked body ended and a next head began in this read
+                    self._head_tail = data[-3:]
+                return
+            if (
+                self._refused
+                or self.transport.is_closing()
+                or self.transport.get_protocol() is not self
+            ):
+                return  # refused, a parse error (400), or upgraded to a WebSocket
+
+    def _head_received(self, data: bytes) -> bytes:
+        """Count and feed `data` up to the end of the head (if it is there); return the rest."""
+        self._arm_header_timer()
+        buffered = self._head_tail + data
+        end = _END_OF_HEAD.search(buffered)
+        size = len(data) if end is None else end.end() - len(self._head_tail)
+        if self._head_bytes + size > self.max_header_bytes:
+            self._refuse_head()
+            return b""
+        self._head_bytes += size
+        self._head_tail = buffered[-3:] if end is None else b""
+        piece, rest = (data, b"") if end is None else (data[:size], data[size:])
+        self._feed(piece)
+        return rest
+
+    def _feed(self, piece: bytes) -> None:
+        super().data_received(piece)
+
+    def on_message_begin(self) -> None:
+        self._arm_header_timer()  # also for a head that began in the read ending a chunked body
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm_header_timer()
+        self._body_left = _content_length(self.headers)
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self._body_left is not None:
+            self._body_left -= len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._in_head, self._head_bytes, self._head_tail = True, 0, b""
+        self._body_left = None
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._refused and not self.pipeline and not self.transport.is_closing():
+            self._send_431()
+
+    def _refuse_head(self) -> None:
+        self._disarm_header_timer()
+        _logger.warning("Request headers over %d bytes refused (431).", self.max_header_bytes)
+        self._refused = True
+        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+            self.flow.pause_reading()  # answer the pipelined requests before it first, in order
+        else:
+            self._send_431()
+
+    def _send_431(self) -> None:
+        self.transport.write(_TOO_LARGE)
+        self.transport.close()
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if not self._in_head or self.transport.is_closing():
+            return
+        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+            self._arm_header_timer()  # reading is paused while a previous request is served
+            return
+        _logger.debug(
+            "Closed a connection whose request head took over %ss.", self.header_timeout_s
+        )
+        self.transport.close()
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The body length the parser will follow: Content-Length, 0 without one, None when chunked."""
+    length = 0
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return None
+    return length
+
+
+def bounded_http_options(max_header_bytes: int, header_timeout_s: float) -> dict[str, Any]:
+    """Keyword arguments for `uvicorn.Config` that bound request heads (see the module docstring)."""
+    protocol = type(
+        "BoundedHttpToolsProtocol",
+        (BoundedHttpToolsProtocol,),
+        {"max_header_bytes": max_header_bytes, "header_timeout_s": header_timeout_s},
+    )
+    return {"http": protocol}
+
+
+__all__ = ["BoundedHttpToolsProtocol", "bounded_http_options"]
