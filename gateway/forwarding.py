@@ -20,7 +20,7 @@ from gateway.multipart import FormData, MultipartLimits, read_multipart
 from gateway.settings import Settings
 from gateway.upstream.protocol import WeightsFile
 from gateway.upstream.session import Session
-from gateway.weights import Payload, WeightingSource, layers_to_npz, upload_to_npz
+from gateway.weights import Incoming, Payload, WeightingSource, layers_to_npz, upload_to_npz
 
 LAYER_PART = re.compile(r"layer_(0|[1-9][0-9]*)", re.ASCII)
 MAX_PARTS = 10_050
@@ -134,9 +134,8 @@ class Forwarder:
         self, received: Received, options: UploadOptions, scratch: Scratch
     ) -> Forwarded:
         """Validate and convert what was received, wait for the run if asked, then send it."""
-        npz, sha256, payload, source = await self.branchkey_npz(
-            received, options.weighting, scratch
-        )
+        npz, sha256, incoming = await self.branchkey_npz(received, options.weighting, scratch)
+        payload = incoming.payload
         upstream = self.session.require()
         filename = npz_name(received.file.filename if received.file else "weights.npz")
         # The dialect's file (v1: the object .npy), made before any wait: a payload the dialect
@@ -150,13 +149,14 @@ class Forwarder:
             await self.session.wait_for_start(self._wait_timeout(options))
         sent = await upstream.upload(outgoing)
         self.on_forwarded(sent.size)
-        return Forwarded(sent.file_id, sent.sha256, sent.size, payload, source)
+        return Forwarded(sent.file_id, sent.sha256, sent.size, payload, incoming.weighting_source)
 
     async def branchkey_npz(
         self, received: Received, weighting: str | None, scratch: Scratch
-    ) -> tuple[Path, bytes | None, Payload, WeightingSource | None]:
+    ) -> tuple[Path, bytes | None, Incoming]:
         """The validated BranchKey NPZ of an upload, its sha256 when already known (the file as it
-        arrived), what it holds and where its weighting came from; `weighting` overrides the form's."""
+        arrived), and what it holds with where its weighting came from; `weighting` overrides the
+        form's."""
         chosen = weighting if weighting is not None else received.weighting
         policy = self.settings.weights.policy()
         target = scratch.new(".npz")
@@ -169,14 +169,14 @@ class Forwarder:
             payload = await to_thread.run_sync(
                 layers_to_npz, list(received.layers), chosen, target, policy
             )
-            return target, None, payload, "request"
+            return target, None, Incoming(payload, True, "request")
         assert received.file is not None  # noqa: S101 - a Received holds a file or layers
         incoming = await to_thread.run_sync(
             functools.partial(upload_to_npz, received.file.path, target, policy, weighting=chosen)
         )
         if incoming.converted:
-            return target, None, incoming.payload, incoming.weighting_source
-        return received.file.path, received.file.sha256, incoming.payload, incoming.weighting_source
+            return target, None, incoming
+        return received.file.path, received.file.sha256, incoming
 
     def _waits(self, options: UploadOptions) -> bool:
         return self.settings.bk_wait_for_run if options.wait is None else options.wait

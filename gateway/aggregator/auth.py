@@ -43,24 +43,22 @@ async def authenticate_leaf(state: AggregatorState, leaf_id: str, token: str) ->
     return leaf
 
 
-async def _bearer_leaf(request: Request, state: StateDep) -> Leaf:
-    credentials = bearer_token(request.headers.get("authorization", ""))
+async def _leaf_of(state: StateDep, credentials: str | None, expected: str) -> Leaf:
+    """The leaf of `<leaf id>:<session token>` credentials, else 401 saying what to send (`expected`)."""
     if credentials is None or ":" not in credentials:
-        raise NotAuthenticatedError(
-            "Missing or malformed Authorization header: send 'Bearer <leaf id>:<session token>'."
-        )
+        raise NotAuthenticatedError(f"Missing or malformed Authorization header: send {expected}.")
     leaf_id, _, token = credentials.partition(":")  # tokens may contain colons
     return await authenticate_leaf(state, leaf_id, token)
+
+
+async def _bearer_leaf(request: Request, state: StateDep) -> Leaf:
+    credentials = bearer_token(request.headers.get("authorization", ""))
+    return await _leaf_of(state, credentials, "'Bearer <leaf id>:<session token>'")
 
 
 async def _basic_leaf(request: Request, state: StateDep) -> Leaf:
     credentials = basic_credentials(request.headers.get("authorization", ""))
-    if credentials is None or ":" not in credentials:
-        raise NotAuthenticatedError(
-            "Missing or malformed Authorization header: send HTTP Basic <leaf id>:<session token>."
-        )
-    leaf_id, _, token = credentials.partition(":")  # tokens may contain colons
-    return await authenticate_leaf(state, leaf_id, token)
+    return await _leaf_of(state, credentials, "HTTP Basic <leaf id>:<session token>")
 
 
 LeafDep = Annotated[Leaf, Depends(_bearer_leaf)]

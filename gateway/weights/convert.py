@@ -28,7 +28,14 @@ from gateway.weights.model import (
 )
 from gateway.weights.npy import MAGIC, ArrayHeader, array_from_bytes, header_bytes, read_header
 from gateway.weights.npz import inspect_aggregate, inspect_npz
-from gateway.weights.objectnpy import check_sample_count, inspect_object_npy, read_object_npy
+from gateway.weights.objectnpy import (
+    ArrayList,
+    ObjectNpy,
+    check_sample_count,
+    inspect_object_npy,
+    read_object_arrays,
+    read_object_npy,
+)
 from gateway.weights.objectnpy_writer import LayerSource, write_object_npy
 from gateway.weights.policy import Limits, ValidationPolicy
 from gateway.weights.writer import NpzWriter, atomic_path, move_to_front
@@ -122,6 +129,22 @@ def _write_v1(src: Path, dst: Path, limits: Limits, payload: Payload, num_sample
             write_object_npy(out, num_samples, sources)
 
 
+def stream_object_layers(
+    src: Path, writer: NpzWriter, limits: Limits, *, allow_list: bool = False
+) -> ObjectNpy | ArrayList:
+    """Read an object `.npy` (the v1 pair; with `allow_list` also a list of arrays), writing each array
+    into `writer` as `layer_<i>` as soon as it is read: memory stays about one layer."""
+
+    def sink(index: int, header: ArrayHeader, data: bytes) -> None:
+        writer.write_stream(
+            layer_key(index), header.dtype, header.shape, header.fortran_order, [data]
+        )
+
+    if allow_list:
+        return read_object_arrays(src, limits, sink)
+    return read_object_npy(src, limits, sink)
+
+
 def object_npy_to_npz(
     src: Path, dst: Path, policy: ValidationPolicy | None = None, *, compress: bool = True
 ) -> Payload:
@@ -129,13 +152,8 @@ def object_npy_to_npz(
     policy = policy or ValidationPolicy()
     with atomic_path(dst) as tmp:
         with NpzWriter(tmp, compress=compress) as writer:
-
-            def sink(index: int, header: ArrayHeader, data: bytes) -> None:
-                writer.write_stream(
-                    layer_key(index), header.dtype, header.shape, header.fortran_order, [data]
-                )
-
-            parsed = read_object_npy(src, policy.limits, sink)
+            parsed = stream_object_layers(src, writer, policy.limits)
+            assert isinstance(parsed, ObjectNpy)  # noqa: S101 - allow_list=False never yields a list
             check_sample_count(parsed.num_samples, policy)
             writer.write_weighting(float(parsed.num_samples))
             move_to_front(writer, WEIGHTING_KEY)

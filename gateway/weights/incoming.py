@@ -6,12 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from gateway.weights.convert import detect_format, inspect_payload, with_weighting
+from gateway.weights.convert import (
+    detect_format,
+    inspect_payload,
+    stream_object_layers,
+    with_weighting,
+)
 from gateway.weights.layers import inspect_layer_file, iter_file_data, parse_weighting
 from gateway.weights.model import WEIGHTING_KEY, Payload, layer_key
-from gateway.weights.npy import ArrayHeader
 from gateway.weights.npz import inspect_npz
-from gateway.weights.objectnpy import ObjectNpy, check_sample_count, read_object_arrays
+from gateway.weights.objectnpy import ObjectNpy, check_sample_count
 from gateway.weights.policy import ValidationPolicy
 from gateway.weights.writer import NpzWriter, atomic_path, move_to_front
 
@@ -101,13 +105,7 @@ def _object_to_npz(
     value, source = _chosen(weighting, policy)
     with atomic_path(dst) as tmp:
         with NpzWriter(tmp, compress=compress) as writer:
-
-            def sink(index: int, header: ArrayHeader, data: bytes) -> None:
-                writer.write_stream(
-                    layer_key(index), header.dtype, header.shape, header.fortran_order, [data]
-                )
-
-            parsed = read_object_arrays(src, policy.limits, sink)
+            parsed = stream_object_layers(src, writer, policy.limits, allow_list=True)
             if isinstance(parsed, ObjectNpy):
                 check_sample_count(parsed.num_samples, policy)
                 if source == "default":
