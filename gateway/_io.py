@@ -16,8 +16,23 @@ FLUSH_BYTES = 1 << 20
 class Digest(Protocol):
     """What `hashlib` digests offer (and all this module needs of them)."""
 
-    def update(self, data: bytes, /) -> None:
+    def update(self, data: bytes | memoryview, /) -> None:
         """Feed `data`."""
+
+
+class Tee:
+    """Feeds two digests (or checks that read like one) with the same bytes."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: Digest, second: Digest) -> None:
+        self.first = first
+        self.second = second
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        """Feed `data` to both."""
+        self.first.update(data)
+        self.second.update(data)
 
 
 def write_hashed(stream: BinaryIO, digest: Digest, chunks: Iterable[bytes]) -> None:

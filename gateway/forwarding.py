@@ -14,13 +14,20 @@ from pathlib import Path
 from anyio import to_thread
 from starlette.requests import ClientDisconnect, Request
 
-from gateway._io import FLUSH_BYTES, write_hashed
+from gateway._io import FLUSH_BYTES, Digest, Tee, write_hashed
 from gateway.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from gateway.multipart import FormData, MultipartLimits, read_multipart
 from gateway.settings import Settings
 from gateway.upstream.protocol import WeightsFile
 from gateway.upstream.session import Session
-from gateway.weights import Incoming, Payload, WeightingSource, layers_to_npz, upload_to_npz
+from gateway.weights import (
+    Incoming,
+    Payload,
+    StreamScan,
+    WeightingSource,
+    layers_to_npz,
+    upload_to_npz,
+)
 
 LAYER_PART = re.compile(r"layer_(0|[1-9][0-9]*)", re.ASCII)
 MAX_PARTS = 10_050
@@ -47,6 +54,8 @@ class ReceivedFile:
     path: Path
     sha256: bytes
     filename: str
+    scan: StreamScan | None = None
+    """What the NaN/Inf scan saw while the file arrived (None when the check is off)."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,9 @@ class Forwarder:
         await self.check_run(options)
         async with self.scratch() as scratch:
             limit = int(self.settings.gateway_max_upload_bytes)
-            received = await receive(request, scratch, limit)
+            policy = self.settings.weights.policy()
+            scan = StreamScan(policy.limits) if policy.finite and not policy.deep else None
+            received = await receive(request, scratch, limit, scan)
             return await self.forward(received, options, scratch)
 
     async def check_run(self, options: UploadOptions) -> None:
@@ -172,7 +183,14 @@ class Forwarder:
             return target, None, Incoming(payload, True, "request")
         assert received.file is not None  # noqa: S101 - a Received holds a file or layers
         incoming = await to_thread.run_sync(
-            functools.partial(upload_to_npz, received.file.path, target, policy, weighting=chosen)
+            functools.partial(
+                upload_to_npz,
+                received.file.path,
+                target,
+                policy,
+                weighting=chosen,
+                scan=received.file.scan,
+            )
         )
         if incoming.converted:
             return target, None, incoming
@@ -186,13 +204,16 @@ class Forwarder:
         return min(options.wait_timeout_s or cap, cap)
 
 
-async def receive(request: Request, scratch: Scratch, limit: int) -> Received:
-    """The uploaded file (or the layer parts) on disk, and a weighting field if one was sent."""
+async def receive(
+    request: Request, scratch: Scratch, limit: int, scan: StreamScan | None = None
+) -> Received:
+    """The uploaded file (or the layer parts) on disk, and a weighting field if one was sent; `scan`
+    is fed the whole file's bytes beside its digest."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        return await _receive_form(request, scratch, limit)
+        return await _receive_form(request, scratch, limit, scan)
     if content_type in RAW_TYPES:
-        return Received(file=await _receive_raw(request, scratch, limit))
+        return Received(file=await _receive_raw(request, scratch, limit, scan))
     raise UnsupportedMediaTypeError(
         "Send multipart/form-data (curl -F file=@w.npz) or application/octet-stream (curl --data-binary @w.npz "
         "-H 'Content-Type: application/octet-stream')."
@@ -212,9 +233,17 @@ class _FileFields:
         return 1
 
 
-async def _receive_form(request: Request, scratch: Scratch, limit: int) -> Received:
+async def _receive_form(
+    request: Request, scratch: Scratch, limit: int, scan: StreamScan | None
+) -> Received:
     limits = MultipartLimits(max_file_bytes=limit, max_total_file_bytes=limit, max_parts=MAX_PARTS)
-    form = await read_multipart(request, scratch.folder, limits, file_fields=_FileFields())
+    form = await read_multipart(
+        request,
+        scratch.folder,
+        limits,
+        file_fields=_FileFields(),
+        watch=lambda name: scan if name == "file" else None,
+    )
     scratch.form = form
     weighting = form.fields.get("weighting")
     part = form.files.get("file")
@@ -222,7 +251,7 @@ async def _receive_form(request: Request, scratch: Scratch, limit: int) -> Recei
     if part is not None and layers:
         raise BadRequestError("Send either a 'file' part or 'layer_<n>' parts, not both.")
     if part is not None:
-        file = ReceivedFile(part.path, part.sha256, part.filename or "weights.npz")
+        file = ReceivedFile(part.path, part.sha256, part.filename or "weights.npz", scan)
         return Received(file=file, weighting=weighting)
     if layers:
         if sorted(layers) != list(range(len(layers))):
@@ -241,9 +270,12 @@ async def _receive_form(request: Request, scratch: Scratch, limit: int) -> Recei
     )
 
 
-async def _receive_raw(request: Request, scratch: Scratch, limit: int) -> ReceivedFile:
+async def _receive_raw(
+    request: Request, scratch: Scratch, limit: int, scan: StreamScan | None
+) -> ReceivedFile:
     path = scratch.new(".bin")
     digest = hashlib.sha256()
+    feed: Digest = digest if scan is None else Tee(digest, scan)
     size = 0
     stream = await to_thread.run_sync(path.open, "wb")
     pending: list[bytes] = []
@@ -258,16 +290,16 @@ async def _receive_raw(request: Request, scratch: Scratch, limit: int) -> Receiv
             pending.append(chunk)
             pending_size += len(chunk)
             if pending_size >= FLUSH_BYTES:  # one worker-thread hop per ~1 MiB
-                await to_thread.run_sync(write_hashed, stream, digest, pending)
+                await to_thread.run_sync(write_hashed, stream, feed, pending)
                 pending, pending_size = [], 0
-        await to_thread.run_sync(write_hashed, stream, digest, pending)
+        await to_thread.run_sync(write_hashed, stream, feed, pending)
     except ClientDisconnect:
         raise BadRequestError("The client disconnected before the upload was complete.") from None
     finally:
         await to_thread.run_sync(stream.close)
     if size == 0:
         raise BadRequestError("The request body is empty: send the weights file as the body.")
-    return ReceivedFile(path, digest.digest(), "weights.npz")
+    return ReceivedFile(path, digest.digest(), "weights.npz", scan)
 
 
 def npz_name(filename: str) -> str:

@@ -14,6 +14,7 @@ from gateway.weights.convert import (
     with_weighting,
 )
 from gateway.weights.errors import ErrorCode, WeightsError
+from gateway.weights.finite import StreamScan
 from gateway.weights.incoming import Incoming, WeightingSource, upload_to_npz
 from gateway.weights.layers import parse_weighting
 from gateway.weights.model import ANALYTICS, LEARNING, ArrayInfo, Payload, PayloadKind
@@ -30,6 +31,7 @@ __all__ = [
     "Limits",
     "Payload",
     "PayloadKind",
+    "StreamScan",
     "ValidationPolicy",
     "WeightingSource",
     "WeightsError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,7 @@ from gateway.weights.convert import (
     stream_object_layers,
     with_weighting,
 )
+from gateway.weights.finite import StreamScan, check_payload, checked_chunks
 from gateway.weights.layers import inspect_layer_file, iter_file_data, parse_weighting
 from gateway.weights.model import WEIGHTING_KEY, Payload, layer_key
 from gateway.weights.npz import inspect_npz
@@ -43,12 +45,15 @@ def upload_to_npz(
     *,
     weighting: str | float | None = None,
     compress: bool = True,
+    scan: StreamScan | None = None,
 ) -> Incoming:
     """Validate an upload of any accepted form and make it the BranchKey NPZ.
 
     An NPZ or a v1 `(num_samples, [arrays])` file keeps its own weighting unless `weighting` is
     given; a plain `.npy` array (one layer) or a list of arrays saved with `np.save` (one layer per
-    item) carries none, so it gets `weighting`, else 1.0.
+    item) carries none, so it gets `weighting`, else 1.0. With `policy.finite`, NaN and Inf are
+    refused in the pass that reads every byte: a conversion's, or for an NPZ `scan` (fed the
+    bytes as they arrived), reading back only what it did not see.
     """
     policy = policy or ValidationPolicy()
     kind = detect_format(src, policy.limits)
@@ -57,8 +62,13 @@ def upload_to_npz(
     if kind == "npy-object":
         return _object_to_npz(src, dst, policy, weighting, compress)
     if weighting is not None and kind == "npz":
+        if policy.finite:
+            loose = dataclasses.replace(policy, strict_weighting=False)
+            check_payload(src, inspect_npz(src, loose), policy.limits, scan)
         return Incoming(with_weighting(src, weighting, dst, policy), True, "request")
     payload = inspect_payload(src, policy)
+    if policy.finite and not policy.deep and payload.format == "npz":  # deep mode read it all
+        check_payload(src, payload, policy.limits, scan)
     return Incoming(payload, False, None if payload.weighting is None else "file")
 
 
@@ -83,12 +93,13 @@ def _plain_to_npz(
     with atomic_path(dst) as tmp:
         with NpzWriter(tmp, compress=compress) as writer:
             writer.write_weighting(value)
+            key = layer_key(0)
             writer.write_stream(
-                layer_key(0),
+                key,
                 header.dtype,
                 header.shape,
                 header.fortran_order,
-                iter_file_data(src, header),
+                checked_chunks(iter_file_data(src, header), key, header, check=policy.finite),
             )
         payload = inspect_npz(tmp, policy)
     return Incoming(payload, True, source)
@@ -105,7 +116,9 @@ def _object_to_npz(
     value, source = _chosen(weighting, policy)
     with atomic_path(dst) as tmp:
         with NpzWriter(tmp, compress=compress) as writer:
-            parsed = stream_object_layers(src, writer, policy.limits, allow_list=True)
+            parsed = stream_object_layers(
+                src, writer, policy.limits, allow_list=True, finite=policy.finite
+            )
             if isinstance(parsed, ObjectNpy):
                 check_sample_count(parsed.num_samples, policy)
                 if source == "default":

@@ -11,6 +11,7 @@ import numpy as np
 
 from gateway.weights.archive import Archive, Member
 from gateway.weights.errors import WeightsError
+from gateway.weights.finite import checked_chunks
 from gateway.weights.model import (
     ANALYTICS,
     KIND_KEY,
@@ -61,7 +62,7 @@ def _inspect(archive: Archive, policy: ValidationPolicy) -> Payload:
         if weighting is not None and weighting.header.count == 1:
             weighting_value = _weighting(archive, weighting, policy)
     if policy.deep:
-        _deep_check(archive, archive.members)
+        _deep_check(archive, archive.members, policy.finite)
     return Payload(
         format="npz",
         kind=kind,
@@ -201,24 +202,12 @@ def _analytics_fields(members: list[Member]) -> list[Member]:
     return fields
 
 
-def _deep_check(archive: Archive, members: Iterable[Member]) -> None:
+def _deep_check(archive: Archive, members: Iterable[Member], finite: bool) -> None:
+    """Read every member (the zip library checks its CRC) and, with `finite`, refuse NaN and Inf."""
     for member in members:
-        dtype = member.header.dtype
-        check_finite = dtype.kind in "fc" and dtype.itemsize > 0
-        carry = b""
-        for chunk in archive.iter_data(member):
-            if not check_finite:
-                continue
-            data = carry + chunk
-            usable = len(data) - len(data) % dtype.itemsize
-            carry = data[usable:]
-            if not np.isfinite(
-                np.frombuffer(data, dtype=dtype, count=usable // dtype.itemsize)
-            ).all():
-                raise WeightsError(
-                    "non-finite",
-                    f"{member.key} contains NaN or infinite values (deep validation).",
-                )
+        header = member.header
+        for _ in checked_chunks(archive.iter_data(member), member.key, header, check=finite):
+            pass
 
 
 def _info(member: Member) -> ArrayInfo:
@@ -252,7 +241,7 @@ def inspect_aggregate(path: Path, policy: ValidationPolicy) -> Payload:
             else [m for m in archive.members if m.key not in RESERVED_KEYS]
         )
         if policy.deep:
-            _deep_check(archive, archive.members)
+            _deep_check(archive, archive.members, policy.finite)
         return Payload(
             format="npz",
             kind=kind,

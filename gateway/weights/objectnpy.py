@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from gateway.weights.errors import WeightsError
+from gateway.weights.finite import check_array_bytes
 from gateway.weights.model import LEARNING, ArrayInfo, Payload, layer_key
 from gateway.weights.npy import ArrayHeader, read_header
 from gateway.weights.numpy_pickle import (
@@ -194,7 +195,9 @@ def check_sample_count(count: int, policy: ValidationPolicy) -> None:
 
 def inspect_object_npy(path: Path, policy: ValidationPolicy) -> Payload:
     """Validate a v1 object `.npy` and describe it like any other payload."""
-    parsed = read_object_npy(path, policy.limits, _finite_sink if policy.deep else None)
+    parsed = read_object_npy(
+        path, policy.limits, _finite_sink if policy.deep and policy.finite else None
+    )
     check_sample_count(parsed.num_samples, policy)
     return Payload(
         format="npy-object",
@@ -206,12 +209,7 @@ def inspect_object_npy(path: Path, policy: ValidationPolicy) -> Payload:
 
 
 def _finite_sink(index: int, header: ArrayHeader, data: bytes) -> None:
-    if header.dtype.kind in "fc" and header.count:
-        values = np.frombuffer(data, dtype=header.dtype, count=header.count)
-        if not np.isfinite(values).all():
-            raise WeightsError(
-                "non-finite", f"Layer {index} contains NaN or infinite values (deep validation)."
-            )
+    check_array_bytes(layer_key(index), header, data)
 
 
 def _info(ref: ArrayRef) -> ArrayInfo:
