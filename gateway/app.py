@@ -21,13 +21,14 @@ from fastapi import FastAPI
 from starlette.types import Scope
 
 from gateway import __version__, logs, state
-from gateway.api import aggregations, events, health, session, uploads
+from gateway.api import aggregations, events, exchange, health, session, uploads
 from gateway.api.auth import RequireToken
 from gateway.cache import AggregationCache, remove_partials
 from gateway.embedded import EmbeddedAggregator
 from gateway.errors import GatewayError
 from gateway.events import EventHub, EventLog, Events
 from gateway.forwarding import Forwarder
+from gateway.layouts import LayoutBook
 from gateway.metrics import LiveFacts, Metrics
 from gateway.problems import add_exception_handlers, problem_responses
 from gateway.settings import Settings
@@ -37,6 +38,7 @@ from gateway.upstream.client import upstream_client
 from gateway.upstream.credentials import Credentials, from_settings
 from gateway.upstream.session import Session
 from gateway.upstream.transport import RetryPolicy
+from gateway.weights import Payload
 
 log = logging.getLogger("gateway")
 
@@ -168,6 +170,9 @@ def create_app(settings: Settings) -> FastAPI:
             session_ = await stack.enter_async_context(_session(settings, client, upstream))
             events_ = await stack.enter_async_context(_events(settings))
             consumer = auto.channel(settings, session_, events_)
+            layouts = await to_thread.run_sync(
+                LayoutBook, settings.gateway_data_dir / "layouts.json"
+            )
             loop = asyncio.get_running_loop()
             state.attach(
                 app,
@@ -181,8 +186,11 @@ def create_app(settings: Settings) -> FastAPI:
                         tmp_dir,
                         settings.weights.policy().limits,
                         settings.gateway_cache_keep,
+                        functools.partial(_saw_aggregation, layouts, session_, events_),
                     ),
-                    forwarder=Forwarder(session_, settings, tmp_dir, metrics.record_upload),
+                    forwarder=Forwarder(
+                        session_, settings, tmp_dir, metrics.record_upload, layouts
+                    ),
                     embedded=upstream.embedded,
                     stop_streams=functools.partial(loop.call_soon_threadsafe, events_.hub.close),
                 ),
@@ -209,9 +217,21 @@ def create_app(settings: Settings) -> FastAPI:
 
     add_exception_handlers(app, count_problem)
     state.attach_metrics(app, metrics)
-    for module in (health, session, uploads, events, aggregations):
+    for module in (health, session, uploads, exchange, events, aggregations):
         app.include_router(module.router)
     return app
+
+
+def _saw_aggregation(
+    layouts: LayoutBook, session: Session, events: Events, aggregation_id: str, payload: Payload
+) -> None:
+    """An aggregation fetched from upstream becomes its branch's reference layout when it is the
+    latest one announced (an older one fetched later must not undo a newer model)."""
+    latest = events.log.latest("aggregation")
+    credentials = session.credentials
+    if credentials and latest and latest.data.get("aggregation_id") == aggregation_id:
+        source = f"the latest aggregation ({aggregation_id})"
+        layouts.record(credentials.branch_id, payload, source)
 
 
 def _clear(folder: Path) -> None:

@@ -17,7 +17,13 @@ from anyio import to_thread
 
 from gateway._io import FLUSH_BYTES, KeyedLocks, sha256_file, write_hashed
 from gateway.errors import BadRequestError, UpstreamUnavailableError
-from gateway.weights import Limits, aggregate_to_object_npy, detect_format, normalize_aggregate
+from gateway.weights import (
+    Limits,
+    Payload,
+    aggregate_to_object_npy,
+    detect_format,
+    normalize_aggregate,
+)
 from gateway.weights.objectnpy import read_object_npy
 
 MAX_ID_LENGTH = 200
@@ -73,12 +79,21 @@ class AggregationCache:
     with their digest recorded; scratch names start with '.', which no id may.
     """
 
-    def __init__(self, folder: Path, scratch: Path, limits: Limits, keep: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        scratch: Path,
+        limits: Limits,
+        keep: int,
+        on_fetched: Callable[[str, Payload], None] | None = None,
+    ) -> None:
         self.folder = folder
         self.scratch = scratch
         self.limits = limits
         self.keep = keep
         self.locks = KeyedLocks()
+        self.on_fetched = on_fetched
+        """Told (in a worker thread) each aggregation fetched from upstream and what it holds."""
 
     async def open(
         self, source: Callable[[], AggregateSource], aggregation_id: str, fmt: Format
@@ -120,11 +135,14 @@ class AggregationCache:
             digest = await self._download(source, url, aggregation_id, raw)
             # An upstream file already in the served layout is moved into the cache, not copied,
             # and keeps the digest computed while it arrived: no extra pass over the data.
+            fetched: list[Payload] = []
             await self._publish(
                 plain,
-                lambda tmp: normalize_aggregate(raw, tmp, self.limits, move=True),
+                lambda tmp: fetched.append(normalize_aggregate(raw, tmp, self.limits, move=True)),
                 lambda: None if raw.exists() else digest,
             )
+            if self.on_fetched is not None:
+                await to_thread.run_sync(self.on_fetched, aggregation_id, fetched[0])
             moved = not await to_thread.run_sync(raw.exists)  # then it was an NPZ already
             if not moved and await to_thread.run_sync(detect_format, raw, self.limits) == (
                 "npy-object"

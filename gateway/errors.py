@@ -112,6 +112,18 @@ class UpstreamTimeoutError(GatewayError):
     status, type, title = 504, "upstream-timeout", "BranchKey timed out"
 
 
+class AggregationTimeoutError(GatewayError):
+    """`/exchange` sent the upload, but no aggregation was announced within the wait."""
+
+    status, type, title = 504, "aggregation-timeout", "No aggregation in time"
+
+
+class ShuttingDownError(GatewayError):
+    """The gateway is stopping; a wait it held was given up."""
+
+    status, type, title = 503, "shutting-down", "The gateway is shutting down"
+
+
 PROBLEM_TYPES: tuple[type[GatewayError], ...] = (
     BadRequestError,
     NotAuthenticatedError,
@@ -125,5 +137,7 @@ PROBLEM_TYPES: tuple[type[GatewayError], ...] = (
     UpstreamUnavailableError,
     NotReadyError,
     UpstreamTimeoutError,
+    AggregationTimeoutError,
+    ShuttingDownError,
 )
 """Every gateway problem type, for the OpenAPI description."""

@@ -6,7 +6,7 @@ import functools
 import hashlib
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from gateway._io import FLUSH_BYTES, Digest, Tee, write_hashed
 from gateway.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from gateway.layouts import LayoutBook, check_layout
 from gateway.multipart import FormData, MultipartLimits, read_multipart
 from gateway.settings import Settings
 from gateway.upstream.protocol import WeightsFile
@@ -33,6 +34,7 @@ LAYER_PART = re.compile(r"layer_(0|[1-9][0-9]*)", re.ASCII)
 MAX_PARTS = 10_050
 """Multipart parts one upload may have: up to 10 000 `layer_<n>` parts, and a few fields."""
 RAW_TYPES = ("application/octet-stream", "application/zip", "application/x-npy")
+BeforeSend = Callable[[], Awaitable[object]]
 
 
 @dataclass(frozen=True)
@@ -109,11 +111,14 @@ class Forwarder:
         settings: Settings,
         scratch_dir: Path,
         on_forwarded: Callable[[int], None] = lambda _size: None,
+        layouts: LayoutBook | None = None,
     ) -> None:
         self.session = session
         self.settings = settings
         self.scratch_dir = scratch_dir
         self.on_forwarded = on_forwarded
+        self.layouts = layouts
+        """The architecture check's reference per branch (None: no check)."""
 
     @asynccontextmanager
     async def scratch(self) -> AsyncIterator[Scratch]:
@@ -124,15 +129,18 @@ class Forwarder:
         finally:
             await to_thread.run_sync(scratch.cleanup)
 
-    async def handle(self, request: Request, options: UploadOptions) -> Forwarded:
-        """The whole upload: the run is checked before the body is read, unless the trainer waits."""
+    async def handle(
+        self, request: Request, options: UploadOptions, before_send: BeforeSend | None = None
+    ) -> Forwarded:
+        """The whole upload: the run is checked before the body is read, unless the trainer waits;
+        `before_send` runs right before the upload goes upstream (after every check and wait)."""
         await self.check_run(options)
         async with self.scratch() as scratch:
             limit = int(self.settings.gateway_max_upload_bytes)
             policy = self.settings.weights.policy()
             scan = StreamScan(policy.limits) if policy.finite and not policy.deep else None
             received = await receive(request, scratch, limit, scan)
-            return await self.forward(received, options, scratch)
+            return await self.forward(received, options, scratch, before_send)
 
     async def check_run(self, options: UploadOptions) -> None:
         """Refuse at once, before the body is read, when the run is not started and the trainer
@@ -142,12 +150,18 @@ class Forwarder:
             await self.session.wait_for_start(0)
 
     async def forward(
-        self, received: Received, options: UploadOptions, scratch: Scratch
+        self,
+        received: Received,
+        options: UploadOptions,
+        scratch: Scratch,
+        before_send: BeforeSend | None = None,
     ) -> Forwarded:
         """Validate and convert what was received, wait for the run if asked, then send it."""
         npz, sha256, incoming = await self.branchkey_npz(received, options.weighting, scratch)
         payload = incoming.payload
         upstream = self.session.require()
+        branch = upstream.credentials.branch_id
+        await self.check_architecture(branch, payload)
         filename = npz_name(received.file.filename if received.file else "weights.npz")
         # The dialect's file (v1: the object .npy), made before any wait: a payload the dialect
         # cannot carry is refused at once, not after the run starts.
@@ -157,10 +171,23 @@ class Forwarder:
             self.settings.weights.policy(),
         )
         if self._waits(options):
-            await self.session.wait_for_start(self._wait_timeout(options))
+            await self.session.wait_for_start(self.wait_timeout(options))
+        if before_send is not None:
+            await before_send()
         sent = await upstream.upload(outgoing)
         self.on_forwarded(sent.size)
+        if self.layouts is not None:
+            source = f"the last upload (file {sent.file_id})"
+            await to_thread.run_sync(self.layouts.record, branch, payload, source)
         return Forwarded(sent.file_id, sent.sha256, sent.size, payload, incoming.weighting_source)
+
+    async def check_architecture(self, branch: str, payload: Payload) -> None:
+        """Refuse a model whose layers differ from the branch's latest (GATEWAY_CHECK_ARCHITECTURE)."""
+        if self.layouts is None or not self.settings.gateway_check_architecture:
+            return
+        reference = await to_thread.run_sync(self.layouts.reference, branch)
+        if reference is not None:
+            check_layout(reference, payload, branch)
 
     async def branchkey_npz(
         self, received: Received, weighting: str | None, scratch: Scratch
@@ -199,7 +226,8 @@ class Forwarder:
     def _waits(self, options: UploadOptions) -> bool:
         return self.settings.bk_wait_for_run if options.wait is None else options.wait
 
-    def _wait_timeout(self, options: UploadOptions) -> float:
+    def wait_timeout(self, options: UploadOptions) -> float:
+        """The longest wait the trainer asked for, capped by GATEWAY_WAIT_TIMEOUT_S."""
         cap = self.settings.gateway_wait_timeout_s
         return min(options.wait_timeout_s or cap, cap)
 

@@ -130,7 +130,17 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest wait between notification-channel reconnects (both dialects).",
     )
-    gateway_wait_timeout_s: float = Field(600.0, gt=0, description="Longest `wait=true` upload.")
+    gateway_wait_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest wait: of a `wait=true` upload for the run, of `/exchange` for its aggregation.",
+    )
+    gateway_check_architecture: bool = Field(
+        True,
+        description="Refuse a model whose layer count, shapes or dtypes differ from the branch's "
+        "latest model (its latest aggregation fetched, or the last upload); false for an "
+        "architecture change.",
+    )
     gateway_max_header_bytes: ByteSize = Field(
         ByteSize(16 * 1024),
         ge=1024,

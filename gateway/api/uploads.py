@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from gateway.forwarding import Forwarded, UploadOptions
 from gateway.state import StateDep
-from gateway.weights import WeightingSource
+from gateway.weights import LEARNING, WeightingSource
 
 router = APIRouter()
 
@@ -36,6 +36,11 @@ class UploadResult(BaseModel):
         "count), 'request' (a 'weighting' form field or ?weighting=), 'default' (neither: 1.0)."
     )
     layers: list[LayerInfo]
+    note: str | None = Field(
+        None,
+        description="Something worth knowing about an accepted upload, e.g. that a weighting of 0 "
+        "leaves the aggregated mean where the other uploads put it.",
+    )
 
 
 @router.post("/upload", status_code=201)
@@ -69,4 +74,16 @@ def _result(forwarded: Forwarded) -> UploadResult:
         weighting=payload.weighting,
         weighting_source=forwarded.weighting_source,
         layers=[LayerInfo(key=a.key, dtype=a.dtype, shape=list(a.shape)) for a in payload.arrays],
+        note=upload_note(forwarded),
     )
+
+
+def upload_note(forwarded: Forwarded) -> str | None:
+    """What the trainer should know about an accepted upload (None: nothing special)."""
+    payload = forwarded.payload
+    if payload.kind == LEARNING and payload.weighting == 0:
+        return (
+            "weighting is 0: the upload is accepted and counts for the round, but it will not "
+            "move the aggregated mean (if every upload of the round weighs 0 there is no mean)."
+        )
+    return None

@@ -29,7 +29,7 @@ POLICY = ValidationPolicy()
 def _layers(bad: float | complex | None = None, at: int = 1) -> dict[str, np.ndarray[Any, Any]]:
     """Three layers; layer `at` gets `bad` at index (2, 3) when given."""
     rng = np.random.default_rng(0)
-    layers = {
+    layers: dict[str, np.ndarray[Any, Any]] = {
         "layer_0": rng.normal(size=(4, 5)).astype(np.float32),
         "layer_1": rng.normal(size=(6, 7)).astype(np.float32),
         "layer_2": np.arange(5, dtype=np.int64),
@@ -40,8 +40,11 @@ def _layers(bad: float | complex | None = None, at: int = 1) -> dict[str, np.nda
 
 
 def _npz(path: Path, layers: dict[str, np.ndarray[Any, Any]], *, compressed: bool) -> Path:
-    save = np.savez_compressed if compressed else np.savez
-    save(path, weighting=np.float64(3), **layers)
+    arrays: dict[str, Any] = {"weighting": np.float64(3), **layers}
+    if compressed:
+        np.savez_compressed(path, **arrays)
+    else:
+        np.savez(path, **arrays)
     return path
 
 
@@ -123,7 +126,9 @@ def test_the_scan_never_inflates_past_the_declared_size(tmp_path: Path) -> None:
     path = tmp_path / "bomb.npz"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         data = np.zeros(4 << 20, dtype=np.float32)
-        archive.writestr("layer_0.npy", header_bytes(data.dtype, data.shape, False) + data.tobytes())
+        archive.writestr(
+            "layer_0.npy", header_bytes(data.dtype, data.shape, False) + data.tobytes()
+        )
     scan = _scanned(path, 65536)
     (member,) = scan.members.values()
     assert not member.complete and member.values is None
@@ -149,7 +154,7 @@ def test_every_upload_form_refuses_non_finite_values(
     pair = save_v1(tmp_path / "pair.npy", 12, arrays)
     parts = [write_npy(tmp_path / f"part{i}.npy", a) for i, a in enumerate(arrays)]
     out = tmp_path / "out.npz"
-    attempts = {
+    attempts: dict[str, list[Any]] = {
         "layer_1": [
             lambda: upload_to_npz(npz, out, POLICY, scan=_scanned(npz, 999)),
             lambda: upload_to_npz(npz, out, POLICY),
