@@ -74,7 +74,8 @@ def test_the_scan_finds_nan_as_bytes_arrive(tmp_path: Path, compressed: bool, pi
     assert all(m.complete for m in by_name.values())
     assert by_name["layer_2.npy"].values is None  # integers cannot hold NaN
     values = by_name["layer_1.npy"].values
-    assert values is not None and values.bad == (2 * 7 + 3, "NaN")
+    assert values is not None
+    assert values.bad == (2 * 7 + 3, "NaN")
     payload = inspect_npz(path, POLICY)
     error = _refusal(lambda: check_payload(path, payload, POLICY.limits, scan))
     assert error.code == "not-finite"
@@ -116,7 +117,8 @@ def test_an_archive_the_scan_cannot_follow_is_read_back(tmp_path: Path) -> None:
     path = tmp_path / "piped.npz"
     path.write_bytes(buffer.getvalue())
     scan = _scanned(path, 4096)
-    assert scan.stopped and not any(m.complete for m in scan.members.values())
+    assert scan.stopped
+    assert not any(m.complete for m in scan.members.values())
     error = _refusal(lambda: check_payload(path, inspect_npz(path, POLICY), POLICY.limits, scan))
     assert error.message.startswith("layer_0 holds -inf at index (2, 3)")
 
@@ -131,7 +133,8 @@ def test_the_scan_never_inflates_past_the_declared_size(tmp_path: Path) -> None:
         )
     scan = _scanned(path, 65536)
     (member,) = scan.members.values()
-    assert not member.complete and member.values is None
+    assert not member.complete
+    assert member.values is None
 
 
 @pytest.mark.parametrize(
