@@ -29,7 +29,6 @@ def _ready(gateway: Gateway) -> Gateway:
     return gateway
 
 
-@pytest.mark.usefixtures("aggregator")
 def test_three_trainers_exchange_and_get_the_same_round(
     gateway_for: GatewayFactory, tmp_path: Path
 ) -> None:
