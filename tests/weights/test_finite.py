@@ -192,7 +192,7 @@ def test_allow_nonfinite_lets_every_form_through(tmp_path: Path) -> None:
 
 
 def test_value_check_handles_elements_split_across_pieces() -> None:
-    """A float64 NaN split over three pieces is found, at the right index; big-endian and float16 too."""
+    """A float64 NaN split over pieces of 3 bytes is found at its index once flushed; big-endian and float16 too."""
     for dtype in (np.dtype("<f8"), np.dtype(">f8"), np.dtype("<f2")):
         values = np.ones(10, dtype=dtype)
         values[7] = np.nan
@@ -200,4 +200,6 @@ def test_value_check_handles_elements_split_across_pieces() -> None:
         check = ValueCheck("layer_9", dtype, (10,))
         for start in range(0, len(data), 3):
             check.feed(data[start : start + 3])
+        assert check.bad is None  # gathered, not yet checked
+        check.flush()
         assert check.bad == (7, "NaN")
