@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as `python bench/finite.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -59,9 +60,14 @@ def write_model(path: Path, size: int, *, compressed: bool) -> None:
     """`weighting` and LAYERS float32 layers of normal noise, about `size` bytes of data."""
     rng = np.random.default_rng(0)
     count = size // LAYERS // 4
-    layers = {f"layer_{i}": rng.standard_normal(count, dtype=np.float32) for i in range(LAYERS)}
-    save = np.savez_compressed if compressed else np.savez
-    save(path, weighting=np.float64(128), **layers)
+    arrays: dict[str, Any] = {"weighting": np.float64(128)}
+    arrays.update(
+        (f"layer_{i}", rng.standard_normal(count, dtype=np.float32)) for i in range(LAYERS)
+    )
+    if compressed:
+        np.savez_compressed(path, **arrays)
+    else:
+        np.savez(path, **arrays)
 
 
 def app(scratch: Path) -> Starlette:
