@@ -14,13 +14,13 @@ from gateway.weights.convert import (
     with_weighting,
 )
 from gateway.weights.errors import ErrorCode, WeightsError
-from gateway.weights.finite import StreamScan
 from gateway.weights.incoming import Incoming, WeightingSource, upload_to_npz
 from gateway.weights.layers import parse_weighting
 from gateway.weights.model import ANALYTICS, LEARNING, ArrayInfo, Payload, PayloadKind
 from gateway.weights.npz import inspect_aggregate, inspect_npz
 from gateway.weights.objectnpy import inspect_object_npy
 from gateway.weights.policy import Limits, ValidationPolicy
+from gateway.weights.scan import StreamScan
 
 __all__ = [
     "ANALYTICS",

@@ -17,7 +17,6 @@ import numpy as np
 
 from gateway.weights.archive import Archive, is_zip
 from gateway.weights.errors import WeightsError
-from gateway.weights.finite import check_array_bytes, checked_chunks
 from gateway.weights.layers import inspect_layer_files, iter_file_data, parse_weighting
 from gateway.weights.model import (
     LEARNING,
@@ -39,6 +38,7 @@ from gateway.weights.objectnpy import (
 )
 from gateway.weights.objectnpy_writer import LayerSource, write_object_npy
 from gateway.weights.policy import Limits, ValidationPolicy
+from gateway.weights.values import check_array_bytes, checked_chunks
 from gateway.weights.writer import NpzWriter, atomic_path, move_to_front
 
 FileFormat = Literal["npz", "npy-object", "npy", "unknown"]

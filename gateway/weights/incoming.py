@@ -13,12 +13,13 @@ from gateway.weights.convert import (
     stream_object_layers,
     with_weighting,
 )
-from gateway.weights.finite import StreamScan, check_payload, checked_chunks
 from gateway.weights.layers import inspect_layer_file, iter_file_data, parse_weighting
 from gateway.weights.model import WEIGHTING_KEY, Payload, layer_key
 from gateway.weights.npz import inspect_npz
 from gateway.weights.objectnpy import ObjectNpy, check_sample_count
 from gateway.weights.policy import ValidationPolicy
+from gateway.weights.scan import StreamScan, check_payload
+from gateway.weights.values import checked_chunks
 from gateway.weights.writer import NpzWriter, atomic_path, move_to_front
 
 WeightingSource = Literal["default", "file", "request"]

@@ -11,7 +11,6 @@ import numpy as np
 
 from gateway.weights.archive import Archive, Member
 from gateway.weights.errors import WeightsError
-from gateway.weights.finite import checked_chunks
 from gateway.weights.model import (
     ANALYTICS,
     KIND_KEY,
@@ -28,6 +27,7 @@ from gateway.weights.model import (
 )
 from gateway.weights.npy import array_from_bytes, dtype_words
 from gateway.weights.policy import ValidationPolicy
+from gateway.weights.values import checked_chunks
 
 NUMERIC_KINDS = frozenset("biufc")
 ANALYTICS_KINDS = frozenset("biufcUS")

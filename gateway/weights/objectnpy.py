@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from gateway.weights.errors import WeightsError
-from gateway.weights.finite import check_array_bytes
 from gateway.weights.model import LEARNING, ArrayInfo, Payload, layer_key
 from gateway.weights.npy import ArrayHeader, read_header
 from gateway.weights.numpy_pickle import (
@@ -23,6 +22,7 @@ from gateway.weights.numpy_pickle import (
 from gateway.weights.objectnpy_writer import LayerSource, write_object_npy
 from gateway.weights.picklevm import run_pickle, unsupported
 from gateway.weights.policy import Limits, ValidationPolicy
+from gateway.weights.values import check_array_bytes
 
 __all__ = [
     "ArrayList",

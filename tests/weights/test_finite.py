@@ -18,9 +18,10 @@ from gateway.weights import (
     layers_to_npz,
     upload_to_npz,
 )
-from gateway.weights.finite import ValueCheck, check_payload
 from gateway.weights.npy import header_bytes
 from gateway.weights.policy import Limits
+from gateway.weights.scan import check_payload
+from gateway.weights.values import ValueCheck
 from tests.support.weights import save_v1, write_npy
 
 POLICY = ValidationPolicy()

@@ -1,15 +1,13 @@
-"""NaN and Inf in an upload's float arrays: found while its bytes arrive, or while a conversion reads them."""
+"""NaN and Inf in an NPZ found while its bytes arrive, beside the digest; read back only what was not seen."""
 
 from __future__ import annotations
 
 import io
-import math
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -18,129 +16,14 @@ from gateway.weights.errors import WeightsError
 from gateway.weights.model import Payload
 from gateway.weights.npy import MAGIC, ArrayHeader, read_header
 from gateway.weights.policy import Limits
+from gateway.weights.values import ValueCheck
 
 _LOCAL = b"PK\x03\x04"
-_DIRECTORY = (b"PK\x01\x02", b"PK\x05\x06", b"PK\x06\x06")
 _LOCAL_SIZE = 30
 _ZIP64_EXTRA = 0x0001
 _INFLATE_STEP = 1 << 20
 """Most bytes one decompress call may produce: memory stays about 1 MiB for any member."""
 _STORED, _DEFLATED = 0, 8
-
-
-class ValueCheck:
-    """Finds the first NaN or infinite element of one array whose data is fed in pieces.
-
-    Pieces are gathered to `BATCH_BYTES` before they are checked: the network hands over 16-64 KiB
-    at a time, and checking each piece alone costs more in calls than in arithmetic.
-    """
-
-    __slots__ = ("bad", "dtype", "items", "key", "pending", "shape")
-
-    BATCH_BYTES = 1 << 20
-
-    def __init__(self, key: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
-        self.key = key
-        self.dtype = dtype
-        self.shape = shape
-        self.items = 0
-        """Elements checked so far."""
-        self.pending = bytearray()
-        """Bytes fed but not yet checked."""
-        self.bad: tuple[int, str] | None = None
-        """The flat index and the value (`NaN`, `inf`, `-inf`) of the first non-finite element."""
-
-    @staticmethod
-    def wanted(dtype: np.dtype[Any]) -> bool:
-        """Whether arrays of `dtype` can hold NaN or Inf (float and complex)."""
-        return dtype.kind in "fc" and dtype.itemsize > 0
-
-    def feed(self, data: bytes | memoryview) -> None:
-        """Take the next piece of the array's data (checked once a batch is gathered)."""
-        if self.bad is not None:
-            return
-        self.pending += data
-        if len(self.pending) >= self.BATCH_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        """Check every whole element gathered so far (call it once the array's data has ended)."""
-        usable = len(self.pending) - len(self.pending) % self.dtype.itemsize
-        if self.bad is None and usable:
-            self._check(usable)
-        del self.pending[:usable]
-
-    def _check(self, usable: int) -> None:
-        values = np.frombuffer(self.pending, dtype=self.dtype, count=usable // self.dtype.itemsize)
-        if not _all_finite(values):
-            index = int(np.flatnonzero(~np.isfinite(values))[0])
-            self.bad = (self.items + index, _words(values[index]))
-        self.items += values.size
-        del values  # releases the buffer, so `pending` may be resized
-
-    def error(self) -> WeightsError | None:
-        """The refusal, once a non-finite element was seen."""
-        if self.bad is None:
-            return None
-        index, value = self.bad
-        where = np.unravel_index(index, self.shape) if self.shape else ()
-        at = "" if not self.shape else f" at index {tuple(int(i) for i in where)}"
-        return WeightsError(
-            "not-finite",
-            f"{self.key} holds {value}{at}: a model with NaN or infinite values would poison the "
-            "federation's average. Check the training for divergence (a lower learning rate, "
-            "gradient clipping), or set GATEWAY_ALLOW_NONFINITE=true to send it anyway.",
-        )
-
-    def raise_if_bad(self, *, final: bool = False) -> None:
-        """Raise the refusal, if any (`final`: the data has ended, check what is gathered)."""
-        if final:
-            self.flush()
-        error = self.error()
-        if error is not None:
-            raise error
-
-
-def _all_finite(values: np.ndarray[Any, Any]) -> bool:
-    if values.size == 0:
-        return True
-    if values.dtype.kind == "f" and values.dtype.itemsize <= 8:
-        # min and max propagate NaN and show an infinity: two passes without a temporary array
-        # (several times faster than isfinite().all(), which allocates a mask).
-        return math.isfinite(values.min()) and math.isfinite(values.max())
-    return bool(np.isfinite(values).all())
-
-
-def _words(value: Any) -> str:
-    if np.iscomplexobj(value):
-        parts = (float(value.real), float(value.imag))
-        bad = next(p for p in parts if not math.isfinite(p))
-        return f"a complex value with {_words(np.float64(bad))}"
-    number = float(value)
-    return "NaN" if math.isnan(number) else ("inf" if number > 0 else "-inf")
-
-
-def checked_chunks(
-    chunks: Iterable[bytes], key: str, header: ArrayHeader, *, check: bool = True
-) -> Iterator[bytes]:
-    """Pass `chunks` on, refusing the array when one of them holds NaN or Inf (`check` False: as they are)."""
-    if not check or not ValueCheck.wanted(header.dtype):
-        yield from chunks
-        return
-    values = ValueCheck(key, header.dtype, header.shape)
-    for chunk in chunks:
-        values.feed(chunk)
-        values.raise_if_bad()
-        yield chunk
-    values.raise_if_bad(final=True)
-
-
-def check_array_bytes(key: str, header: ArrayHeader, data: bytes) -> None:
-    """Refuse one whole array's data when it holds NaN or Inf."""
-    if ValueCheck.wanted(header.dtype):
-        values = ValueCheck(key, header.dtype, header.shape)
-        values.feed(data)
-        values.raise_if_bad(final=True)
 
 
 @dataclass
