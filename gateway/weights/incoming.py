@@ -14,7 +14,7 @@ from gateway.weights.convert import (
     with_weighting,
 )
 from gateway.weights.layers import inspect_layer_file, iter_file_data, parse_weighting
-from gateway.weights.model import WEIGHTING_KEY, Payload, layer_key
+from gateway.weights.model import LEARNING, WEIGHTING_KEY, Payload, layer_key
 from gateway.weights.npz import inspect_npz
 from gateway.weights.objectnpy import ObjectNpy, check_sample_count
 from gateway.weights.policy import ValidationPolicy
@@ -68,7 +68,9 @@ def upload_to_npz(
             check_payload(src, inspect_npz(src, loose), policy.limits, scan)
         return Incoming(with_weighting(src, weighting, dst, policy), True, "request")
     payload = inspect_payload(src, policy)
-    if policy.finite and not policy.deep and payload.format == "npz":  # deep mode read it all
+    # Model weights only: an analytics field may hold an infinity on purpose (the min of no data).
+    # Deep mode has read every member already.
+    if policy.finite and not policy.deep and payload.kind == LEARNING and payload.format == "npz":
         check_payload(src, payload, policy.limits, scan)
     return Incoming(payload, False, None if payload.weighting is None else "file")
 

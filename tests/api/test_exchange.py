@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from gateway.app import create_app
 from tests.support.aggregator import ADMIN, Running, start
 from tests.support.gateways import Gateway, GatewayFactory, gateway_settings, run_gateway
 from tests.support.gateways import write_credentials as credentials_file
@@ -183,3 +184,14 @@ def test_a_refused_upload_is_refused_as_upload_refuses_it(
     assert weights.exists()
     with httpx.Client() as client:
         assert admin_get(agg.url, ADMIN, "uploads", client) == []
+
+
+def test_the_openapi_doc_gives_exchange_the_bodies_and_options_of_upload(tmp_path: Path) -> None:
+    """/exchange declares /upload's request body (whatever /upload declares) and its query options, plus format."""
+    doc = create_app(gateway_settings(tmp_path)).openapi()
+    upload, exchange = doc["paths"]["/upload"]["post"], doc["paths"]["/exchange"]["post"]
+    assert exchange.get("requestBody") == upload.get("requestBody")
+    names = {p["name"] for p in exchange["parameters"]}
+    assert names == {p["name"] for p in upload["parameters"]} | {"format"}
+    assert "application/octet-stream" in exchange["responses"]["200"]["content"]
+    assert "/problems/aggregation-timeout" in exchange["responses"]["504"]["description"]

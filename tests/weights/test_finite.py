@@ -204,3 +204,16 @@ def test_value_check_handles_elements_split_across_pieces() -> None:
         assert check.bad is None  # gathered, not yet checked
         check.flush()
         assert check.bad == (7, "NaN")
+
+
+def test_analytics_fields_may_hold_infinities(tmp_path: Path) -> None:
+    """An analytics payload's fields (an empty group's min is +inf) are not model weights: not refused."""
+    path = tmp_path / "fields.npz"
+    np.savez(
+        path,
+        __bk_payload_kind__=np.array("federated_analytics"),
+        age_min=np.array([np.inf]),
+        age_n=np.array([0]),
+    )
+    incoming = upload_to_npz(path, tmp_path / "out.npz", POLICY, scan=_scanned(path, 100))
+    assert incoming.payload.kind == "federated_analytics"
