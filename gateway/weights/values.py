@@ -15,12 +15,15 @@ from gateway.weights.npy import ArrayHeader
 class ValueCheck:
     """Finds the first NaN or infinite element of one array whose data is fed in pieces.
 
-    Pieces are gathered to `BATCH_BYTES` before they are checked: the network hands over 16-64 KiB
-    at a time, and checking each piece alone costs more in calls than in arithmetic.
+    A piece of `DIRECT_BYTES` or more is checked where it lies: no copy, and numpy's reductions let
+    go of the GIL, so the event loop parsing the next bytes is not held up. Smaller pieces, and an
+    element split between pieces, are gathered to `BATCH_BYTES` first (checking a few bytes at a
+    time costs more in calls than in arithmetic).
     """
 
     __slots__ = ("bad", "dtype", "items", "key", "pending", "shape")
 
+    DIRECT_BYTES = 64 << 10
     BATCH_BYTES = 1 << 20
 
     def __init__(self, key: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
@@ -40,27 +43,40 @@ class ValueCheck:
         return dtype.kind in "fc" and dtype.itemsize > 0
 
     def feed(self, data: bytes | memoryview) -> None:
-        """Take the next piece of the array's data (checked once a batch is gathered)."""
+        """Check the next piece of the array's data (a small one once a batch is gathered)."""
         if self.bad is not None:
             return
-        self.pending += data
-        if len(self.pending) >= self.BATCH_BYTES:
+        if len(data) < self.DIRECT_BYTES:
+            self.pending += data
+            if len(self.pending) >= self.BATCH_BYTES:
+                self.flush()
+            return
+        view = memoryview(data)
+        if self.pending:  # complete the split element from this piece, then check the gathered
+            need = -len(self.pending) % self.dtype.itemsize
+            self.pending += view[:need]
+            view = view[need:]
             self.flush()
+        usable = len(view) - len(view) % self.dtype.itemsize
+        self._check(view[:usable])
+        self.pending += view[usable:]
 
     def flush(self) -> None:
         """Check every whole element gathered so far (call it once the array's data has ended)."""
         usable = len(self.pending) - len(self.pending) % self.dtype.itemsize
-        if self.bad is None and usable:
-            self._check(usable)
-        del self.pending[:usable]
+        if usable:
+            with memoryview(self.pending) as gathered:
+                self._check(gathered[:usable])
+            del self.pending[:usable]
 
-    def _check(self, usable: int) -> None:
-        values = np.frombuffer(self.pending, dtype=self.dtype, count=usable // self.dtype.itemsize)
+    def _check(self, data: memoryview) -> None:
+        if self.bad is not None or not data:
+            return
+        values = np.frombuffer(data, dtype=self.dtype)
         if not _all_finite(values):
             index = int(np.flatnonzero(~np.isfinite(values))[0])
             self.bad = (self.items + index, _words(values[index]))
         self.items += values.size
-        del values  # releases the buffer, so `pending` may be resized
 
     def error(self) -> WeightsError | None:
         """The refusal, once a non-finite element was seen."""

@@ -217,3 +217,21 @@ def test_analytics_fields_may_hold_infinities(tmp_path: Path) -> None:
     )
     incoming = upload_to_npz(path, tmp_path / "out.npz", POLICY, scan=_scanned(path, 100))
     assert incoming.payload.kind == "federated_analytics"
+
+
+@pytest.mark.parametrize("position", [0, 1, 8_751, 8_752, 24_999, 49_999])
+def test_value_check_is_exact_for_large_and_small_pieces_alike(position: int) -> None:
+    """Pieces checked where they lie (64 KiB and more) and gathered small ones, with elements
+    split between them, give the index of the first NaN wherever it is."""
+    values = np.ones(50_000, dtype=np.float64)
+    values[position] = -np.inf
+    values[-1] = np.nan  # a later one: the first is reported
+    data = values.tobytes()
+    check = ValueCheck("layer_0", values.dtype, values.shape)
+    at = 0
+    for size in (3, 70_001, 5, 131_072, 1, 65_536, len(data)):
+        check.feed(data[at : at + size])
+        at += size
+    check.flush()
+    expected = (position, "-inf") if position != 49_999 else (49_999, "NaN")
+    assert check.bad == expected
