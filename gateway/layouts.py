@@ -119,6 +119,11 @@ class LayoutBook:
             self._save()
 
     def _save(self) -> None:
+        """Write the book; a failure is logged, never raised (the upload or download it follows
+        has succeeded, and the reference stays in memory)."""
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self._book), encoding="utf-8")
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps(self._book), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("could not write the layout file %s (%s)", self.path, exc)

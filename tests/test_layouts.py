@@ -79,3 +79,13 @@ def test_an_unreadable_book_is_ignored(tmp_path: Path) -> None:
     assert LayoutBook(path).reference("a") is None
     path.write_text(json.dumps({"a": {"layers": "oops", "source": 1}}))
     assert LayoutBook(path).reference("a") is None
+
+
+def test_a_book_that_cannot_be_written_keeps_its_reference_in_memory(tmp_path: Path) -> None:
+    """A failed write (here: the folder is gone) is no error: the reference still holds."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    book = LayoutBook(folder / "layouts.json")
+    folder.rmdir()
+    book.record("a", MODEL, "the last upload (file f1)")
+    assert book.reference("a") == Layout(REFERENCE.layers, "the last upload (file f1)")
