@@ -18,6 +18,7 @@ from tests.support.aggregator import ADMIN, Running, start
 from tests.support.gateways import Gateway, GatewayFactory, gateway_settings, run_gateway
 from tests.support.gateways import write_credentials as credentials_file
 from tests.support.http import admin_get, check_problem, curl, load_npz, wait_ready
+from tests.support.waiting import wait_until
 from tests.support.weights import layers_of, read_v1, sdk_weights
 
 
@@ -195,3 +196,27 @@ def test_the_openapi_doc_gives_exchange_the_bodies_and_options_of_upload(tmp_pat
     assert names == {p["name"] for p in upload["parameters"]} | {"format"}
     assert "application/octet-stream" in exchange["responses"]["200"]["content"]
     assert "/problems/aggregation-timeout" in exchange["responses"]["504"]["description"]
+
+
+def test_a_client_that_leaves_while_waiting_frees_its_wait(
+    aggregator: Running, gateway_for: GatewayFactory, tmp_path: Path
+) -> None:
+    """The round stays open; the trainer gives up after 1 s: the gateway's waiter is gone within seconds."""
+    gateway = _ready(gateway_for(0))
+    weights = _weights(tmp_path, 0).read_bytes()
+
+    def give_up() -> type[BaseException] | None:
+        with httpx.Client(timeout=httpx.Timeout(30, read=3)) as client:
+            try:
+                client.post(f"{gateway.url}/exchange", files={"file": ("w.npz", weights)})
+            except httpx.ReadTimeout as error:
+                return type(error)
+        return None
+
+    with ThreadPoolExecutor(1) as pool:
+        gave_up = pool.submit(give_up)
+        wait_until(lambda: gateway.subscribers() == 1, 10, "the exchange waits for its round")
+        assert gave_up.result(timeout=30) is httpx.ReadTimeout
+    wait_until(lambda: gateway.subscribers() == 0, 10, "the exchange stopped waiting")
+    with httpx.Client() as client:
+        assert len(admin_get(aggregator.url, ADMIN, "uploads", client)) == 1
