@@ -17,6 +17,7 @@ from gateway.http_limits import bounded_http_options
 from gateway.settings import Settings
 from gateway.state import running_state
 from gateway.upstream.channel import ChannelStatus
+from tests.support.aggregator import Running
 from tests.support.servers import serve
 from tests.support.waiting import wait_until
 
@@ -84,6 +85,16 @@ class Gateway:
         status = self.channel
         last = status.last_message_at
         return status.state == "connected" and last is not None and last >= status.since
+
+
+@dataclass
+class Federation:
+    """An aggregator and the gateway of one of its leaves."""
+
+    aggregator: Running
+    gateway: Gateway
+    token: str | None = None
+    """The gateway's GATEWAY_TOKEN, if it has one."""
 
 
 GatewayFactory = Callable[..., Gateway]
