@@ -112,7 +112,7 @@ class Settings(BaseSettings):
         None, description="When set, every route but /healthz needs `Bearer <token>`."
     )
     gateway_cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
+        [],
         description="Web page origins (`http://host:port`, JSON list or comma-separated) that may call "
         "the gateway from a browser; without GATEWAY_TOKEN any loopback origin may too.",
     )

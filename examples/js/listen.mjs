@@ -32,7 +32,7 @@ async function signedQuery() {
 
 function describe(layers) {
   return Object.entries(layers)
-    .map(([name, { dtype, shape, values }]) => `${name} ${dtype} [${shape}] first=${Number(values[0]).toPrecision(6)}`)
+    .map(([name, { dtype, shape, values }]) => `${name} ${dtype} [${shape}] first=${Number(Number(values[0]).toPrecision(6))}`)
     .join(", ");
 }
 

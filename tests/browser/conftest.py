@@ -1,5 +1,5 @@
 """A federation for the browser tests: an aggregator with one leaf (every upload closes a round) and
-its gateway, and a second loopback server for pages of another origin."""
+its gateway; every test here is skipped, with one line, where Chromium is missing."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.aggregator import start
 from tests.support.browser import require_chromium
-from tests.support.gateways import Federation, gateway_settings, run_gateway, write_credentials
-
-GATEWAY_TOKEN = "browser-test-gateway-token"
+from tests.support.gateways import Federation, one_leaf_federation
 
 
 @pytest.fixture(autouse=True)
@@ -21,24 +18,15 @@ def _chromium() -> None:
     require_chromium()
 
 
-def _federation(tmp_path: Path, **gateway: object) -> Iterator[Federation]:
-    with start(tmp_path / "agg", dev_leaves=1) as aggregator:
-        credentials = write_credentials(tmp_path / "leaf.json", aggregator.leaves[0])
-        settings = gateway_settings(
-            tmp_path / "gw", bk_host=aggregator.url, bk_credentials_file=credentials, **gateway
-        )
-        with run_gateway(settings, wait_heard=True) as running:
-            token = GATEWAY_TOKEN if "gateway_token" in gateway else None
-            yield Federation(aggregator, running, token)
-
-
 @pytest.fixture
 def federation(tmp_path: Path) -> Iterator[Federation]:
     """A gateway without a token (loopback pages may call it)."""
-    yield from _federation(tmp_path)
+    with one_leaf_federation(tmp_path) as running:
+        yield running
 
 
 @pytest.fixture
 def guarded_federation(tmp_path: Path) -> Iterator[Federation]:
     """A gateway with GATEWAY_TOKEN set."""
-    yield from _federation(tmp_path, gateway_token=GATEWAY_TOKEN)
+    with one_leaf_federation(tmp_path, token="browser-test-gateway-token") as running:
+        yield running
