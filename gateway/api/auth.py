@@ -31,10 +31,12 @@ def _hostname(value: bytes) -> bytes:
 
 
 class RequireToken:
-    """When GATEWAY_TOKEN is set, every route but /healthz needs `Authorization: Bearer <token>`.
+    """When GATEWAY_TOKEN is set, every route but /healthz and the pages needs `Authorization:
+    Bearer <token>`; a GET or HEAD may carry a signed `?access_token=` from POST /access instead.
 
     Without a token only loopback is trusted: the Host must be a loopback name (no DNS rebinding)
-    and a browser's Origin, when sent, must be loopback too (no web page can post weights).
+    and a browser's Origin, when sent, must be loopback or listed in GATEWAY_CORS_ORIGINS (no other
+    web page can post weights).
     """
 
     def __init__(
@@ -66,7 +68,9 @@ class RequireToken:
                 scope,
                 send,
                 "Without GATEWAY_TOKEN the gateway answers only loopback requests (Host 127.0.0.1, "
-                "localhost or [::1], and no foreign Origin); set GATEWAY_TOKEN to serve others.",
+                "localhost or [::1], and no foreign Origin: list a web page's origin in "
+                "GATEWAY_CORS_ORIGINS, or serve it on a loopback port); set GATEWAY_TOKEN to "
+                "serve others.",
             )
             return
         scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
