@@ -1,5 +1,5 @@
 """A federation for the browser tests: an aggregator with one leaf (every upload closes a round) and
-its gateway; every test here is skipped, with one line, where Chromium is missing."""
+its gateway."""
 
 from __future__ import annotations
 
@@ -8,14 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.browser import require_chromium
 from tests.support.gateways import Federation, one_leaf_federation
-
-
-@pytest.fixture(autouse=True)
-def _chromium() -> None:
-    """Skip every browser test, with one line saying how to install it, where Chromium is missing."""
-    require_chromium()
 
 
 @pytest.fixture

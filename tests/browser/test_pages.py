@@ -19,12 +19,15 @@ from starlette.routing import Route
 
 from gateway.events import Event
 from tests.support.aggregator import ADMIN
-from tests.support.browser import chromium, screenshot, wait_for
+from tests.support.browser import MISSING, chromium, chromium_paths, screenshot, wait_for
 from tests.support.gateways import Federation
 from tests.support.readme import ROOT, js_listener
 from tests.support.servers import serve
 from tests.support.waiting import wait_until
 from tests.support.weights import sdk_weights
+
+if chromium_paths() is None:  # one line for the whole module where the browser is missing
+    pytest.skip(MISSING, allow_module_level=True)
 
 NPZ_READER = ROOT / "examples" / "js" / "npz.mjs"
 SCREENSHOTS_ENV = "GATEWAY_SCREENSHOTS"
