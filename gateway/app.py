@@ -221,6 +221,7 @@ def create_app(settings: Settings) -> FastAPI:
     state.attach_access(app, signer)
     for module in (health, session, uploads, events, aggregations, access, activity, pages):
         app.include_router(module.router)
+    pages.document_bearer(app)
     return app
 
 

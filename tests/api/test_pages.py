@@ -3,6 +3,7 @@ every asset local, nothing from a CDN."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import httpx
 import numpy as np
 
 from gateway.api.pages import PAGES
+from gateway.openapi import OPENAPI_PATH
 from tests.support.gateways import GatewayFactory
 from tests.support.http import check_problem
 from tests.support.weights import sdk_weights
@@ -68,3 +70,11 @@ def test_pages_load_nothing_from_elsewhere(gateway_for: GatewayFactory) -> None:
         check_problem(client.get(f"{url}/static/settings.py"), 404, "not-found")
     for source in PAGES.iterdir():
         assert not EXTERNAL.findall(source.read_text(encoding="utf-8")), source.name
+
+
+def test_the_document_declares_the_optional_bearer_token() -> None:
+    """The OpenAPI document names `Authorization: Bearer` as optional, so Swagger UI's Authorize
+    button sends GATEWAY_TOKEN with every call it tries."""
+    document = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert document["security"] == [{}, {"bearer": []}]
