@@ -8,7 +8,7 @@ import {
 const token = new Token("branchkey-gateway-token");
 const REFRESH_MS = 5000;
 const FEED_LENGTH = 50;
-const state = { aggregations: [], access: null, source: null, lastEventId: 0, timer: null, renew: null };
+const state = { aggregations: [], access: null, source: null, lastEventId: null, timer: null, renew: null };
 
 const get = (path) => request(token, path);
 
@@ -65,7 +65,7 @@ async function loadAggregations() {
     if (error instanceof AuthError) throw error; // 404: none yet
   }
   state.aggregations = newest ? await get(`/aggregations?after=${Math.max(0, newest - 200)}`) : [];
-  state.lastEventId = Math.max(0, newest - 20);
+  state.lastEventId = newest ? Math.max(0, newest - 20) : null; // none yet: live events only
 }
 
 function renderAggregations() {
@@ -136,7 +136,8 @@ function addToFeed(type, data, id) {
 
 function follow() {
   state.source?.close();
-  const source = new EventSource(signed(`/events?after=${state.lastEventId}`));
+  const after = state.lastEventId === null ? "" : `?after=${state.lastEventId}`;
+  const source = new EventSource(signed(`/events${after}`));
   state.source = source;
   source.addEventListener("aggregation", (event) => {
     const data = JSON.parse(event.data);
