@@ -88,7 +88,7 @@ async def exchange_weights(
         nonlocal mark
         mark = (await to_thread.run_sync(events.log.bounds))[1]
 
-    forwarded = await state.forwarder.handle(request, options, before_send=note_newest_event)
+    forwarded = await uploads.forward_recorded(state, request, options, note_newest_event)
     budget = state.forwarder.wait_timeout(options)
     event = await _next_aggregation(events, mark, budget, request, forwarded)
     aggregation_id = str(event.data["aggregation_id"])

@@ -91,6 +91,9 @@ def test_back_to_back_exchanges_never_miss_or_repeat_a_round(
         logged = client.get(f"{gateway.url}/aggregations", params={"after": 0}).json()
     assert len({agg for _, agg in seen}) == 5
     assert seen == [(e["id"], e["aggregation_id"]) for e in logged]
+    with httpx.Client() as client:
+        recorded = client.get(f"{gateway.url}/uploads").json()
+    assert [r["outcome"] for r in recorded] == ["forwarded"] * 5  # GET /uploads lists them too
 
 
 def test_formats_and_upload_options_are_those_of_upload_and_download(
@@ -185,6 +188,8 @@ def test_a_refused_upload_is_refused_as_upload_refuses_it(
     assert weights.exists()
     with httpx.Client() as client:
         assert admin_get(agg.url, ADMIN, "uploads", client) == []
+        (refused,) = client.get(f"{gateway.url}/uploads").json()
+    assert refused["problem_type"] == "/problems/weights/not-finite"
 
 
 def test_the_openapi_doc_gives_exchange_the_bodies_and_options_of_upload(tmp_path: Path) -> None:
