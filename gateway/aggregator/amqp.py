@@ -74,11 +74,19 @@ class AmqpNotifier:
     """Publishes to the branch exchanges; owns one robust connection per tree vhost and one publisher task."""
 
     def __init__(
-        self, admin: BrokerAdmin, leaves: Sequence[Leaf], queue_max_length: int, attempts: int
+        self,
+        admin: BrokerAdmin,
+        leaves: Sequence[Leaf],
+        queue_max_length: int,
+        attempts: int,
+        message_ttl_s: int = 600,
     ) -> None:
         self._admin = admin
         self._leaves = list(leaves)
-        self._queue_max_length = queue_max_length
+        self._queue_arguments: dict[str, Any] = {
+            "x-max-length": queue_max_length,
+            "x-message-ttl": message_ttl_s * 1000,
+        }
         self._attempts = attempts
         self._connections: list[AbstractRobustConnection] = []
         self._exchanges: dict[str, tuple[str, AbstractExchange]] = {}
@@ -116,14 +124,15 @@ class AmqpNotifier:
                 )
                 for leaf in (leaf for leaf in leaves if leaf.branch_id == branch):
                     queue = await channel.declare_queue(
-                        leaf.id, durable=True, arguments={"x-max-length": self._queue_max_length}
+                        leaf.id, durable=True, arguments=self._queue_arguments
                     )
                     await queue.bind(exchange)
             except aio_pika.exceptions.ChannelPreconditionFailed as exc:
                 raise AmqpSetupError(
                     f"RabbitMQ refused a declaration in vhost {tree} ({exc}): an exchange or queue "
                     "of that name exists with other settings; delete it (rabbitmqctl delete_queue "
-                    "-p <vhost> <leaf id>) or match BK_AGGREGATOR_AMQP_QUEUE_MAX_LENGTH to it."
+                    "-p <vhost> <leaf id>) or match BK_AGGREGATOR_AMQP_QUEUE_MAX_LENGTH and "
+                    "BK_AGGREGATOR_AMQP_MESSAGE_TTL_S to it."
                 ) from None
             except aio_pika.exceptions.AMQPError as exc:
                 raise AmqpSetupError(
@@ -180,7 +189,11 @@ async def start_amqp(settings: AggregatorSettings, leaves: Iterable[Leaf]) -> Am
     leaves = list(leaves)
     method = await provision(settings, admin, leaves)
     notifier = AmqpNotifier(
-        admin, leaves, settings.amqp_queue_max_length, settings.amqp_publish_attempts
+        admin,
+        leaves,
+        settings.amqp_queue_max_length,
+        settings.amqp_publish_attempts,
+        settings.amqp_message_ttl_s,
     )
     await notifier.open()
     log.info(

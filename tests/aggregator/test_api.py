@@ -197,7 +197,8 @@ def test_v1_object_npy_upload_is_converted(aggregator: Running, tmp_path: Path) 
 
 
 def test_run_gating_and_run_numbers(aggregator: Running, tmp_path: Path) -> None:
-    """Uploads are refused with 409 unless the run is started; each start opens a new run number."""
+    """Uploads are refused with 409 unless the run is started; a start after a stop opens a new run
+    number, a start after a pause resumes the same run."""
     path = sdk_weights(tmp_path / "w.npz", 1, [np.ones(3)])
     with httpx.Client() as client:
         assert aggregator.set_run(client, "stop")["run_status"] == "stop"
@@ -206,6 +207,8 @@ def test_run_gating_and_run_numbers(aggregator: Running, tmp_path: Path) -> None
         assert "not started" in refused.json()["error"]
         assert aggregator.set_run(client, "start")["run_number"] == 2
         assert aggregator.set_run(client, "pause")["run_number"] == 2
+        assert aggregator.set_run(client, "start")["run_number"] == 2
+        assert aggregator.set_run(client, "stop")["run_number"] == 2
         assert aggregator.set_run(client, "start")["run_number"] == 3
         assert aggregator.upload(client, path).status_code == 201
 
@@ -237,10 +240,14 @@ def test_downloads_are_signed_and_ranged(tmp_path: Path) -> None:
         assert "expired" in expired.json()["error"]
 
 
-def test_metrics_config_and_ticket(aggregator: Running) -> None:
+def test_metrics_config_and_ticket(aggregator: Running, tmp_path: Path) -> None:
     """Metrics are stored (body parsed whatever its type), branch config has its shape, tickets are 200 JSON."""
-    report = aggregator.report(0, "agg-1", {"acc": 0.9})
     with httpx.Client() as client:
+        aggregator.upload(client, sdk_weights(tmp_path / "w.npz", 1, [np.ones(2)]))
+        aggregation_id = client.post(
+            f"{aggregator.url}/admin/aggregate?wait=true", headers=aggregator.admin
+        ).json()["data"]["aggregation_id"]
+        report = aggregator.report(0, aggregation_id, {"acc": 0.9})
         created = client.post(
             f"{aggregator.url}/api/v1/performance/analysis",
             headers=aggregator.auth(),
