@@ -95,7 +95,7 @@ async def _store(
             part.size,
             source,
             payload.kind,
-            payload.weighting,
+            payload.weighting if payload.kind == LEARNING else None,  # ignored for analytics
             metadata,
         )
         if not duplicate:
@@ -184,14 +184,16 @@ def _check_payload(payload: Payload, data: dict[str, Any], *, whole_weighting: b
         raise UnprocessableError(
             f"metadata.kind is {declared_kind!r} but the archive is {payload.kind!r}."
         )
-    if (
-        whole_weighting
-        and payload.kind == LEARNING
-        and not (
-            payload.weighting is not None
-            and payload.weighting >= 0
-            and float(payload.weighting).is_integer()
+    if whole_weighting and payload.kind != LEARNING:
+        raise UnprocessableError(
+            "Protocol v1 uploads carry federated_learning weights only; send "
+            f"{payload.kind} payloads to /api/v1/file/upload.",
+            "unsupported-kind",
         )
+    if whole_weighting and not (
+        payload.weighting is not None
+        and payload.weighting >= 0
+        and float(payload.weighting).is_integer()
     ):
         raise UnprocessableError(
             f"Protocol v1 weights carry a whole number of samples; this file's weighting is "

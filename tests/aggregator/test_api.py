@@ -321,3 +321,50 @@ def test_deeply_nested_json_bodies_get_400(aggregator: Running) -> None:
         admin = client.post("/admin/run", headers=aggregator.admin, content=body)
     assert (report.status_code, admin.status_code) == (400, 400), (report.text, admin.text)
     assert "nested too deeply" in report.json()["error"]
+
+
+def test_reports_on_unknown_or_foreign_aggregations_get_404(tmp_path: Path) -> None:
+    """A performance report names an aggregation of the leaf's own branch: unknown ids and another branch's
+    aggregation get 404 (both dialects), and nothing is stored."""
+    leaves = [
+        {
+            "id": f"leaf-{name}",
+            "name": name,
+            "session_token": f"token-{name}",
+            "tree_id": "tree",
+            "branch_id": f"branch-{name}",
+            "owner_id": "owner",
+        }
+        for name in ("a", "b")
+    ]
+    (tmp_path / "leaves.json").write_text(json.dumps(leaves))
+    path = tmp_path / "w.npz"
+    np.savez(path, weighting=np.array([1.0]), layer_0=np.ones(2))
+    with (
+        start(tmp_path / "agg", leaves_file=tmp_path / "leaves.json") as agg,
+        httpx.Client() as client,
+    ):
+        assert (
+            agg.upload(client, path, 1).status_code == 201
+        )  # branch-b's only leaf: its round closes
+        foreign = str(wait_for_aggregations(agg, client, 1)[0]["aggregation_id"])
+        for aggregation_id in ("agg-1", foreign):
+            report = agg.report(0, aggregation_id, {"acc": 0.5})
+            v3 = client.post(
+                f"{agg.url}/api/v1/performance/analysis",
+                headers=agg.auth(0),
+                content=json.dumps(report),
+            )
+            v1 = client.post(
+                f"{agg.url}/v1/performance/analysis",
+                auth=("leaf-a", "token-a"),
+                content=json.dumps(report),
+            )
+            assert (v3.status_code, v1.status_code) == (404, 404), (v3.text, v1.text)
+            assert "No aggregation" in v3.json()["error"]
+        mine = agg.report(1, foreign, {"acc": 0.5})
+        accepted = client.post(
+            f"{agg.url}/api/v1/performance/analysis", headers=agg.auth(1), content=json.dumps(mine)
+        )
+        assert accepted.status_code == 201
+        assert len(client.get(f"{agg.url}/admin/metrics", headers=agg.admin).json()["data"]) == 1
