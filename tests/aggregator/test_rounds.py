@@ -96,8 +96,8 @@ def test_resent_upload_after_its_round_closed_is_not_counted_again(tmp_path: Pat
 
 def test_an_upload_that_does_not_fit_its_round_is_refused_naming_the_layer(tmp_path: Path) -> None:
     """Layer names, shapes and dtypes that differ from the round's uploads get 422 naming the layer."""
-    reference = [np.ones(3), np.ones((2, 2), dtype=np.float32)]
-    misfits = {
+    reference: list[Array] = [np.ones(3), np.ones((2, 2), dtype=np.float32)]
+    misfits: dict[str, tuple[list[Array], str]] = {
         "shape": ([np.ones(4), reference[1]], "layer_0 has shape (4,) but (3,)"),
         "dtype": ([reference[0], np.ones((2, 2))], "layer_1 has dtype <f8 but <f4"),
         "missing": ([reference[0]], "layer_1 is missing"),
