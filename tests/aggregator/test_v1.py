@@ -8,6 +8,7 @@ import json
 import logging
 import struct
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from gateway.aggregator.provisioning import (
 )
 from gateway.aggregator.records import Leaf
 from tests.support.aggregator import Running, settings_for, start
-from tests.support.amqp import AMQP_URL, queue_counts, rabbitmqctl
+from tests.support.amqp import AMQP_URL, broker_cleanup, queue_counts, rabbitmqctl
 from tests.support.corpus import v1_file, v1_stream
 from tests.support.waiting import wait_until
 from tests.support.weights import layers_of, read_v1, sdk_weights, write_v1
@@ -401,6 +402,36 @@ def test_notifications_expire_so_a_late_client_gets_no_stale_ids(tmp_path: Path)
         message = asyncio.run(_get(leaf_url(creds), creds["tree_id"], creds["id"]))
         assert message is not None
         assert json.loads(message.body)["body"]["aggregation_id"] == fresh[0]["aggregation_id"]
+
+
+def test_a_queue_declared_with_other_arguments_is_declared_again(tmp_path: Path) -> None:
+    """A leaf queue left by an older version (no TTL) does not stop start-up: unused, it is declared again."""
+    suffix = uuid.uuid4().hex[:8]
+    leaf = {
+        "id": f"leaf-{suffix}",
+        "name": "old",
+        "session_token": f"token-{suffix}",
+        "tree_id": f"tree-{suffix}",
+        "branch_id": f"branch-{suffix}",
+        "owner_id": "owner",
+    }
+    (tmp_path / "leaves.json").write_text(json.dumps([leaf]))
+    with broker_cleanup(vhosts=[leaf["tree_id"]], users=[leaf["id"]]):
+        rabbitmqctl("add_vhost", leaf["tree_id"])
+        rabbitmqctl("set_permissions", "-p", leaf["tree_id"], "guest", ".*", ".*", ".*")
+
+        async def declare_old() -> None:
+            connection = await aio_pika.connect(AMQP_URL + leaf["tree_id"], timeout=10)
+            async with connection:
+                channel = await connection.channel()
+                await channel.declare_queue(
+                    leaf["id"], durable=True, arguments={"x-max-length": 10}
+                )
+
+        asyncio.run(declare_old())
+        with start(tmp_path / "agg", leaves_file=tmp_path / "leaves.json", amqp_url=AMQP_URL):
+            queues = rabbitmqctl("list_queues", "-p", leaf["tree_id"], "name", "arguments")
+            assert f'{leaf["id"]}\t[{{"x-max-length",10000}},{{"x-message-ttl",600000}}]' in queues
 
 
 # ---------------------------------------------------------------- units: provisioning, publishing, start-up
