@@ -83,7 +83,7 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(
         config = write_config(tmp_path / "schemathesis.toml", _auth(agg), _operations())
         started = time.monotonic()
         run = run_schemathesis(
-            f"{agg.url}/openapi.json", config, tmp_path, max_examples=10, max_time_s=45
+            f"{agg.url}/openapi.json", config, tmp_path, max_examples=10, max_time_s=40
         )
         elapsed = time.monotonic() - started
     assert run.returncode == 0, run.output[-20_000:]
