@@ -85,7 +85,9 @@ def _scheme(path: str) -> str | None:
         return "adminBearer"
     if path.startswith(("/api/v1/blob/", "/v1/blob/")):
         return None  # the signed URL is the credential
-    return "leafBearer" if path.startswith("/api/v1/") else "leafBasic"
+    if path.startswith("/api/v1/"):
+        return "leafBearer"
+    return "leafBasic" if path.startswith("/v1/") else None
 
 
 def operation_ids(route: APIRoute) -> str:
