@@ -130,6 +130,6 @@ def upload_note(forwarded: Forwarded) -> str | None:
     if payload.kind == LEARNING and payload.weighting == 0:
         return (
             "weighting is 0: the upload is accepted and counts for the round, but it will not "
-            "move the aggregated mean (if every upload of the round weighs 0 there is no mean)."
+            "move the aggregated mean (unless every upload of the round weighs 0)."
         )
     return None

@@ -79,10 +79,10 @@ def test_back_to_back_exchanges_never_miss_or_repeat_a_round(
 ) -> None:
     """Five rounds in a row, each closed by the upload itself: each answer is a new aggregation, in event order."""
     _, gateway = one_leaf_rounds
-    weights = _weights(tmp_path, 0)
     seen: list[tuple[int, str]] = []
     with httpx.Client(timeout=30) as client:
-        for _ in range(5):
+        for round_number in range(5):  # a new file each round (a re-sent one counts once)
+            weights = _weights(tmp_path, 0, weighting=round_number + 1.0)
             answer = client.post(
                 f"{gateway.url}/exchange", files={"file": ("w.npz", weights.read_bytes())}
             )
@@ -141,7 +141,7 @@ def test_a_round_still_open_is_a_504_with_the_file_id_and_no_old_aggregation(
         answer = client.post(
             f"{gateway.url}/exchange",
             params={"wait_timeout": "100"},  # capped by GATEWAY_WAIT_TIMEOUT_S (1 s)
-            files={"file": ("w.npz", _weights(tmp_path, 0).read_bytes())},
+            files={"file": ("w.npz", _weights(tmp_path, 0, weighting=5.0).read_bytes())},
         )
         assert time.monotonic() - began < 10
         problem = check_problem(answer, 504, "aggregation-timeout")
@@ -150,7 +150,8 @@ def test_a_round_still_open_is_a_504_with_the_file_id_and_no_old_aggregation(
         uploads = admin_get(aggregator.url, ADMIN, "uploads", client)
         assert problem["file_id"] in {u["file_id"] for u in uploads}
         for leaf in (1, 2):  # the others finish the round: the trainer resumes after `after`
-            assert aggregator.upload(client, _weights(tmp_path, leaf), leaf).status_code == 201
+            weights = _weights(tmp_path, leaf, weighting=7.0)
+            assert aggregator.upload(client, weights, leaf).status_code == 201
         later = client.get(
             f"{gateway.url}/aggregations", params={"after": problem["after"], "wait": 30}
         ).json()
