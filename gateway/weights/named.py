@@ -159,4 +159,3 @@ def _named_members(archive: Archive, policy: ValidationPolicy) -> list[Member]:
                     f"or leave it out of the archive.",
                 )
     return members
-

@@ -116,14 +116,17 @@ def _cast(
         values = np.frombuffer(data, dtype=source, count=usable // source.itemsize)
         if wanted is None:
             yield narrow_to_bf16(values)
-        elif wanted.kind in "biu" and source.kind in "fc":
+        elif wanted.kind in "biu" and source.kind == "f":
             yield _round(values, wanted).tobytes()
         else:
             yield values.astype(wanted).tobytes()
 
 
 def _round(values: np.ndarray[Any, Any], wanted: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    rounded: np.ndarray[Any, Any] = np.rint(np.nan_to_num(values.real))
     if wanted.kind == "b":
-        return np.rint(values) != 0
+        nonzero: np.ndarray[Any, Any] = rounded != 0
+        return nonzero
     info = np.iinfo(wanted)
-    return np.clip(np.rint(np.nan_to_num(values)), info.min, info.max).astype(wanted)
+    clipped: np.ndarray[Any, Any] = np.clip(rounded, info.min, info.max)
+    return clipped.astype(wanted)
