@@ -20,8 +20,9 @@ from safetensors.numpy import save_file as st_save
 from tests.support.aggregator import Running, start
 from tests.support.gateways import Gateway, GatewayFactory, run_gateway
 from tests.support.http import check_problem, curl, load_npz
+from tests.support.weights import write_npz
 
-DENSE = {
+DENSE: dict[str, np.ndarray[Any, Any]] = {
     "encoder.weight": (np.arange(12, dtype=np.float32).reshape(3, 4) / 7),
     "encoder.bias": np.linspace(-1, 1, 3).astype(np.float16),
     "steps": np.array([5], dtype=np.int64),
@@ -118,9 +119,7 @@ def test_safetensors_etag_answers_304(gateway: Gateway, tmp_path: Path) -> None:
     assert cached.status_code == 304
 
 
-def test_raw_body_and_cli_upload_safetensors(
-    aggregator: Running, gateway: Gateway, tmp_path: Path
-) -> None:
+def test_raw_body_and_cli_upload_safetensors(gateway: Gateway, tmp_path: Path) -> None:
     """A raw application/octet-stream body and `branchkey-gateway upload` take safetensors too."""
     st_save(DENSE, str(tmp_path / "m.safetensors"))
     result, _ = _round(
@@ -147,8 +146,17 @@ def test_raw_body_and_cli_upload_safetensors(
     assert uploaded.returncode == 0, uploaded.stderr
     aggregation_id = _next_aggregation(gateway, after)
     downloaded = subprocess.run(
-        [sys.executable, "-m", "gateway", "download", aggregation_id, "--format", "safetensors"]
-        + ["-o", "agg.safetensors", "--gateway", gateway.url],
+        [
+            *command[:3],
+            "download",
+            aggregation_id,
+            "--format",
+            "safetensors",
+            "-o",
+            "agg.safetensors",
+            "--gateway",
+            gateway.url,
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -164,8 +172,11 @@ def test_raw_body_and_cli_upload_safetensors(
 def test_named_npz_keeps_its_weighting_and_names(gateway: Gateway, tmp_path: Path) -> None:
     """An NPZ with its own keys is layer_0.. in archive order, its `weighting` is the file's, and
     names=original gives the keys back."""
-    arrays = {"params.dense.kernel": np.ones((2, 3), np.float32), "params.dense.bias": np.zeros(3)}
-    np.savez(tmp_path / "w.npz", weighting=np.array([6.0]), **arrays)
+    arrays: dict[str, np.ndarray[Any, Any]] = {
+        "params.dense.kernel": np.ones((2, 3), np.float32),
+        "params.dense.bias": np.zeros(3),
+    }
+    write_npz(tmp_path / "w.npz", {"weighting": np.array([6.0]), **arrays})
     result, aggregation_id = _round(gateway, "-F", "file=@w.npz", cwd=tmp_path)
     assert (result["weighting"], result["weighting_source"]) == (6.0, "file")
     assert [layer["shape"] for layer in result["layers"]] == [[2, 3], [3]]
@@ -200,7 +211,7 @@ def test_names_that_do_not_fit_are_a_409(gateway: Gateway, tmp_path: Path) -> No
     check_problem(_get(gateway, named, format="npy", names="original"), 400, "bad-request")
 
 
-def test_names_survive_a_restart(aggregator: Running, gateway: Gateway, tmp_path: Path) -> None:
+def test_names_survive_a_restart(gateway: Gateway, tmp_path: Path) -> None:
     """The name map is kept in the data dir: a new gateway process serves the same names."""
     st_save(DENSE, str(tmp_path / "m.safetensors"))
     _, aggregation_id = _round(gateway, "-F", "file=@m.safetensors", cwd=tmp_path)
