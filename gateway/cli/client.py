@@ -180,8 +180,7 @@ def download(
         typer.Option(
             "--output",
             "-o",
-            help="Where to write it (default: <id>.<format>); "
-            "'-' writes to stdout.",
+            help="Where to write it (default: <id>.<format>); '-' writes to stdout.",
             show_default=False,
         ),
     ] = None,
