@@ -68,7 +68,7 @@ def upload_to_npz(
     if kind == "npy-object":
         return _object_to_npz(src, dst, policy, weighting, compress)
     if kind == "safetensors" or (kind == "npz" and is_named_npz(src, policy)):
-        return _named_to_npz(src, dst, policy, weighting, compress, safetensors=kind != "npz")
+        return _named_to_npz(src, dst, policy, weighting, safetensors=kind != "npz")
     if weighting is not None and kind == "npz":
         return Incoming(with_weighting(src, weighting, dst, policy), True, "request")
     payload = inspect_payload(src, policy)
@@ -88,19 +88,19 @@ def _named_to_npz(
     dst: Path,
     policy: ValidationPolicy,
     weighting: str | float | None,
-    compress: bool,
     *,
     safetensors: bool,
 ) -> Incoming:
     """Tensors in the trainer's own names become `layer_0 ..` in the file's order; a named NPZ's
-    `weighting` array counts as the file's weighting."""
+    `weighting` array counts as the file's weighting. The NPZ is stored, not deflated: model tensors
+    barely deflate, and deflating them (~15 MiB/s a core) takes longer than sending them."""
     value, source = _chosen(weighting, policy)
     if safetensors:
-        payload, names = safetensors_to_npz(src, dst, policy, value, compress=compress)
+        payload, names = safetensors_to_npz(src, dst, policy, value, compress=False)
         return Incoming(payload, True, source, names)
     if weighting is None and (found := npz_weighting(src, policy)) is not None:
         value, source = parse_weighting(found, policy), "file"
-    payload, names = named_npz_to_npz(src, dst, policy, value, compress=compress)
+    payload, names = named_npz_to_npz(src, dst, policy, value, compress=False)
     return Incoming(payload, True, source, names)
 
 
