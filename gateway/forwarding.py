@@ -68,6 +68,8 @@ class Forwarded:
     size: int
     payload: Payload
     weighting_source: WeightingSource | None
+    names: NameMap | None = None
+    """The trainer's own tensor names, for a safetensors or named-NPZ upload."""
 
 
 @dataclass
@@ -155,7 +157,9 @@ class Forwarder:
         self.on_forwarded(sent.size)
         if self.on_names is not None:
             await self.on_names(incoming.names)
-        return Forwarded(sent.file_id, sent.sha256, sent.size, payload, incoming.weighting_source)
+        return Forwarded(
+            sent.file_id, sent.sha256, sent.size, payload, incoming.weighting_source, incoming.names
+        )
 
     async def branchkey_npz(
         self, received: Received, weighting: str | None, scratch: Scratch

@@ -77,6 +77,11 @@ def test_safetensors_round_trip_in_own_names_and_dtypes(gateway: Gateway, tmp_pa
         ("layer_1", [3, 4]),
         ("layer_2", [3]),
     ]
+    assert [layer["name"] for layer in result["layers"]] == [
+        "steps",
+        "encoder.weight",
+        "encoder.bias",
+    ]
     answer = _get(gateway, aggregation_id, format="safetensors")
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-disposition"].endswith(f'{aggregation_id}.safetensors"')

@@ -100,7 +100,9 @@ def test_300_mib_upload_streams_with_bounded_memory(
     result = answer.json()
     assert result["sha256"] == sha256
     assert result["size"] == size
-    assert result["layers"] == [{"key": "layer_0", "dtype": "<f4", "shape": [LAYER_BYTES // 4]}]
+    assert result["layers"] == [
+        {"key": "layer_0", "dtype": "<f4", "shape": [LAYER_BYTES // 4], "name": None}
+    ]
     growth = rss.peak - rss.baseline
     assert growth < RSS_BUDGET, f"RSS grew {growth / MiB:.0f} MiB during the upload"
     assert elapsed < 30
