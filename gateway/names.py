@@ -130,12 +130,15 @@ class NamedDownloads:
         digest = current.digest if current is not None else "layer"
         target = self.folder / f"{plain.sha256}-{digest}.{suffix}"
 
-        def produce(tmp: Path) -> None:
+        def produce(tmp: Path) -> str | None:
+            """Write the file; its sha256 when known from the writing."""
             if suffix == "safetensors":
-                aggregate_to_safetensors(plain.path, tmp, current, self.limits, aggregation_id)
-            else:
-                assert current is not None  # noqa: S101 - names=layer npz never gets here
-                aggregate_to_named_npz(plain.path, tmp, current, self.limits, aggregation_id)
+                return aggregate_to_safetensors(
+                    plain.path, tmp, current, self.limits, aggregation_id
+                )
+            assert current is not None  # noqa: S101 - names=layer npz never gets here
+            aggregate_to_named_npz(plain.path, tmp, current, self.limits, aggregation_id)
+            return None
 
         lock = self.locks.get(target.name)
         try:
@@ -148,7 +151,7 @@ class NamedDownloads:
         await self._evict()
         return Renamed(served, sha256, suffix)
 
-    def _produce(self, target: Path, produce: Callable[[Path], None]) -> str:
+    def _produce(self, target: Path, produce: Callable[[Path], str | None]) -> str:
         digest_path = target.with_name(target.name + ".sha256")
         if target.exists():
             os.utime(target)  # recently used: evicted last
@@ -156,12 +159,11 @@ class NamedDownloads:
         tmp = self.folder / f".{target.name}.{secrets.token_hex(6)}"
         try:
             try:
-                produce(tmp)
+                digest = produce(tmp) or sha256_file(tmp).hex()
             except WeightsError as error:
                 if error.code == "names-mismatch":
                     raise NameMapConflictError(error.message) from None
                 raise
-            digest = sha256_file(tmp).hex()
             digest_path.write_text(digest)
             os.replace(tmp, target)
         finally:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -26,8 +27,10 @@ from gateway.weights.writer import NpzWriter, atomic_path
 
 def aggregate_to_safetensors(
     src: Path, dst: Path, names: NameMap | None, limits: Limits, aggregation_id: str
-) -> None:
-    """A plain aggregate NPZ as safetensors: the map's names and dtypes, or `layer_i` as they are."""
+) -> str:
+    """A plain aggregate NPZ as safetensors: the map's names and dtypes, or `layer_i` as they are.
+
+    Returns the file's sha256 (hex), computed as it was written."""
     with Archive(src, limits) as archive, atomic_path(dst) as tmp:
         members = _layers(src, archive, names, aggregation_id)
         tensors = []
@@ -41,7 +44,21 @@ def aggregate_to_safetensors(
                 OutTensor(name, dtype, member.header.shape, _chunks(archive, member, dtype))
             )
         with tmp.open("wb") as out:
-            write_safetensors(out, tensors, names.metadata if names is not None else None)
+            hashing = _Hashing(out)
+            write_safetensors(hashing, tensors, names.metadata if names is not None else None)
+    return hashing.digest.hexdigest()
+
+
+class _Hashing:
+    """A file being written, hashed on the way (the digest costs no second read)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.stream.write(data)
 
 
 def aggregate_to_named_npz(

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -312,8 +312,15 @@ def header_for(tensors: list[OutTensor], metadata: dict[str, str]) -> bytes:
     return len(text).to_bytes(LENGTH_BYTES, "little") + text
 
 
+class Writable(Protocol):
+    """Where a file is written: an open binary file, or anything with its `write`."""
+
+    def write(self, data: bytes, /) -> object:
+        """Write `data`."""
+
+
 def write_safetensors(
-    stream: BinaryIO, tensors: list[OutTensor], metadata: dict[str, str] | None = None
+    stream: Writable, tensors: list[OutTensor], metadata: dict[str, str] | None = None
 ) -> None:
     """Write a safetensors file tensor by tensor; each must yield exactly its size."""
     stream.write(header_for(tensors, metadata or {}))
