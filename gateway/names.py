@@ -86,11 +86,13 @@ class NamedDownloads:
         for entry in self.folder.iterdir():
             if entry.name.startswith("."):
                 entry.unlink(missing_ok=True)
+        for partial in self.map_path.parent.glob(f".{MAP_FILE}.*"):
+            partial.unlink(missing_ok=True)
         try:
             self.current = NameMap.from_json(self.map_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             self.current = None
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring %s, which is not a name map (%s)", self.map_path, exc)
             self.current = None
 

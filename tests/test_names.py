@@ -47,8 +47,13 @@ def test_the_map_survives_a_restart_and_a_layer_upload_forgets_it(tmp_path: Path
 
 def test_a_damaged_map_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A names.json that is not a map (a crash, a hand edit) counts as none, with a warning."""
-    (tmp_path / MAP_FILE).write_text('{"version": 1, "tensors": 3')
-    assert _downloads(tmp_path).current is None
+    for damaged in (
+        '{"version": 1, "tensors": 3',
+        '{"version": 1, "source": "npz", "tensors": [["w", "<f4", [2]]], "metadata": []}',
+        '{"version": 1, "source": "npz", "tensors": [["w", "<f4"]], "metadata": {}}',
+    ):
+        (tmp_path / MAP_FILE).write_text(damaged)
+        assert _downloads(tmp_path).current is None
     assert "not a name map" in caplog.text
 
 
