@@ -43,6 +43,7 @@ from gateway.events import EventHub, EventLog, Events
 from gateway.forwarding import Forwarder
 from gateway.layouts import LayoutBook
 from gateway.metrics import LiveFacts, Metrics
+from gateway.names import NamedDownloads
 from gateway.problems import add_exception_handlers, problem_responses
 from gateway.settings import Settings
 from gateway.upstream import auto
@@ -186,6 +187,11 @@ def create_app(settings: Settings) -> FastAPI:
             layouts = await to_thread.run_sync(
                 LayoutBook, settings.gateway_data_dir / "layouts.json"
             )
+            limits = settings.weights.policy().limits
+            names = NamedDownloads(
+                settings.gateway_data_dir, tmp_dir, limits, settings.gateway_cache_keep
+            )
+            await to_thread.run_sync(names.load)
             loop = asyncio.get_running_loop()
             state.attach(
                 app,
@@ -197,13 +203,19 @@ def create_app(settings: Settings) -> FastAPI:
                     cache=AggregationCache(
                         cache_dir,
                         tmp_dir,
-                        settings.weights.policy().limits,
+                        limits,
                         settings.gateway_cache_keep,
                         functools.partial(_saw_aggregation, layouts, session_, events_),
                     ),
                     forwarder=Forwarder(
-                        session_, settings, tmp_dir, metrics.record_upload, layouts
+                        session_,
+                        settings,
+                        tmp_dir,
+                        metrics.record_upload,
+                        names.remember,
+                        layouts=layouts,
                     ),
+                    names=names,
                     embedded=upstream.embedded,
                     stop_streams=functools.partial(loop.call_soon_threadsafe, events_.hub.close),
                 ),

@@ -29,6 +29,7 @@ from gateway.weights import (
     layers_to_npz,
     upload_to_npz,
 )
+from gateway.weights.names import NameMap
 
 LAYER_PART = re.compile(r"layer_(0|[1-9][0-9]*)", re.ASCII)
 MAX_PARTS = 10_050
@@ -78,6 +79,8 @@ class Forwarded:
     size: int
     payload: Payload
     weighting_source: WeightingSource | None
+    names: NameMap | None = None
+    """The trainer's own tensor names, for a safetensors or named-NPZ upload."""
 
 
 @dataclass
@@ -111,12 +114,15 @@ class Forwarder:
         settings: Settings,
         scratch_dir: Path,
         on_forwarded: Callable[[int], None] = lambda _size: None,
+        on_names: Callable[[NameMap | None], Awaitable[None]] | None = None,
         layouts: LayoutBook | None = None,
     ) -> None:
         self.session = session
         self.settings = settings
         self.scratch_dir = scratch_dir
         self.on_forwarded = on_forwarded
+        self.on_names = on_names
+        """Told the tensor names of every upload BranchKey accepted (None: `layer_<n>` names)."""
         self.layouts = layouts
         """The architecture check's reference per branch (None: no check)."""
 
@@ -176,10 +182,14 @@ class Forwarder:
             await before_send()
         sent = await upstream.upload(outgoing)
         self.on_forwarded(sent.size)
+        if self.on_names is not None:
+            await self.on_names(incoming.names)
         if self.layouts is not None:
             source = f"the last upload (file {sent.file_id})"
             await to_thread.run_sync(self.layouts.record, branch, payload, source)
-        return Forwarded(sent.file_id, sent.sha256, sent.size, payload, incoming.weighting_source)
+        return Forwarded(
+            sent.file_id, sent.sha256, sent.size, payload, incoming.weighting_source, incoming.names
+        )
 
     async def check_architecture(self, branch: str, payload: Payload) -> None:
         """Refuse a model whose layers differ from the branch's latest (GATEWAY_CHECK_ARCHITECTURE)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -16,7 +17,8 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.cache import Format
 from gateway.errors import ConflictError, NotFoundError
 from gateway.events import Event
-from gateway.state import MetricsDep, StateDep
+from gateway.names import DownloadFormat, Names, Plain, wants_names
+from gateway.state import GatewayState, MetricsDep, StateDep
 
 router = APIRouter()
 
@@ -106,32 +108,64 @@ async def stream_aggregation(
     state: StateDep,
     metrics: MetricsDep,
     fmt: Annotated[
-        Format,
-        Query(alias="format", description="npz: plain layer_0.. arrays; npy: the v1 object array."),
-    ] = Format.npz,
+        DownloadFormat,
+        Query(
+            alias="format",
+            description="npz: an NPZ of plain arrays; npy: the v1 object array; safetensors: "
+            "safetensors in the trainer's own names and dtypes.",
+        ),
+    ] = DownloadFormat.npz,
+    names: Annotated[
+        Names | None,
+        Query(
+            description="original: the tensor names and dtypes of this leaf's last safetensors "
+            "or named-NPZ upload (the default for safetensors); layer: layer_0 .. (the default "
+            "for npz and npy)."
+        ),
+    ] = None,
     if_none_match: Annotated[
         str | None,
         Header(description="ETags the client holds (or *): a match is answered 304 Not Modified."),
     ] = None,
 ) -> Response:
     """The aggregated model: `layer_0 ..` as an NPZ of plain arrays, or (`?format=npy`) the v1 object
-    array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples)."""
-    served = await state.cache.open(state.session.require, aggregation_id, fmt)
+    array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples), or in the
+    trainer's own tensor names (`?format=safetensors`, `?format=npz&names=original`): 409 when no
+    names are remembered or they do not fit this aggregation's layers."""
+    path, sha256, suffix = await aggregation_file(state, aggregation_id, fmt, names)
     headers = {
-        "ETag": f'"{served.sha256}"',
+        "ETag": f'"{sha256}"',
         "Cache-Control": "private, max-age=31536000, immutable",
     }
     if etag_matches(if_none_match, headers["ETag"]):
-        await to_thread.run_sync(functools.partial(served.path.unlink, missing_ok=True))
+        await to_thread.run_sync(functools.partial(path.unlink, missing_ok=True))
         return Response(status_code=304, headers=headers)
     return SentFileResponse(
-        served.path,
+        path,
         media_type="application/octet-stream",
-        filename=f"{aggregation_id}.{fmt.value}",
+        filename=f"{aggregation_id}.{suffix}",
         headers=headers,
-        cleanup=lambda: served.path.unlink(missing_ok=True),
+        cleanup=lambda: path.unlink(missing_ok=True),
         on_sent=metrics.record_download,
     )
+
+
+async def aggregation_file(
+    state: GatewayState, aggregation_id: str, fmt: DownloadFormat, names: Names | None
+) -> tuple[Path, str, str]:
+    """A private link to an aggregation's file in `fmt` (the caller removes it), its sha256 and its
+    file suffix: from the cache, or in the trainer's names (`GET /aggregations/{id}`, `/exchange`)."""
+    if wants_names(fmt, names):
+        plain = await state.cache.open(state.session.require, aggregation_id, Format.npz)
+        try:
+            served = await state.names.open(
+                Plain(plain.path, plain.sha256), aggregation_id, fmt, names
+            )
+        finally:
+            await to_thread.run_sync(functools.partial(plain.path.unlink, missing_ok=True))
+        return served.path, served.sha256, served.suffix
+    cached = await state.cache.open(state.session.require, aggregation_id, Format(fmt.value))
+    return cached.path, cached.sha256, fmt.value
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:

@@ -12,8 +12,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.routing import APIRoute
 
 from gateway.api import uploads
-from gateway.api.aggregations import SentFileResponse
-from gateway.cache import Format
+from gateway.api.aggregations import SentFileResponse, aggregation_file
 from gateway.errors import (
     AggregationTimeoutError,
     BadRequestError,
@@ -22,6 +21,7 @@ from gateway.errors import (
 )
 from gateway.events import Event, Events
 from gateway.forwarding import Forwarded, UploadOptions
+from gateway.names import DownloadFormat, Names
 from gateway.state import MetricsDep, StateDep
 
 router = APIRouter()
@@ -69,9 +69,20 @@ async def exchange_weights(
         str | None, Query(description="Aggregation weight; overrides the file's.")
     ] = None,
     fmt: Annotated[
-        Format,
-        Query(alias="format", description="npz: plain layer_0.. arrays; npy: the v1 object array."),
-    ] = Format.npz,
+        DownloadFormat,
+        Query(
+            alias="format",
+            description="npz: an NPZ of plain arrays; npy: the v1 object array; safetensors: "
+            "safetensors in the trainer's own names and dtypes (as GET /aggregations/{id}).",
+        ),
+    ] = DownloadFormat.npz,
+    names: Annotated[
+        Names | None,
+        Query(
+            description="original: the tensor names and dtypes of this leaf's last named upload "
+            "(the default for safetensors); layer: layer_0 .. (as GET /aggregations/{id})."
+        ),
+    ] = None,
 ) -> Response:
     """Upload weights exactly as `POST /upload` takes them, wait for the first aggregation announced
     after the upload was sent, and answer with its file, as `GET /aggregations/{id}` does: a bash
@@ -93,12 +104,12 @@ async def exchange_weights(
     event = await _next_aggregation(events, mark, budget, request, forwarded)
     aggregation_id = str(event.data["aggregation_id"])
     try:
-        served = await state.cache.open(state.session.require, aggregation_id, fmt)
+        path, sha256, suffix = await aggregation_file(state, aggregation_id, fmt, names)
     except GatewayError as error:
         error.extra.update(file_id=forwarded.file_id, aggregation_id=aggregation_id)
         raise
     headers = {
-        "ETag": f'"{served.sha256}"',
+        "ETag": f'"{sha256}"',
         "X-Aggregation-Id": _header(aggregation_id),
         "X-File-Id": _header(forwarded.file_id),
         "X-Event-Id": str(event.id),
@@ -107,11 +118,11 @@ async def exchange_weights(
     if note is not None:
         headers["X-Upload-Note"] = note
     return SentFileResponse(
-        served.path,
+        path,
         media_type="application/octet-stream",
-        filename=f"{aggregation_id}.{fmt.value}",
+        filename=f"{aggregation_id}.{suffix}",
         headers=headers,
-        cleanup=lambda: served.path.unlink(missing_ok=True),
+        cleanup=lambda: path.unlink(missing_ok=True),
         on_sent=metrics.record_download,
     )
 

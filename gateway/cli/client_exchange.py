@@ -42,10 +42,18 @@ app = typer.Typer()
 
 
 class ExchangeFormat(StrEnum):
-    """Formats of the model `exchange` writes."""
+    """Formats of the model `exchange` writes (those of `download`)."""
 
     npz = "npz"
     npy = "npy"
+    safetensors = "safetensors"
+
+
+class ExchangeNames(StrEnum):
+    """Tensor names of the model `exchange` writes."""
+
+    original = "original"
+    layer = "layer"
 
 
 @app.command(
@@ -78,9 +86,18 @@ def exchange(
         ExchangeFormat,
         typer.Option(
             "--format",
-            help="npz: plain layer_0.. arrays, any .npy reader; npy: the v1 client's object array.",
+            help="npz: plain layer_0.. arrays, any .npy reader; npy: the v1 client's object "
+            "array; safetensors: the tensor names and dtypes of your last named upload.",
         ),
     ] = ExchangeFormat.npz,
+    names: Annotated[
+        ExchangeNames | None,
+        typer.Option(
+            help="original: the names of your last safetensors or named-NPZ upload (the default "
+            "for safetensors); layer: layer_0 .. (the default for npz and npy).",
+            show_default=False,
+        ),
+    ] = None,
     weighting: Annotated[
         str | None,
         typer.Option(help="Aggregation weight (number of samples); overrides the file's."),
@@ -117,6 +134,8 @@ def exchange(
     Example: branchkey-gateway exchange weights.npz -o next.npz
     """
     params: dict[str, str] = {"format": fmt.value}
+    if names is not None:
+        params["names"] = names.value
     if weighting is not None:
         params["weighting"] = weighting
     if wait is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,8 +14,16 @@ from gateway.weights.convert import (
     stream_object_layers,
     with_weighting,
 )
+from gateway.weights.errors import WeightsError
 from gateway.weights.layers import inspect_layer_file, iter_file_data, parse_weighting
 from gateway.weights.model import LEARNING, WEIGHTING_KEY, Payload, layer_key
+from gateway.weights.named import (
+    is_named_npz,
+    named_npz_to_npz,
+    npz_weighting,
+    safetensors_to_npz,
+)
+from gateway.weights.names import NameMap
 from gateway.weights.npz import inspect_npz
 from gateway.weights.objectnpy import ObjectNpy, check_sample_count
 from gateway.weights.policy import ValidationPolicy
@@ -26,6 +35,7 @@ WeightingSource = Literal["default", "file", "request"]
 """file: the NPZ's `weighting` or the v1 sample count; request: a form field or `?weighting=`;
 default: neither, so 1.0."""
 DEFAULT_WEIGHTING = 1.0
+_LAYER = re.compile(r"layer_(\d+) ")
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,8 @@ class Incoming:
     """False: the uploaded file itself is the NPZ to send; True: `dst` holds it."""
     weighting_source: WeightingSource | None
     """None only for an analytics payload without a weighting."""
+    names: NameMap | None = None
+    """The trainer's own tensor names, for a safetensors or named-NPZ upload."""
 
 
 def upload_to_npz(
@@ -51,10 +63,12 @@ def upload_to_npz(
     """Validate an upload of any accepted form and make it the BranchKey NPZ.
 
     An NPZ or a v1 `(num_samples, [arrays])` file keeps its own weighting unless `weighting` is
-    given; a plain `.npy` array (one layer) or a list of arrays saved with `np.save` (one layer per
-    item) carries none, so it gets `weighting`, else 1.0. With `policy.finite`, NaN and Inf are
-    refused in the pass that reads every byte: a conversion's, or for an NPZ `scan` (fed the
-    bytes as they arrived), reading back only what it did not see.
+    given; a plain `.npy` array (one layer), a list of arrays saved with `np.save` (one layer per
+    item) or a safetensors file carries none, so it gets `weighting`, else 1.0. Tensors in the
+    trainer's own names (safetensors, an NPZ without `layer_<n>` keys) become `layer_0 ..` in the
+    file's order, and `names` keeps their names. With `policy.finite`, NaN and Inf are refused in
+    the pass that reads every byte: a conversion's, or for an NPZ `scan` (fed the bytes as they
+    arrived), reading back only what it did not see; a named upload's converted NPZ is read back.
     """
     policy = policy or ValidationPolicy()
     kind = detect_format(src, policy.limits)
@@ -62,6 +76,8 @@ def upload_to_npz(
         return _plain_to_npz(src, dst, policy, weighting, compress)
     if kind == "npy-object":
         return _object_to_npz(src, dst, policy, weighting, compress)
+    if kind == "safetensors" or (kind == "npz" and is_named_npz(src, policy)):
+        return _named_to_npz(src, dst, policy, weighting, safetensors=kind != "npz")
     if weighting is not None and kind == "npz":
         if policy.finite:
             loose = dataclasses.replace(policy, strict_weighting=False)
@@ -81,6 +97,42 @@ def _chosen(
     if weighting is None:
         return DEFAULT_WEIGHTING, "default"
     return parse_weighting(weighting, policy), "request"
+
+
+def _named_to_npz(
+    src: Path,
+    dst: Path,
+    policy: ValidationPolicy,
+    weighting: str | float | None,
+    *,
+    safetensors: bool,
+) -> Incoming:
+    """Tensors in the trainer's own names become `layer_0 ..` in the file's order; a named NPZ's
+    `weighting` array counts as the file's weighting. The NPZ is stored, not deflated: model tensors
+    barely deflate, and deflating them (~15 MiB/s a core) takes longer than sending them."""
+    value, source = _chosen(weighting, policy)
+    if safetensors:
+        payload, names = safetensors_to_npz(src, dst, policy, value, compress=False)
+    else:
+        if weighting is None and (found := npz_weighting(src, policy)) is not None:
+            value, source = parse_weighting(found, policy), "file"
+        payload, names = named_npz_to_npz(src, dst, policy, value, compress=False)
+    if policy.finite:
+        _check_named(dst, payload, policy, names)
+    return Incoming(payload, True, source, names)
+
+
+def _check_named(dst: Path, payload: Payload, policy: ValidationPolicy, names: NameMap) -> None:
+    """NaN and Inf in a named upload, read back from its stored NPZ, named as the trainer names it."""
+    try:
+        check_payload(dst, payload, policy.limits)
+    except WeightsError as error:
+        found = _LAYER.match(error.message)
+        if error.code == "not-finite" and found and int(found[1]) < len(names.tensors):
+            error.message = f"{names.tensors[int(found[1])].name!r} ({error.message})"
+            error.args = (error.message,)
+        dst.unlink(missing_ok=True)
+        raise
 
 
 def _plain_to_npz(
