@@ -194,12 +194,22 @@ def test_a_refused_upload_is_refused_as_upload_refuses_it(
 
 
 def test_the_openapi_doc_gives_exchange_the_bodies_and_options_of_upload(tmp_path: Path) -> None:
-    """/exchange declares /upload's request body (whatever /upload declares) and its query options, plus format."""
+    """/exchange declares /upload's request body (whatever /upload declares) and query options, and
+    the download options of GET /aggregations/{id} (format, names) with the same schemas."""
     doc = create_app(gateway_settings(tmp_path)).openapi()
     upload, exchange = doc["paths"]["/upload"]["post"], doc["paths"]["/exchange"]["post"]
+    download = doc["paths"]["/aggregations/{aggregation_id}"]["get"]
     assert exchange.get("requestBody") == upload.get("requestBody")
     names = {p["name"] for p in exchange["parameters"]}
-    assert names == {p["name"] for p in upload["parameters"]} | {"format"}
+    assert names == {p["name"] for p in upload["parameters"]} | {"format", "names"}
+
+    def typed(schema: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in schema.items() if key != "description"}
+
+    schemas = {p["name"]: typed(p["schema"]) for p in exchange["parameters"]}
+    for option in download["parameters"]:
+        if option["name"] in ("format", "names"):
+            assert schemas[option["name"]] == typed(option["schema"])
     assert "application/octet-stream" in exchange["responses"]["200"]["content"]
     assert "/problems/aggregation-timeout" in exchange["responses"]["504"]["description"]
 

@@ -235,3 +235,22 @@ def test_value_check_is_exact_for_large_and_small_pieces_alike(position: int) ->
     check.flush()
     expected = (position, "-inf") if position != 49_999 else (49_999, "NaN")
     assert check.bad == expected
+
+
+def test_named_uploads_are_refused_in_their_own_names(tmp_path: Path) -> None:
+    """A safetensors file and an NPZ in the trainer's names: the refusal names the tensor as they do."""
+    from safetensors.numpy import save_file
+
+    tensors: dict[str, Any] = {
+        "dense.weight": np.ones((3, 2), np.float32),
+        "dense.bias": np.array([0.5, np.inf], np.float32),
+    }
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    np.savez(tmp_path / "named.npz", **tensors)
+    out = tmp_path / "out.npz"
+    for source in (tmp_path / "m.safetensors", tmp_path / "named.npz"):
+        error = _refusal(lambda s=source: upload_to_npz(s, out, POLICY, weighting="2"))
+        assert error.code == "not-finite"
+        assert error.message.startswith("'dense.bias' (layer_")  # the file's order decides i
+        assert "holds inf at index (1,)" in error.message
+        assert not out.exists()
