@@ -23,6 +23,7 @@ from starlette.types import Scope
 from gateway import __version__, logs, state
 from gateway.api import aggregations, events, health, session, uploads
 from gateway.api.auth import RequireToken
+from gateway.api.hosts import SingleHostOrigin
 from gateway.cache import AggregationCache, remove_partials
 from gateway.embedded import EmbeddedAggregator
 from gateway.errors import GatewayError
@@ -202,6 +203,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     token = settings.gateway_token.get_secret_value() if settings.gateway_token else None
     app.add_middleware(RequireToken, token=token)
+    app.add_middleware(SingleHostOrigin)  # outermost: before the token and loopback checks
 
     def count_problem(scope: Scope, problem_type: str) -> None:
         route = getattr(scope.get("route"), "path", "")

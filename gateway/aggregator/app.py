@@ -17,7 +17,7 @@ from gateway.aggregator.admin import admin
 from gateway.aggregator.amqp import AmqpNotifier, start_amqp
 from gateway.aggregator.errors import add_exception_handlers
 from gateway.aggregator.leaves import dev_leaves, load_leaves
-from gateway.aggregator.middleware import CollapseLeadingSlashes
+from gateway.aggregator.middleware import CollapseLeadingSlashes, SingleHostOrigin
 from gateway.aggregator.provisioning import AmqpSetupError
 from gateway.aggregator.records import Leaf
 from gateway.aggregator.rounds import start_aggregation
@@ -63,6 +63,7 @@ def create_aggregator_app(settings: AggregatorSettings, *, embedded: bool = Fals
         openapi_url=None,
     )
     app.add_middleware(CollapseLeadingSlashes)
+    app.add_middleware(SingleHostOrigin)
     add_exception_handlers(app)
     app.include_router(api)
     app.include_router(v1_api)
