@@ -112,6 +112,12 @@ class UpstreamTimeoutError(GatewayError):
     status, type, title = 504, "upstream-timeout", "BranchKey timed out"
 
 
+class InsufficientStorageError(GatewayError):
+    """The gateway's disk (GATEWAY_DATA_DIR) is full; nothing was kept or forwarded."""
+
+    status, type, title = 507, "insufficient-storage", "Out of disk space"
+
+
 PROBLEM_TYPES: tuple[type[GatewayError], ...] = (
     BadRequestError,
     NotAuthenticatedError,
@@ -125,5 +131,6 @@ PROBLEM_TYPES: tuple[type[GatewayError], ...] = (
     UpstreamUnavailableError,
     NotReadyError,
     UpstreamTimeoutError,
+    InsufficientStorageError,
 )
 """Every gateway problem type, for the OpenAPI description."""

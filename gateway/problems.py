@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import typing
 from collections import defaultdict
 from collections.abc import Callable
@@ -14,12 +15,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
+from gateway._io import disk_full
 from gateway.errors import (
     PROBLEM_BASE,
     PROBLEM_JSON,
     PROBLEM_TYPES,
     BadRequestError,
     GatewayError,
+    InsufficientStorageError,
     NotAuthenticatedError,
 )
 from gateway.multipart import MultipartError
@@ -74,6 +77,17 @@ def _http_problem(error: StarletteHTTPException) -> dict[str, Any]:
     }
 
 
+DISK_FULL_DETAIL = (
+    "The gateway's disk (GATEWAY_DATA_DIR) is full: nothing was kept and nothing was sent to "
+    "BranchKey. Free some space there, then send the request again."
+)
+
+
+def _disk_full_problem(error: Exception) -> dict[str, Any]:
+    log.warning("refused a request: the disk is full (%s: %s)", type(error).__name__, error)
+    return InsufficientStorageError(DISK_FULL_DETAIL).body()
+
+
 def _unexpected_problem(error: Exception) -> dict[str, Any]:
     log.error("unexpected error", exc_info=error)
     return {
@@ -96,6 +110,8 @@ def problem_body(error: Exception) -> dict[str, Any]:
         return _validation_problem(error)
     if isinstance(error, StarletteHTTPException):
         return _http_problem(error)
+    if disk_full(error):
+        return _disk_full_problem(error)
     return _unexpected_problem(error)
 
 
@@ -122,6 +138,8 @@ def add_exception_handlers(app: FastAPI, on_problem: ProblemHook | None = None) 
 
     for kind in (
         Exception,
+        OSError,  # and sqlite3.Error: a full disk is answered (507), not re-raised with a traceback
+        sqlite3.Error,
         GatewayError,
         WeightsError,
         MultipartError,
