@@ -67,6 +67,12 @@ class RunNotStartedError(GatewayError):
     status, type, title = 409, "run-not-started", "The run is not started"
 
 
+class SessionChangedError(GatewayError):
+    """The leaf session ended or changed leaf while the upload was received: nothing was sent."""
+
+    status, type, title = 409, "session-changed", "The leaf session changed during the upload"
+
+
 class PayloadTooLargeError(GatewayError):
     """The upload is over the gateway's size limit."""
 
@@ -125,6 +131,7 @@ PROBLEM_TYPES: tuple[type[GatewayError], ...] = (
     NotFoundError,
     ConflictError,
     RunNotStartedError,
+    SessionChangedError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
     UpstreamRejectedError,
