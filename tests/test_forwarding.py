@@ -246,14 +246,16 @@ def test_a_logout_while_waiting_for_the_run(tmp_path: Path) -> None:
             options = UploadOptions(wait=True)
             started_with = await forwarder.check_run(options)
             received = _received(weights, "w.npz")
+            outcome: object = None
             async with anyio.create_task_group() as group:
                 group.start_soon(_logout_soon, session)
                 try:
-                    return await forwarder.forward(
+                    outcome = await forwarder.forward(
                         received, options, Scratch(tmp_path), started_with
                     )
                 except SessionChangedError as error:
-                    return error
+                    outcome = error
+            return outcome
 
     result = anyio.run(main)
     assert isinstance(result, SessionChangedError), result
