@@ -29,6 +29,7 @@ from gateway.multipart import MultipartError
 from gateway.weights import ErrorCode, WeightsError
 
 log = logging.getLogger("gateway")
+requests_log = logging.getLogger("gateway.requests")
 
 WEIGHTS_TOO_LARGE = frozenset({"too-large", "zip-bomb"})
 
@@ -122,11 +123,26 @@ def problem(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSON
     )
 
 
+def _log_refusal(request: Request, body: dict[str, Any]) -> None:
+    """One line per refused request: what was asked, the problem type and its detail."""
+    status = int(body["status"])
+    requests_log.log(
+        logging.WARNING if status >= 500 else logging.INFO,
+        "%s %s refused: %d %s: %s",
+        request.method,
+        request.url.path,
+        status,
+        body["type"],
+        body["detail"],
+    )
+
+
 def add_exception_handlers(app: FastAPI, on_problem: ProblemHook | None = None) -> None:
     """Every error a route raises becomes problem+json; `on_problem` hears of each one."""
 
     async def answer(request: Request, error: Exception) -> JSONResponse:
         body = problem_body(error)
+        _log_refusal(request, body)
         if on_problem is not None:
             on_problem(request.scope, str(body["type"]))
         headers: dict[str, str] | None = None

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import PROBLEM_JSON, BadRequestError
 from gateway.http_limits import host_origin_problem
+
+log = logging.getLogger("gateway.requests")
 
 
 class SingleHostOrigin:
@@ -26,7 +29,9 @@ class SingleHostOrigin:
             problem = host_origin_problem(scope.get("headers") or ())
         if problem is None:
             await self.app(scope, receive, send)
-        elif scope["type"] == "websocket":
+            return
+        log.info("%s refused: 400 /problems/bad-request: %s", scope["path"], problem)
+        if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": problem[:120]})
         else:
             body = json.dumps(BadRequestError(problem).body()).encode()
