@@ -84,11 +84,6 @@ DISK_FULL_DETAIL = (
 )
 
 
-def _disk_full_problem(error: Exception) -> dict[str, Any]:
-    log.warning("refused a request: the disk is full (%s: %s)", type(error).__name__, error)
-    return InsufficientStorageError(DISK_FULL_DETAIL).body()
-
-
 def _unexpected_problem(error: Exception) -> dict[str, Any]:
     log.error("unexpected error", exc_info=error)
     return {
@@ -111,8 +106,8 @@ def problem_body(error: Exception) -> dict[str, Any]:
         return _validation_problem(error)
     if isinstance(error, StarletteHTTPException):
         return _http_problem(error)
-    if disk_full(error):
-        return _disk_full_problem(error)
+    if disk_full(error):  # logged as a refusal (507) like every problem, without a traceback
+        return InsufficientStorageError(DISK_FULL_DETAIL).body()
     return _unexpected_problem(error)
 
 
