@@ -2,15 +2,16 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# `make run` needs only the runtime dependencies; the test tools come with the first `make test`.
+# `make run` needs only the runtime dependencies; the test tools come with the first `make test`
+# (whose stamp keeps its old name, so an existing full install is not redone).
 RUN_STAMP := $(VENV)/.run-stamp
-TEST_STAMP := $(VENV)/.test-stamp
+TEST_STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install install-test run test lint typecheck pytest bench clean
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	test $(TEST_STAMP) -nt pyproject.toml || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	touch $(RUN_STAMP)
 
 $(TEST_STAMP): pyproject.toml
