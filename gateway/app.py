@@ -33,6 +33,7 @@ from gateway.errors import GatewayError
 from gateway.events import EventHub, EventLog, Events
 from gateway.forwarding import Forwarder
 from gateway.metrics import LiveFacts, Metrics
+from gateway.names import NamedDownloads
 from gateway.problems import add_exception_handlers, problem_responses
 from gateway.settings import Settings
 from gateway.upstream import auto
@@ -172,6 +173,11 @@ def create_app(settings: Settings) -> FastAPI:
             session_ = await stack.enter_async_context(_session(settings, client, upstream))
             events_ = await stack.enter_async_context(_events(settings))
             consumer = auto.channel(settings, session_, events_)
+            limits = settings.weights.policy().limits
+            names = NamedDownloads(
+                settings.gateway_data_dir, tmp_dir, limits, settings.gateway_cache_keep
+            )
+            await to_thread.run_sync(names.load)
             loop = asyncio.get_running_loop()
             state.attach(
                 app,
@@ -180,13 +186,11 @@ def create_app(settings: Settings) -> FastAPI:
                     session=session_,
                     events=events_,
                     consumer=consumer,
-                    cache=AggregationCache(
-                        cache_dir,
-                        tmp_dir,
-                        settings.weights.policy().limits,
-                        settings.gateway_cache_keep,
+                    cache=AggregationCache(cache_dir, tmp_dir, limits, settings.gateway_cache_keep),
+                    forwarder=Forwarder(
+                        session_, settings, tmp_dir, metrics.record_upload, names.remember
                     ),
-                    forwarder=Forwarder(session_, settings, tmp_dir, metrics.record_upload),
+                    names=names,
                     embedded=upstream.embedded,
                     stop_streams=functools.partial(loop.call_soon_threadsafe, events_.hub.close),
                 ),

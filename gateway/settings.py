@@ -41,6 +41,9 @@ class WeightsSettings(BaseSettings):
     max_compression_ratio: float = Field(
         200.0, gt=1, description="Uncompressed / compressed size of an archive or member."
     )
+    max_safetensors_header_bytes: ByteSize = Field(
+        ByteSize(8 * 1024**2), ge=1024, description="Bytes of one safetensors JSON header."
+    )
 
     def policy(self) -> ValidationPolicy:
         """The weights module's policy for these settings."""
@@ -56,6 +59,7 @@ class WeightsSettings(BaseSettings):
                 max_total_uncompressed_bytes=int(self.max_uncompressed_bytes),
                 max_compression_ratio=self.max_compression_ratio,
                 max_pickle_bytes=int(self.max_uncompressed_bytes),
+                max_safetensors_header_bytes=int(self.max_safetensors_header_bytes),
             ),
         )
 

@@ -59,7 +59,10 @@ def test_quick_start_runs_as_printed(repo_like: Path) -> None:
     assert "/problems/" not in result.stdout, result.stdout
     assert '"weighting_source":"request"' in result.stdout
     assert "HTTP/1.1 304 Not Modified" in result.stdout
-    assert (repo_like / "agg.npy").stat().st_size > 0
+    # downloads written with -o hold files, not problem documents
+    assert (repo_like / "agg.npy").read_bytes().startswith(b"\x93NUMPY")
+    assert (repo_like / "agg.npz").read_bytes().startswith(b"PK")
+    assert not (repo_like / "agg.safetensors").read_bytes().startswith(b"{")
 
 
 def test_command_line_examples_run_as_printed(repo_like: Path) -> None:
