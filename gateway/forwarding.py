@@ -15,11 +15,17 @@ from anyio import to_thread
 from starlette.requests import ClientDisconnect, Request
 
 from gateway._io import FLUSH_BYTES, Digest, Tee, write_hashed
-from gateway.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from gateway.errors import (
+    BadRequestError,
+    NoSessionError,
+    PayloadTooLargeError,
+    SessionChangedError,
+    UnsupportedMediaTypeError,
+)
 from gateway.layouts import LayoutBook, check_layout
 from gateway.multipart import FormData, MultipartLimits, read_multipart
 from gateway.settings import Settings
-from gateway.upstream.protocol import WeightsFile
+from gateway.upstream.protocol import Upstream, WeightsFile
 from gateway.upstream.session import Session
 from gateway.weights import (
     Incoming,
@@ -140,32 +146,36 @@ class Forwarder:
     ) -> Forwarded:
         """The whole upload: the run is checked before the body is read, unless the trainer waits;
         `before_send` runs right before the upload goes upstream (after every check and wait)."""
-        await self.check_run(options)
+        started_with = await self.check_run(options)
         async with self.scratch() as scratch:
             limit = int(self.settings.gateway_max_upload_bytes)
             policy = self.settings.weights.policy()
             scan = StreamScan(policy.limits) if policy.finite and not policy.deep else None
             received = await receive(request, scratch, limit, scan)
-            return await self.forward(received, options, scratch, before_send)
+            return await self.forward(received, options, scratch, started_with, before_send)
 
-    async def check_run(self, options: UploadOptions) -> None:
+    async def check_run(self, options: UploadOptions) -> Upstream:
         """Refuse at once, before the body is read, when the run is not started and the trainer
-        does not wait for it (a trainer that waits is held in `forward` instead)."""
-        self.session.require()
+        does not wait for it (a trainer that waits is held in `forward` instead); the session's
+        upstream the upload starts with."""
+        upstream = self.session.require()
         if not self._waits(options):
             await self.session.wait_for_start(0)
+        return upstream
 
     async def forward(
         self,
         received: Received,
         options: UploadOptions,
         scratch: Scratch,
+        started_with: Upstream | None = None,
         before_send: BeforeSend | None = None,
     ) -> Forwarded:
-        """Validate and convert what was received, wait for the run if asked, then send it."""
+        """Validate and convert what was received, wait for the run if asked, then send it, for the
+        leaf of `started_with` only (the session when the upload began; None: the current one)."""
         npz, sha256, incoming = await self.branchkey_npz(received, options.weighting, scratch)
         payload = incoming.payload
-        upstream = self.session.require()
+        upstream = self._same_leaf(started_with)
         branch = upstream.credentials.branch_id
         await self.check_architecture(branch, payload)
         filename = npz_name(received.file.filename if received.file else "weights.npz")
@@ -177,16 +187,18 @@ class Forwarder:
             self.settings.weights.policy(),
         )
         if self._waits(options):
-            await self.session.wait_for_start(self.wait_timeout(options))
+            try:
+                await self.session.wait_for_start(self.wait_timeout(options))
+            except NoSessionError:
+                self._same_leaf(upstream)  # logged out while waiting: say so, as below
+                raise
+            upstream = self._same_leaf(upstream)
         if before_send is not None:
             await before_send()
         sent = await upstream.upload(outgoing)
         self.on_forwarded(sent.size)
         if self.on_names is not None:
             await self.on_names(incoming.names)
-        if self.layouts is not None:
-            source = f"the last upload (file {sent.file_id})"
-            await to_thread.run_sync(self.layouts.record, branch, payload, source)
         return Forwarded(
             sent.file_id, sent.sha256, sent.size, payload, incoming.weighting_source, incoming.names
         )
@@ -232,6 +244,35 @@ class Forwarder:
         if incoming.converted:
             return target, None, incoming
         return received.file.path, received.file.sha256, incoming
+
+    def _same_leaf(self, started_with: Upstream | None) -> Upstream:
+        """The current session's upstream if it is still the leaf the upload began with (a new
+        login of that same leaf is fine); a session-changed problem otherwise, so that an upload
+        never reaches BranchKey as another leaf, or with credentials that were logged out."""
+        current = self.session.upstream
+        if started_with is None:
+            return self.session.require()
+        if current is not None and (
+            current is started_with
+            or (
+                current.credentials.id == started_with.credentials.id
+                and current.dialect == started_with.dialect
+            )
+        ):
+            return current
+        began = started_with.credentials.name
+        if current is None:
+            raise SessionChangedError(
+                f"The leaf session of {began!r} was logged out while this upload was being "
+                "received; nothing was sent to BranchKey. Start a session (POST /session), then "
+                "upload again."
+            )
+        raise SessionChangedError(
+            f"The leaf session changed from {began!r} to {current.credentials.name!r} while this "
+            "upload was being received; nothing was sent to BranchKey. Upload again to send it "
+            f"as {current.credentials.name!r}.",
+            leaf_name=current.credentials.name,
+        )
 
     def _waits(self, options: UploadOptions) -> bool:
         return self.settings.bk_wait_for_run if options.wait is None else options.wait

@@ -1,4 +1,4 @@
-"""The layer layout of each branch's latest model, kept on disk: the reference of the architecture check."""
+"""The layer layout of each branch's latest aggregation, kept on disk: the architecture check's reference."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class Layout:
 
     layers: tuple[tuple[str, tuple[int, ...]], ...]
     source: str
-    """`the latest aggregation (<id>)` or `the last upload (file <id>)`."""
+    """What it was taken from, for messages: `the latest aggregation (<id>)`."""
 
     @classmethod
     def of(cls, payload: Payload, source: str) -> Layout:
@@ -70,8 +70,8 @@ def check_layout(reference: Layout, payload: Payload, branch: str) -> None:
 
 
 class LayoutBook:
-    """The reference layout per branch: the newest of the latest aggregation the gateway fetched and
-    the last upload it forwarded, in one small JSON file that survives restarts (thread-safe)."""
+    """The reference layout per branch: the latest announced aggregation the gateway fetched, in one
+    small JSON file that survives restarts (thread-safe)."""
 
     def __init__(self, path: Path, keep: int = KEEP_BRANCHES) -> None:
         self.path = path

@@ -9,8 +9,13 @@ import httpx
 import numpy as np
 
 from gateway.settings import WeightsSettings
-from tests.support.aggregator import ADMIN, Running
-from tests.support.gateways import GatewayFactory
+from tests.support.aggregator import ADMIN, Running, start
+from tests.support.gateways import (
+    GatewayFactory,
+    gateway_settings,
+    run_gateway,
+    write_credentials,
+)
 from tests.support.http import (
     admin_get,
     check_problem,
@@ -73,38 +78,52 @@ def _reshaped(seed: int) -> Layers:
     return [first, np.zeros(6)]
 
 
-def test_a_model_unlike_the_last_upload_is_refused_until_the_check_is_off(
-    aggregator: Running, gateway_for: GatewayFactory, tmp_path: Path
+def test_a_model_unlike_the_latest_aggregation_is_refused_until_the_check_is_off(
+    tmp_path: Path,
 ) -> None:
-    """Shape, dtype and layer count differences are 422 architecture-mismatch naming the layer; the switch lets one through."""
-    gateway = gateway_for(0)
-    good = sdk_weights(tmp_path / "good.npz", 1.0, layers_of(0))
-    wrong = {
-        "shape": (_reshaped(1), "layer_1 is <f8 of shape (6,) here but <f8 of shape (5,)"),
-        "dtype": (
-            [layers_of(1)[0].astype(np.float64), layers_of(1)[1]],
-            "layer_0 is <f8 of shape (8, 4) here but <f4 of shape (8, 4)",
-        ),
-        "count": ([*layers_of(1), np.ones(3)], "the model has 3 layers and the last upload"),
-    }
-    with httpx.Client(timeout=30) as client:
-        first = _post(client, gateway.url, good)
-        assert first.status_code == 201, first.text
-        for name, (layers, words) in wrong.items():
-            answer = _post(client, gateway.url, sdk_weights(tmp_path / f"{name}.npz", 1, layers))
-            problem = check_problem(answer, 422, "weights/architecture-mismatch")
-            assert words in problem["detail"]
-            assert f"(file {first.json()['file_id']})" in problem["detail"]
-            assert "GATEWAY_CHECK_ARCHITECTURE=false" in problem["detail"]
-        # Byte order is no architecture: big-endian layers of the same dtype pass.
-        swapped = [a.astype(a.dtype.newbyteorder(">")) for a in layers_of(2)]
-        answer = _post(client, gateway.url, sdk_weights(tmp_path / "be.npz", 1.0, swapped))
-        assert answer.status_code == 201, answer.text
-        assert _uploads(aggregator, client) == 2
-    changed = gateway_for(0, gateway_check_architecture=False)
-    reshaped = sdk_weights(tmp_path / "new.npz", 1.0, _reshaped(3))
-    with httpx.Client(timeout=30) as client:
-        assert _post(client, changed.url, reshaped).status_code == 201
+    """After an /exchange round, shape, dtype and layer count differences are 422
+    architecture-mismatch naming the layer and the aggregation; byte order is no difference; the
+    switch lets a new architecture through."""
+    with start(tmp_path / "agg1", min_leaves=1) as agg:
+        creds = write_credentials(tmp_path / "leaf.json", agg.leaves[0])
+        settings = gateway_settings(tmp_path / "gw", bk_host=agg.url, bk_credentials_file=creds)
+        with run_gateway(settings) as gateway, httpx.Client(timeout=30) as client:
+            wait_ready(gateway.url)
+            good = sdk_weights(tmp_path / "good.npz", 1.0, layers_of(0))
+            round_one = client.post(
+                f"{gateway.url}/exchange", files={"file": ("good.npz", good.read_bytes())}
+            )
+            assert round_one.status_code == 200, round_one.text
+            aggregation_id = round_one.headers["x-aggregation-id"]
+            wrong = {
+                "shape": (_reshaped(1), "layer_1 is <f8 of shape (6,) here but <f8 of shape (5,)"),
+                "dtype": (
+                    [layers_of(1)[0].astype(np.float64), layers_of(1)[1]],
+                    "layer_0 is <f8 of shape (8, 4) here but <f4 of shape (8, 4)",
+                ),
+                "count": ([*layers_of(1), np.ones(3)], "the model has 3 layers and the latest"),
+            }
+            for name, (layers, words) in wrong.items():
+                path = sdk_weights(tmp_path / f"{name}.npz", 1, layers)
+                problem = check_problem(
+                    _post(client, gateway.url, path), 422, "weights/architecture-mismatch"
+                )
+                assert words in problem["detail"]
+                assert f"the latest aggregation ({aggregation_id})" in problem["detail"]
+                assert "GATEWAY_CHECK_ARCHITECTURE=false" in problem["detail"]
+            swapped = [a.astype(a.dtype.newbyteorder(">")) for a in layers_of(2)]
+            answer = _post(client, gateway.url, sdk_weights(tmp_path / "be.npz", 1.0, swapped))
+            assert answer.status_code == 201, answer.text
+            assert _uploads(agg, client) == 2
+        changed = gateway_settings(
+            tmp_path / "gw",
+            bk_host=agg.url,
+            bk_credentials_file=creds,
+            gateway_check_architecture=False,
+        )
+        with run_gateway(changed) as gateway, httpx.Client(timeout=30) as client:
+            reshaped = sdk_weights(tmp_path / "new.npz", 1.0, _reshaped(3))
+            assert _post(client, gateway.url, reshaped).status_code == 201
 
 
 def test_the_latest_aggregation_fetched_is_the_reference(
