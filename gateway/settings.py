@@ -97,6 +97,25 @@ class Settings(BaseSettings):
     bk_connect_timeout_s: float = Field(10.0, gt=0, description="Upstream connect timeout.")
     bk_read_timeout_s: float = Field(120.0, gt=0, description="Upstream read timeout.")
     bk_max_retries: int = Field(3, ge=0, le=10, description="Retries of a failed upstream call.")
+    bk_upstream_deadline_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest run, ticket, download-URL, authenticate or metrics call, retries included.",
+    )
+    bk_transfer_min_rate: ByteSize = Field(
+        ByteSize(8 * 1024),
+        ge=1,
+        description="Bytes per second an upload or download must average (see BK_TRANSFER_STALL_S).",
+    )
+    bk_transfer_stall_s: float = Field(
+        60.0,
+        gt=0,
+        description="Cut a transfer that stalls, or falls this far behind BK_TRANSFER_MIN_RATE.",
+    )
+    bk_upstream_deduplicates: bool = Field(
+        False,
+        description="BK_HOST deduplicates identical uploads: resend one whose answer was lost.",
+    )
     gateway_host: str = Field("127.0.0.1", description="Interface the gateway binds.")
     gateway_port: int = Field(8000, ge=0, le=65535, description="Port the gateway binds.")
     gateway_data_dir: Path = Field(Path("./gateway-data"), description="Temp files and cache.")

@@ -1,0 +1,165 @@
+"""The clocks that bound an upstream operation: a fixed deadline for control calls, a pace for transfers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import httpx
+
+from gateway.errors import UpstreamTimeoutError, UpstreamUnavailableError
+from gateway.upstream.policy import TimeBounds
+
+_CHUNK = 1 << 20
+
+
+class Clock(Protocol):
+    """What the transport asks of an operation's bound: a cancel scope over the attempts, and how
+    long it may still wait (for a `Retry-After`)."""
+
+    scope: anyio.CancelScope
+
+    def remaining(self) -> float:
+        """Seconds the operation may still spend waiting on the upstream."""
+
+    def attempt(self) -> None:
+        """An attempt (or a wait before one) begins: the upstream's time runs."""
+
+    def expired(self, what: str) -> UpstreamTimeoutError:
+        """The error for an operation cut by this clock."""
+
+
+class Deadline:
+    """A control call's bound: one deadline over every attempt, wait, redirect and answer body."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.scope = anyio.CancelScope(deadline=anyio.current_time() + seconds)
+
+    def remaining(self) -> float:
+        """Seconds left until the deadline."""
+        return self.scope.deadline - anyio.current_time()
+
+    def attempt(self) -> None:
+        """Nothing to do: the deadline is fixed."""
+
+    def expired(self, what: str) -> UpstreamTimeoutError:
+        """BranchKey did not finish in time."""
+        return UpstreamTimeoutError(
+            f"BranchKey did not complete {what} within {self.seconds:g} s, retries included "
+            "(BK_UPSTREAM_DEADLINE_S)."
+        )
+
+
+class Pace:
+    """A transfer's bound: the upstream's time drains a slack of `stall_s` seconds, and every byte
+    moved refills 1/`min_rate` s of it (never above `stall_s`); the transfer is cut when it is
+    spent. Time the gateway spends on its own side (reading the file, a slow reader downstream)
+    is not counted."""
+
+    def __init__(self, bounds: TimeBounds) -> None:
+        self.bounds = bounds
+        self.scope = anyio.CancelScope()
+        self._slack = bounds.stall_s
+        self._since: float | None = None
+        self._answering = False
+        self.attempt()
+
+    def remaining(self) -> float:
+        """Slack left, counting the upstream's time since it last moved a byte."""
+        if self._since is None:
+            return self._slack
+        return self._slack - (anyio.current_time() - self._since)
+
+    def attempt(self) -> None:
+        """The upstream's time runs (idempotent)."""
+        if self._since is None:
+            self._since = anyio.current_time()
+        self._answering = False
+        self.scope.deadline = self._since + self._slack
+
+    def moved(self, size: int) -> None:
+        """`size` bytes went through: credit them, and stop the clock until `attempt()`."""
+        self._slack = min(self.remaining() + size / self.bounds.min_rate, self.bounds.stall_s)
+        self._since = None
+        self.scope.deadline = math.inf
+
+    def sent(self) -> None:
+        """The last byte of an upload went out: BranchKey now has `answer_s` to answer."""
+        self._since = None
+        self._answering = True
+        self.scope.deadline = anyio.current_time() + self.bounds.answer_s
+
+    def expired(self, what: str) -> UpstreamTimeoutError:
+        """The transfer stalled, or BranchKey did not answer an upload it had received."""
+        if self._answering:
+            return UpstreamTimeoutError(
+                f"BranchKey did not answer {what} within {self.bounds.answer_s:g} s of receiving "
+                "all of it (BK_READ_TIMEOUT_S)."
+            )
+        return UpstreamTimeoutError(
+            f"{what.capitalize()} stalled: it fell {self.bounds.stall_s:g} s behind "
+            f"{self.bounds.min_rate:g} bytes/s (BK_TRANSFER_STALL_S, BK_TRANSFER_MIN_RATE)."
+        )
+
+
+class UploadBody:
+    """The streamed multipart body of one upload attempt, read from disk and paced; `complete`
+    once its last byte was handed to the connection (only then can BranchKey have stored it)."""
+
+    def __init__(self, head: bytes, path: Path, size: int, tail: bytes, pace: Pace) -> None:
+        self.head, self.path, self.size, self.tail = head, path, size, tail
+        self.pace = pace
+        self.complete = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        pace = self.pace
+        yield self.head
+        pace.moved(len(self.head))
+        sent = 0
+        async with await anyio.open_file(self.path, "rb") as stream:
+            while sent < self.size:
+                chunk = await stream.read(min(_CHUNK, self.size - sent))
+                if not chunk:
+                    raise UpstreamUnavailableError(
+                        "The upload file shrank while it was being sent."
+                    )
+                sent += len(chunk)
+                pace.attempt()
+                yield chunk
+                pace.moved(len(chunk))
+        pace.attempt()
+        yield self.tail
+        self.complete = True
+        pace.sent()
+
+
+class PacedStream(httpx.AsyncByteStream):
+    """A response body read under a `Pace`: each wait for the next chunk is bounded by the slack
+    left, so a trickling or silent blob host cannot hold a download forever."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, pace: Pace, what: str) -> None:
+        self.inner = inner
+        self.pace = pace
+        self.what = what
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = self.inner.__aiter__()
+        while True:
+            self.pace.attempt()
+            with anyio.move_on_after(max(self.pace.remaining(), 0.0)) as waited:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+            if waited.cancelled_caught:
+                raise self.pace.expired(self.what)
+            self.pace.moved(len(chunk))
+            yield chunk
+
+    async def aclose(self) -> None:
+        """Close the wrapped stream."""
+        await self.inner.aclose()
