@@ -9,6 +9,7 @@ from typing import Protocol
 
 import anyio
 import httpx
+from anyio import AsyncFile
 
 from gateway.errors import UpstreamTimeoutError, UpstreamUnavailableError
 from gateway.upstream.policy import TimeBounds
@@ -108,33 +109,40 @@ class Pace:
 
 class UploadBody:
     """The streamed multipart body of one upload attempt, read from disk and paced; `complete`
-    once its last byte was handed to the connection (only then can BranchKey have stored it)."""
+    once its last byte was handed to the connection (only then can BranchKey have stored it).
+    The sender closes it (`aclose`) after the attempt, however the attempt ended."""
 
     def __init__(self, head: bytes, path: Path, size: int, tail: bytes, pace: Pace) -> None:
         self.head, self.path, self.size, self.tail = head, path, size, tail
         self.pace = pace
         self.complete = False
+        self._file: AsyncFile[bytes] | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         pace = self.pace
         yield self.head
         pace.moved(len(self.head))
+        self._file = await anyio.open_file(self.path, "rb")
         sent = 0
-        async with await anyio.open_file(self.path, "rb") as stream:
-            while sent < self.size:
-                chunk = await stream.read(min(_CHUNK, self.size - sent))
-                if not chunk:
-                    raise UpstreamUnavailableError(
-                        "The upload file shrank while it was being sent."
-                    )
-                sent += len(chunk)
-                pace.attempt()
-                yield chunk
-                pace.moved(len(chunk))
+        while sent < self.size:
+            chunk = await self._file.read(min(_CHUNK, self.size - sent))
+            if not chunk:
+                raise UpstreamUnavailableError("The upload file shrank while it was being sent.")
+            sent += len(chunk)
+            pace.attempt()
+            yield chunk
+            pace.moved(len(chunk))
         pace.attempt()
         yield self.tail
         self.complete = True
         pace.sent()
+
+    async def aclose(self) -> None:
+        """Close the file (shielded: the attempt may have been cancelled)."""
+        stream, self._file = self._file, None
+        if stream is not None:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
 
 
 class PacedStream(httpx.AsyncByteStream):

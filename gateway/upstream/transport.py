@@ -89,11 +89,16 @@ class Transport:
             try:
                 response = await self.client.send(request, stream=stream)
             except httpx.TransportError as exc:
+                await _close(body)
                 whole = not isinstance(exc, _NOTHING_SENT) and getattr(body, "complete", True)
                 if last or (whole and not resend):
                     raise _transport_error(exc, what) from None
                 delay = retry.delay(attempt, None)
+            except BaseException:
+                await _close(body)
+                raise
             else:
+                await _close(body)
                 retry_after = response.headers.get("retry-after")
                 if last or not retry.retries(response.status_code, retry_after):
                     return response
@@ -273,6 +278,12 @@ def _data_field(response: httpx.Response, key: str) -> Any:
         return None
     data = data_of(body)
     return data.get(key) if data is not None else None
+
+
+async def _close(body: Any) -> None:
+    """Close an attempt's body if it holds anything open (an upload's file)."""
+    if isinstance(body, UploadBody):
+        await body.aclose()
 
 
 def _transport_error(
