@@ -10,6 +10,7 @@ import anyio
 import httpx
 import pytest
 
+from gateway import __version__
 from gateway.errors import (
     GatewayError,
     NotFoundError,
@@ -17,6 +18,8 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from gateway.settings import Settings
+from gateway.upstream.client import upstream_client
 from gateway.upstream.credentials import Credentials
 from gateway.upstream.policy import Policy, RetryPolicy
 from gateway.upstream.protocol import WeightsFile
@@ -183,3 +186,36 @@ def test_upload_body_is_the_clients_multipart(tmp_path: Path) -> None:
     # the version of the client whose dialect is spoken; the gateway names itself in User-Agent
     assert metadata["client_version"] == "3.0.1"
     assert b"x" * 5000 in body
+
+
+def test_the_ticket_call_carries_the_clients_headers() -> None:
+    """`POST /api/v1/ws/ticket` with the headers the client's aiohttp call sends (captured from
+    3.0.1): Bearer, accept JSON, LEAF, and an empty application/octet-stream body."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"data": {"ticket_id": "t-1", "request_id": "r-1"}})
+
+    async def main() -> dict[str, object]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return await V3Upstream(client, "https://bk.example", CREDS, FAST).ticket()
+
+    assert anyio.run(main)["ticket_id"] == "t-1"
+    [request] = seen
+    assert (request.method, str(request.url)) == ("POST", "https://bk.example/api/v1/ws/ticket")
+    assert request.headers["authorization"] == "Bearer leaf-1:tok:en"
+    assert request.headers["accept"] == "application/json"
+    assert request.headers["leaf"] == "true"
+    assert request.headers["content-type"] == "application/octet-stream"
+    assert request.headers["content-length"] == "0"
+    assert request.content == b""
+
+
+def test_the_gateway_names_itself_in_user_agent_only() -> None:
+    """Every upstream request says `branchkey-gateway/<version>` in User-Agent; uploads say the
+    client version whose dialect is spoken (3.0.1), see the multipart test above."""
+    client = upstream_client(Settings(_env_file=None), lambda *_: None)
+    request = client.build_request("GET", "https://bk.example/api/v1/run/b")
+    assert request.headers["user-agent"] == f"branchkey-gateway/{__version__}"
+    anyio.run(client.aclose)
