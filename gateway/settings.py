@@ -93,10 +93,23 @@ class Settings(BaseSettings):
     bk_ssl_verify: str = Field("true", description="true, false, or the path of a CA bundle.")
     bk_proxies: dict[str, str] | None = Field(None, description="JSON like the client's `proxies`.")
     bk_wait_for_run: bool = Field(False, description="Uploads wait for the run to start.")
-    bk_run_check_interval_s: float = Field(30.0, gt=0, description="Run status poll interval.")
+    bk_run_check_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="Run status poll interval; also the longest a status the notification channel told is trusted.",
+    )
     bk_connect_timeout_s: float = Field(10.0, gt=0, description="Upstream connect timeout.")
-    bk_read_timeout_s: float = Field(120.0, gt=0, description="Upstream read timeout.")
-    bk_max_retries: int = Field(3, ge=0, le=10, description="Retries of a failed upstream call.")
+    bk_read_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Upstream read timeout; also the time BranchKey has to answer an upload it received.",
+    )
+    bk_max_retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Retries of a failed upstream call (3: four attempts, as the client).",
+    )
     bk_upstream_deadline_s: float = Field(
         60.0,
         gt=0,
@@ -135,10 +148,14 @@ class Settings(BaseSettings):
     )
     gateway_sse_buffer: int = Field(256, ge=1, description="Events buffered per SSE subscriber.")
     bk_ws_ping_interval_s: float = Field(
-        20.0, gt=0, description="Notification WebSocket ping interval."
+        20.0,
+        gt=0,
+        description="Notification channel keep-alive probe interval (WebSocket ping; v1: an AMQP round trip).",
     )
     bk_ws_ping_timeout_s: float = Field(
-        20.0, gt=0, description="Declare the WebSocket dead after this."
+        20.0,
+        gt=0,
+        description="Declare the notification channel dead when a probe waits this long.",
     )
     bk_ws_backoff_max_s: float = Field(
         60.0,
