@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -155,8 +156,12 @@ class NotificationConsumer(ABC):
 
     async def _handle_raw(self, raw: str | bytes) -> bool:
         """One message as received: True when it was understood and is now in the event log."""
-        self.status.last_message_at = time.time()
-        await self._proved_up()
+        self.status.last_message_at = self._known_up = time.time()
+        understood = await self._understand(raw)
+        await self._store_known_up()
+        return understood
+
+    async def _understand(self, raw: str | bytes) -> bool:
         try:
             message = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -233,7 +238,10 @@ class NotificationConsumer(ABC):
             return
         if force or known - self._stored_up >= _STORE_EVERY_S:
             self._stored_up = known
-            await anyio.to_thread.run_sync(self.events.log.set_mark, _KNOWN_UP, known)
+            try:
+                await anyio.to_thread.run_sync(self.events.log.set_mark, _KNOWN_UP, known)
+            except (OSError, sqlite3.Error) as exc:  # a full disk must not take the channel down
+                log.warning("could not record when the notification channel was last up: %s", exc)
 
     async def _keep_proving(self, probe: Callable[[], Awaitable[object]]) -> str:
         """Probe the open channel every ping interval; return why it is dead once a probe gets no
