@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
@@ -58,8 +59,12 @@ class Deadline:
 class Pace:
     """A transfer's bound: the upstream's time drains a slack of `stall_s` seconds, and every byte
     moved refills 1/`min_rate` s of it (never above `stall_s`); the transfer is cut when it is
-    spent. Time the gateway spends on its own side (reading the file, a slow reader downstream)
-    is not counted."""
+    spent. Time the gateway spends on its own side between chunks (reading the file, writing the
+    download) is not counted (a single pause longer than half of `stall_s` may be).
+
+    The timer behind `scope` is moved only when it is off by more than a tenth of `stall_s` (at
+    most 0.5 s): re-arming it for every 64 KiB chunk would cost more than the chunk's bookkeeping.
+    """
 
     def __init__(self, bounds: TimeBounds) -> None:
         self.bounds = bounds
@@ -67,26 +72,37 @@ class Pace:
         self._slack = bounds.stall_s
         self._since: float | None = None
         self._answering = False
+        self._tolerance = min(0.5, bounds.stall_s / 10)
+        # The scope's clock, read through time.monotonic (the same clock on asyncio) for speed.
+        self._offset = anyio.current_time() - time.monotonic()
         self.attempt()
+
+    def _now(self) -> float:
+        return time.monotonic() + self._offset
 
     def remaining(self) -> float:
         """Slack left, counting the upstream's time since it last moved a byte."""
         if self._since is None:
             return self._slack
-        return self._slack - (anyio.current_time() - self._since)
+        return self._slack - (self._now() - self._since)
 
     def attempt(self) -> None:
         """The upstream's time runs (idempotent)."""
         if self._since is None:
-            self._since = anyio.current_time()
+            self._since = self._now()
         self._answering = False
-        self.scope.deadline = self._since + self._slack
+        due = self._since + self._slack
+        if not due - self._tolerance <= self.scope.deadline <= due:
+            self.scope.deadline = due
 
     def moved(self, size: int) -> None:
         """`size` bytes went through: credit them, and stop the clock until `attempt()`."""
-        self._slack = min(self.remaining() + size / self.bounds.min_rate, self.bounds.stall_s)
+        now = self._now()
+        spent = now - self._since if self._since is not None else 0.0
+        self._slack = min(self._slack - spent + size / self.bounds.min_rate, self.bounds.stall_s)
         self._since = None
-        self.scope.deadline = math.inf
+        if self.scope.deadline - now < self.bounds.stall_s / 2:
+            self.scope.deadline = math.inf  # the gateway's own time is not the upstream's
 
     def sent(self) -> None:
         """The last byte of an upload went out: BranchKey now has `answer_s` to answer."""
@@ -146,25 +162,23 @@ class UploadBody:
 
 
 class PacedStream(httpx.AsyncByteStream):
-    """A response body read under a `Pace`: each wait for the next chunk is bounded by the slack
-    left, so a trickling or silent blob host cannot hold a download forever."""
+    """A response body read under a `Pace` whose scope spans the reading (see `Transport.blob`):
+    the clock runs only while the next chunk is awaited, so a trickling or silent blob host
+    cannot hold a download forever, and a slow reader downstream is never taken for a stall."""
 
-    def __init__(self, inner: httpx.AsyncByteStream, pace: Pace, what: str) -> None:
+    def __init__(self, inner: httpx.AsyncByteStream, pace: Pace) -> None:
         self.inner = inner
         self.pace = pace
-        self.what = what
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         chunks = self.inner.__aiter__()
         while True:
             self.pace.attempt()
-            with anyio.move_on_after(max(self.pace.remaining(), 0.0)) as waited:
-                try:
-                    chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    return
-            if waited.cancelled_caught:
-                raise self.pace.expired(self.what)
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                self.pace.moved(0)
+                return
             self.pace.moved(len(chunk))
             yield chunk
 

@@ -188,21 +188,26 @@ class Transport:
     @asynccontextmanager
     async def blob(self, url: str) -> AsyncIterator[httpx.Response]:
         """The blob behind a download URL, streamed and paced, without credentials; a non-200
-        answer is an error, never a model."""
+        answer is an error, never a model. The pace's scope spans the caller's reading: a stalled
+        blob ends the caller's `async with` with a 504 (a context manager may hold a scope open
+        across its `yield`; the reader's own time is not counted)."""
         what = "the blob download"
         pace = Pace(self.policy.bounds)
         response = await self.send(Call.of("GET", url, {}), what, stream=True, clock=pace)
+        pace.moved(0)  # the clock stops until the body is awaited
+        pace.scope = anyio.CancelScope()
         try:
-            if response.status_code != 200:
-                with anyio.move_on_after(max(pace.remaining(), 0.0)) as waited:
+            with pace.scope:
+                if response.status_code != 200:
+                    pace.attempt()
                     await response.aread()
-                if waited.cancelled_caught:
-                    raise pace.expired(what)
-                raise_for_status(response, 200, what)
-            if not isinstance(response.stream, httpx.AsyncByteStream):  # pragma: no cover
-                raise TypeError("the upstream client must be an httpx.AsyncClient")
-            response.stream = PacedStream(response.stream, pace, what)
-            yield response
+                    raise_for_status(response, 200, what)
+                if not isinstance(response.stream, httpx.AsyncByteStream):  # pragma: no cover
+                    raise TypeError("the upstream client must be an httpx.AsyncClient")
+                response.stream = PacedStream(response.stream, pace)
+                yield response
+            if pace.scope.cancelled_caught:
+                raise pace.expired(what)
         finally:
             await response.aclose()
 

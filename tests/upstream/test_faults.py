@@ -302,3 +302,24 @@ def test_a_redirected_model_reaches_numpy() -> None:
         result, _ = _talk(api.url, lambda up: _blob_bytes(up, f"{api.url}/blob/agg-1"))
     with np.load(io.BytesIO(result), allow_pickle=False) as archive:
         assert archive["layer_0"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_slow_reader_is_not_taken_for_a_stalled_blob() -> None:
+    """The gateway's own side pausing between chunks (writing slowly) is not BranchKey's time:
+    a 0.4 s pause after each read of at most 64 KiB, 1.6 s or more in all, against a 1 s
+    BK_TRANSFER_STALL_S."""
+    data = np.random.default_rng(2).bytes(256 * 1024)
+    with _servers() as [fake]:
+        fake.on("GET", "/blob/agg-1", Paced(Reply(200, raw=data), chunk=16 * 1024, every_s=0.01))
+
+        async def read_slowly(up: V3Upstream) -> bytes:
+            parts = []
+            async with up.blob(f"{fake.url}/blob/agg-1") as response:
+                async for chunk in response.aiter_bytes():
+                    parts.append(chunk)
+                    await anyio.sleep(0.4)
+            return b"".join(parts)
+
+        result, took = _talk(fake.url, read_slowly, bk_transfer_stall_s=1.0)
+    assert result == data
+    assert took > 1.6
