@@ -160,6 +160,16 @@ def test_retry_after_is_obeyed_on_429_and_503() -> None:
     assert len(fake.requests("GET", RUN)) == 3
 
 
+def test_at_most_four_attempts_as_the_client() -> None:
+    """With the default BK_MAX_RETRIES (3) a persistent 503 is tried four times, then reported."""
+    assert Settings(_env_file=None).bk_max_retries == 3
+    with _servers() as [fake]:
+        fake.on("GET", RUN, Reply(503, {"error": "down"}, {"Retry-After": "0"}))
+        result, _ = _talk(fake.url, _run)
+    assert isinstance(result, UpstreamUnavailableError), result
+    assert len(fake.requests("GET", RUN)) == 4
+
+
 def test_a_retry_after_beyond_the_deadline_fails_at_once() -> None:
     """Waiting 30 s would overrun the deadline: the 503 is reported now, with the upstream's text."""
     with _servers() as [fake]:
