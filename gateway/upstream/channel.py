@@ -74,7 +74,8 @@ class NotificationConsumer(ABC):
         self.events = events
         self.settings = settings or ConsumerSettings()
         self.status = ChannelStatus(since=time.time())
-        self._down_since: float | None = None
+        self._gap_since: float | None = None
+        """Where the gap not yet announced starts (epoch seconds), or None."""
         self._restarted = False
         self._announced: tuple[str, Any] | None = None
         self._known_up: float | None = None
@@ -93,6 +94,8 @@ class NotificationConsumer(ABC):
     async def _supervise(self) -> None:
         attempt = 0
         self._restarted, self._known_up = await anyio.to_thread.run_sync(self._last_run_facts)
+        if self._restarted:  # the log's events came before this process: say what may be missing
+            self._gap_since = self._known_up if self._known_up is not None else time.time()
         while True:
             changed = self.session.changed.armed()
             if self.session.upstream is None:
@@ -114,11 +117,12 @@ class NotificationConsumer(ABC):
             self.session.channel_up(None)
             if changed.is_set():  # a new session: connect again at once, nothing was missed
                 attempt = 0
-                self._down_since = None
+                if not self._restarted:
+                    self._gap_since = None
                 continue
             self._set("down", reason)
-            if self._down_since is None:
-                self._down_since = self._known_up or time.time()
+            if self._gap_since is None:
+                self._gap_since = self._known_up or time.time()
             healthy = time.monotonic() - opened_at >= self.settings.healthy_after_s
             attempt = 1 if healthy else attempt + 1
             self.status.reconnects += 1
@@ -139,20 +143,18 @@ class NotificationConsumer(ABC):
         (`gap`)."""
         self._set("connected")
         log.info("notification channel connected (protocol %s)", upstream.dialect)
-        gap_since = self._down_since if self._down_since is not None else self._known_up
-        await self._proved_up()
         info = await self.session.refresh_run()
         self.session.channel_up(upstream)
-        if self._down_since is not None or self._restarted:
-            reason = "channel-reconnected" if self._down_since is not None else "gateway-restarted"
-            since = iso_at(gap_since) if gap_since is not None else now_iso()
-            await self.events.emit("gap", {"reason": reason, "since": since})
+        if self._gap_since is not None:
+            reason = "gateway-restarted" if self._restarted else "channel-reconnected"
+            await self.events.emit("gap", {"reason": reason, "since": iso_at(self._gap_since)})
             self._announced = None  # after a gap, say where the run stands now
             await self._announce_run(info.run_status, info.run_number)
         else:
             self._announced = (info.run_status, info.run_number)  # the baseline, not news
-        self._down_since = None
+        self._gap_since = None
         self._restarted = False
+        await self._proved_up()  # only now: the gap is announced, so it may close
 
     async def _handle_raw(self, raw: str | bytes) -> bool:
         """One message as received: True when it was understood and is now in the event log."""

@@ -14,6 +14,7 @@ import anyio
 import httpx
 import pytest
 
+from gateway.errors import GatewayError
 from gateway.events import EventHub, EventLog, Events
 from gateway.upstream.channel import ConsumerSettings, NotificationConsumer
 from gateway.upstream.credentials import Credentials
@@ -236,5 +237,40 @@ def test_without_a_stored_moment_the_newest_event_dates_the_gap(tmp_path: Path) 
             [gap] = _gaps(events)
             assert gap["reason"] == "gateway-restarted"
             assert _epoch(gap["since"]) == pytest.approx(newest.created, abs=0.002)
+
+    anyio.run(main)
+
+
+class _FailsOnceUpstream(_FakeUpstream):
+    """Its second run call (the channel's first read after the log-in's) fails."""
+
+    calls = 0
+
+    async def run(self) -> RunInfo:
+        type(self).calls += 1
+        if type(self).calls == 2:
+            raise GatewayError("the run call failed")
+        return await super().run()
+
+
+def test_a_failed_first_connect_keeps_the_gap_start(tmp_path: Path) -> None:
+    """After a restart the channel opens, but its run read fails: the gap announced by the next
+    connect still starts at the stored moment, not at the failed attempt."""
+
+    async def main() -> None:
+        session = Session(_FailsOnceUpstream, "http://fake.invalid", 30)
+        await session.login(_leaf("leaf-a"))
+        with _events(tmp_path) as events:
+            await events.emit("aggregation", {"aggregation_id": "a-1"}, dedup="aggregation:a-1")
+            events.log.set_mark(KNOWN_UP, time.time() - 100)
+            channel = _ProbedChannel(session, events)
+            async with anyio.create_task_group() as group:
+                group.start_soon(channel.run)
+                await _until(lambda: bool(_gaps(events)), "the gap after the retry")
+                group.cancel_scope.cancel()
+            assert len(channel.opened) == 2
+            [gap] = _gaps(events)
+            assert gap["reason"] == "gateway-restarted"
+            assert time.time() - _epoch(gap["since"]) >= 100
 
     anyio.run(main)
