@@ -18,6 +18,7 @@ from gateway.aggregator.amqp import AmqpNotifier, start_amqp
 from gateway.aggregator.errors import add_exception_handlers
 from gateway.aggregator.leaves import dev_leaves, load_leaves
 from gateway.aggregator.middleware import CollapseLeadingSlashes
+from gateway.aggregator.page import page
 from gateway.aggregator.provisioning import AmqpSetupError
 from gateway.aggregator.records import Leaf
 from gateway.aggregator.rounds import start_aggregation
@@ -67,6 +68,7 @@ def create_aggregator_app(settings: AggregatorSettings, *, embedded: bool = Fals
     app.include_router(api)
     app.include_router(v1_api)
     app.include_router(admin)
+    app.include_router(page)
     attach_launch(app, launch)
     return app
 
