@@ -41,6 +41,9 @@ class WeightsSettings(BaseSettings):
     max_compression_ratio: float = Field(
         200.0, gt=1, description="Uncompressed / compressed size of an archive or member."
     )
+    max_safetensors_header_bytes: ByteSize = Field(
+        ByteSize(8 * 1024**2), ge=1024, description="Bytes of one safetensors JSON header."
+    )
 
     def policy(self) -> ValidationPolicy:
         """The weights module's policy for these settings."""
@@ -56,6 +59,7 @@ class WeightsSettings(BaseSettings):
                 max_total_uncompressed_bytes=int(self.max_uncompressed_bytes),
                 max_compression_ratio=self.max_compression_ratio,
                 max_pickle_bytes=int(self.max_uncompressed_bytes),
+                max_safetensors_header_bytes=int(self.max_safetensors_header_bytes),
             ),
         )
 
@@ -73,10 +77,14 @@ class Settings(BaseSettings):
         description="Upstream protocol: v3 (`/api/v1`, WebSocket) or v1 (`/v1`, Basic auth, RabbitMQ).",
     )
     bk_credentials_file: Path | None = Field(
-        None, description="JSON credentials (v3 or v1 client shape)."
+        None,
+        description="JSON credentials (v3 or v1 client shape), or a list of them (the "
+        "aggregator's leaves.json) with BK_LEAF_NAME or BK_LEAF_ID picking one.",
     )
-    bk_leaf_id: str | None = Field(None, description="Leaf id (fills or overrides the file's).")
-    bk_leaf_name: str | None = Field(None, description="Leaf name.")
+    bk_leaf_id: str | None = Field(
+        None, description="Leaf id (fills or overrides the file's; picks one from a list)."
+    )
+    bk_leaf_name: str | None = Field(None, description="Leaf name (picks one from a list).")
     bk_session_token: SecretStr | None = Field(None, description="Leaf session token.")
     bk_tree_id: str | None = Field(
         None, description="Tree id (v3 with v1-shaped credentials; v1 asks authenticate)."

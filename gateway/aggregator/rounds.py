@@ -9,12 +9,13 @@ from pathlib import Path
 import anyio
 from anyio import to_thread
 
-from gateway._io import sha256_file
+from gateway._io import disk_full, sha256_file
+from gateway.aggregator.analytics import combine_analytics
 from gateway.aggregator.errors import NotFoundError
 from gateway.aggregator.records import Branch, Upload
 from gateway.aggregator.state import AggregatorState
 from gateway.aggregator.websocket import aggregation_message
-from gateway.weights import fedavg
+from gateway.weights import ANALYTICS, fedavg
 
 log = logging.getLogger("gateway.aggregator")
 
@@ -71,18 +72,25 @@ async def _aggregate(
     result = state.store.results_dir / f"{aggregation_id}.npz"
     started = time.perf_counter()
     try:
-        policy = state.settings.weights.policy()
-        await to_thread.run_sync(fedavg, [Path(u.path) for u in inputs], result, policy)
+        await to_thread.run_sync(_combine, state, branch_id, inputs, result)
         size, digest = await to_thread.run_sync(_size_and_digest, result)
         await to_thread.run_sync(
             state.store.finish_aggregation, aggregation_id, result, size, digest, None
         )
     except Exception as exc:  # a failed round is recorded, never fatal to the server
+        await to_thread.run_sync(lambda: result.unlink(missing_ok=True))
         message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        if disk_full(exc):
+            message = "the aggregator's disk is full; free space in its data directory"
         log.warning("aggregation %s of branch %s failed: %s", aggregation_id, branch_id, message)
-        await to_thread.run_sync(
-            state.store.finish_aggregation, aggregation_id, None, None, None, message
-        )
+        try:
+            await to_thread.run_sync(
+                state.store.finish_aggregation, aggregation_id, None, None, None, message
+            )
+        except Exception as again:
+            if not disk_full(again):
+                raise
+            log.warning("aggregation %s: its failure could not be recorded either", aggregation_id)
     else:
         log.info(
             "aggregation %s of branch %s: %d leaves in %.2f s",
@@ -94,6 +102,19 @@ async def _aggregate(
         state.notify(branch_id, aggregation_message(aggregation_id))
     finally:
         state.done.pop(aggregation_id, anyio.Event()).set()
+
+
+def _combine(state: AggregatorState, branch_id: str, inputs: list[Upload], result: Path) -> None:
+    """FedAvg for a learning round (the unweighted mean when every weighting is 0); each field by
+    its operation for an analytics round."""
+    policy = state.settings.validation_policy()
+    paths = [Path(u.path) for u in inputs]
+    if inputs[0].kind == ANALYTICS:
+        assigned = state.store.field_operations(branch_id)
+        combine_analytics(paths, result, assigned, policy.limits)
+        return
+    unweighted = [1.0] * len(inputs) if all(u.weighting == 0 for u in inputs) else None
+    fedavg(paths, result, policy, weightings=unweighted)
 
 
 def _size_and_digest(path: Path) -> tuple[int, str]:
