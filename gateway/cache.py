@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import queue
 import secrets
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
+import anyio
 import httpx
 from anyio import to_thread
 
 from gateway._io import FLUSH_BYTES, KeyedLocks, sha256_file, write_hashed
 from gateway.errors import BadRequestError, UpstreamUnavailableError
-from gateway.weights import Limits, aggregate_to_object_npy, detect_format, normalize_aggregate
+from gateway.weights import (
+    Limits,
+    aggregate_to_object_npy,
+    detect_format,
+    normalize_aggregate,
+    starts_plain,
+)
 from gateway.weights.objectnpy import read_object_npy
 
 MAX_ID_LENGTH = 200
@@ -48,6 +58,17 @@ class Served:
 
     path: Path
     sha256: str
+
+
+@dataclass(frozen=True)
+class Passing:
+    """An aggregation passed on while it arrives from BranchKey, cache file and digest written in
+    the same pass. `chunks` ends only once the whole file is published in the cache unchanged;
+    otherwise it raises before its last chunk, so a cut-off answer is never a complete model."""
+
+    length: int | None
+    """The body's size, when BranchKey declared it (its bytes are passed on unchanged)."""
+    chunks: AsyncIterator[bytes]
 
 
 def check_id(aggregation_id: str) -> None:
@@ -86,15 +107,46 @@ class AggregationCache:
         """The file for (id, format), fetched from `source()` on first use (asked only then: a cached
         file needs no session), as a private hard link that stays readable even if the entry is
         evicted while it is being sent."""
+        async with self.deliver(source, aggregation_id, fmt, through=False) as got:
+            assert isinstance(got, Served)  # noqa: S101 - `through=False` always stores first
+            return got
+
+    @asynccontextmanager
+    async def deliver(
+        self,
+        source: Callable[[], AggregateSource],
+        aggregation_id: str,
+        fmt: Format,
+        *,
+        through: bool,
+    ) -> AsyncIterator[Served | Passing]:
+        """The file for (id, format) as `open` gives it, or with `through` (an NPZ not cached yet,
+        whose first bytes show BranchKey's file already in the served layout) a `Passing`: its
+        bytes while they arrive, the id's lock held until this context ends. Leaving the context
+        early (the trainer went away) cancels the fetch and releases the lock; a follower waiting
+        for the lock then finds the id cached, or fetches it itself."""
         check_id(aggregation_id)
         lock = self.locks.get(aggregation_id)
+        served: Served | None = None
+        stack = AsyncExitStack()
         try:
-            async with lock:
+            await stack.enter_async_context(lock)
+            passing = None
+            plain = self.folder / f"{aggregation_id}.npz"
+            if through and fmt is Format.npz and not await to_thread.run_sync(plain.exists):
+                passing = await self._pass(source(), aggregation_id, stack)
+            if passing is None:
                 served = await self._open_locked(source, aggregation_id, fmt)
+            else:
+                yield passing
         finally:
+            with anyio.CancelScope(shield=True):  # a cancelled fetch still closes and removes
+                await stack.aclose()
             self.locks.discard(aggregation_id, lock)
-        await self.evict()
-        return served
+        if served is not None:
+            yield served
+        with anyio.CancelScope(shield=True):
+            await self.evict()
 
     async def _open_locked(
         self, source: Callable[[], AggregateSource], aggregation_id: str, fmt: Format
@@ -103,7 +155,12 @@ class AggregationCache:
         if not await to_thread.run_sync(target.exists):
             plain = self.folder / f"{aggregation_id}.npz"
             if not await to_thread.run_sync(plain.exists):
-                await self._fetch(source(), aggregation_id, plain)
+                stack = AsyncExitStack()
+                try:
+                    await self._fetch(source(), aggregation_id, stack)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await stack.aclose()
             if fmt is Format.npy and not await to_thread.run_sync(target.exists):
                 await self._publish(
                     target, lambda tmp: aggregate_to_object_npy(plain, tmp, self.limits)
@@ -113,61 +170,94 @@ class AggregationCache:
         await to_thread.run_sync(os.link, target, served)
         return Served(served, digest)
 
-    async def _fetch(self, source: AggregateSource, aggregation_id: str, plain: Path) -> None:
+    async def _start(
+        self, source: AggregateSource, aggregation_id: str, stack: AsyncExitStack
+    ) -> tuple[httpx.Response, _Raw]:
+        """The blob's response, and the scratch file it is written to (both closed by `stack`)."""
         url = await source.download_url(aggregation_id)
-        raw = self.scratch / f".download-{secrets.token_hex(8)}"
-        try:
-            digest = await self._download(source, url, aggregation_id, raw)
-            # An upstream file already in the served layout is moved into the cache, not copied,
-            # and keeps the digest computed while it arrived: no extra pass over the data.
-            await self._publish(
-                plain,
-                lambda tmp: normalize_aggregate(raw, tmp, self.limits, move=True),
-                lambda: None if raw.exists() else digest,
-            )
-            moved = not await to_thread.run_sync(raw.exists)  # then it was an NPZ already
-            if not moved and await to_thread.run_sync(detect_format, raw, self.limits) == (
-                "npy-object"
-            ):
-                # A v1 upstream's file: ?format=npy serves it with its own sample count, re-written
-                # by our writer (the upstream's pickle bytes are never handed on).
-                samples = (await to_thread.run_sync(read_object_npy, raw, self.limits)).num_samples
-                await self._publish(
-                    self.folder / f"{aggregation_id}.npy",
-                    lambda tmp: aggregate_to_object_npy(
-                        plain, tmp, self.limits, num_samples=samples
-                    ),
-                )
-        finally:
-            await to_thread.run_sync(lambda: raw.unlink(missing_ok=True))
+        response = await stack.enter_async_context(source.blob(url))
+        raw = _Raw(self.scratch / f".download-{secrets.token_hex(8)}", self.limits, aggregation_id)
+        stack.push_async_callback(raw.discard)
+        await raw.open()
+        return response, raw
 
-    async def _download(
-        self, source: AggregateSource, url: str, aggregation_id: str, raw: Path
-    ) -> str:
-        """Stream the blob into `raw`; the sha256 of the bytes as stored."""
-        digest = hashlib.sha256()
-        limit = self.limits.max_total_uncompressed_bytes
-        async with source.blob(url) as response:
-            stream = await to_thread.run_sync(raw.open, "wb")
-            try:
-                pending: list[bytes] = []
-                pending_size = total = 0
-                async for chunk in response.aiter_bytes():
-                    pending.append(chunk)
-                    pending_size += len(chunk)
-                    total += len(chunk)
-                    if total > limit:
-                        raise UpstreamUnavailableError(
-                            f"BranchKey's file for {aggregation_id} is larger than {limit} bytes "
-                            "(GATEWAY_MAX_UNCOMPRESSED_BYTES); refusing to store it."
-                        )
-                    if pending_size >= FLUSH_BYTES:
-                        await to_thread.run_sync(write_hashed, stream, digest, pending)
-                        pending, pending_size = [], 0
-                await to_thread.run_sync(write_hashed, stream, digest, pending)
-            finally:
-                await to_thread.run_sync(stream.close)
-        return digest.hexdigest()
+    async def _fetch(
+        self, source: AggregateSource, aggregation_id: str, stack: AsyncExitStack
+    ) -> None:
+        """Download the blob whole, then publish it (store and forward)."""
+        response, raw = await self._start(source, aggregation_id, stack)
+        async for batch in _batches(response):
+            await raw.write(batch)
+        await raw.close()
+        await self._settle(raw, aggregation_id)
+
+    async def _pass(
+        self, source: AggregateSource, aggregation_id: str, stack: AsyncExitStack
+    ) -> Passing | None:
+        """Start the download; a `Passing` when its first MiB looks like the served layout, else
+        (None) the whole file downloaded and published first."""
+        response, raw = await self._start(source, aggregation_id, stack)
+        batches = _batches(response)
+        stack.push_async_callback(batches.aclose)
+        prefix: list[bytes] = []
+        async for batch in batches:
+            prefix.extend(batch)
+            await raw.write(batch)
+            if raw.size >= FLUSH_BYTES:
+                break
+        if not starts_plain(b"".join(prefix)[:FLUSH_BYTES], self.limits):
+            async for batch in batches:
+                await raw.write(batch)
+            await raw.close()
+            await self._settle(raw, aggregation_id)
+            return None
+
+        async def chunks() -> AsyncIterator[bytes]:
+            # One batch is held back until the whole file is checked: a file that is not kept
+            # byte for byte (invalid, or not in the served layout after all) is never complete.
+            held = prefix
+            async for batch in batches:
+                await raw.write(batch)
+                for chunk in held:
+                    yield chunk
+                held = batch
+            await raw.close()
+            if not await self._settle(raw, aggregation_id):
+                raise UpstreamUnavailableError(
+                    f"BranchKey's file for {aggregation_id} is not in the served layout after all "
+                    "(only its first member was); the answer was cut off. Download it again: it "
+                    "is served from the cache now."
+                )
+            for chunk in held:
+                yield chunk
+
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        length = response.headers.get("content-length") if encoding == "identity" else None
+        return Passing(int(length) if length and length.isdigit() else None, chunks())
+
+    async def _settle(self, raw: _Raw, aggregation_id: str) -> bool:
+        """Publish `<id>.npz` from a complete download (and `<id>.npy` from a v1 upstream's file);
+        whether the `.npz` holds the downloaded bytes unchanged."""
+        plain = self.folder / f"{aggregation_id}.npz"
+        digest = raw.hexdigest()
+        # An upstream file already in the served layout is moved into the cache, not copied,
+        # and keeps the digest computed while it arrived: no extra pass over the data.
+        await self._publish(
+            plain,
+            lambda tmp: normalize_aggregate(raw.path, tmp, self.limits, move=True),
+            lambda: None if raw.path.exists() else digest,
+        )
+        if not await to_thread.run_sync(raw.path.exists):
+            return True  # moved: an NPZ in the served layout already
+        if await to_thread.run_sync(detect_format, raw.path, self.limits) == "npy-object":
+            # A v1 upstream's file: ?format=npy serves it with its own sample count, re-written
+            # by our writer (the upstream's pickle bytes are never handed on).
+            samples = (await to_thread.run_sync(read_object_npy, raw.path, self.limits)).num_samples
+            await self._publish(
+                self.folder / f"{aggregation_id}.npy",
+                lambda tmp: aggregate_to_object_npy(plain, tmp, self.limits, num_samples=samples),
+            )
+        return await to_thread.run_sync(_digest_of, plain) == digest
 
     async def _publish(
         self,
@@ -205,6 +295,84 @@ class AggregationCache:
                     await to_thread.run_sync(_remove_id, self.folder, stale)
             finally:
                 self.locks.discard(stale, lock)
+
+
+class _Raw:
+    """A blob arriving in a scratch file, its size capped. A thread of its own writes and hashes
+    each batch while the next one arrives (two batches queued at most: memory stays flat)."""
+
+    def __init__(self, path: Path, limits: Limits, aggregation_id: str) -> None:
+        self.path = path
+        self.limit = limits.max_total_uncompressed_bytes
+        self.aggregation_id = aggregation_id
+        self.size = 0
+        self.digest = hashlib.sha256()
+        self.failure: Exception | None = None
+        self.queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=2)
+        self.writer: threading.Thread | None = None
+        self.closed = False
+
+    async def open(self) -> None:
+        stream = await to_thread.run_sync(self.path.open, "wb")
+        self.writer = threading.Thread(target=self._drain, args=(stream,), daemon=True)
+        self.writer.start()
+
+    def _drain(self, stream: BinaryIO) -> None:
+        with stream:
+            while (batch := self.queue.get()) is not None:
+                if self.failure is None:
+                    try:
+                        write_hashed(stream, self.digest, batch)
+                    except Exception as exc:  # reported by the next `write` or `close`
+                        self.failure = exc
+
+    async def _put(self, item: list[bytes] | None) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except queue.Full:
+            await to_thread.run_sync(self.queue.put, item)
+
+    async def write(self, batch: list[bytes]) -> None:
+        self.size += sum(len(chunk) for chunk in batch)
+        if self.size > self.limit:
+            raise UpstreamUnavailableError(
+                f"BranchKey's file for {self.aggregation_id} is larger than {self.limit} bytes "
+                "(GATEWAY_MAX_UNCOMPRESSED_BYTES); refusing to store it."
+            )
+        if self.failure is not None:
+            raise self.failure
+        await self._put(batch)
+
+    async def close(self) -> None:
+        """Wait until every batch is written and the file closed."""
+        if not self.closed and self.writer is not None:
+            self.closed = True
+            await self._put(None)
+            await to_thread.run_sync(self.writer.join)
+        if self.failure is not None:
+            raise self.failure
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+    async def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            await self.close()
+        await to_thread.run_sync(lambda: self.path.unlink(missing_ok=True))
+
+
+async def _batches(response: httpx.Response) -> AsyncGenerator[list[bytes], None]:
+    """The body in batches of about FLUSH_BYTES (one worker-thread hop each)."""
+    pending: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= FLUSH_BYTES:
+            yield pending
+            pending, size = [], 0
+    if pending:
+        yield pending
 
 
 def remove_partials(cache: Path) -> None:
