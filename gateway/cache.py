@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import queue
 import secrets
-import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 import anyio
 import httpx
 from anyio import to_thread
 
-from gateway._io import FLUSH_BYTES, KeyedLocks, sha256_file, write_hashed
-from gateway.errors import BadRequestError, UpstreamUnavailableError
+from gateway._io import FLUSH_BYTES, KeyedLocks, Spool, sha256_file
+from gateway.errors import BadRequestError, GatewayError, UpstreamUnavailableError
 from gateway.weights import (
     Limits,
+    WeightsError,
     aggregate_to_object_npy,
     detect_format,
     normalize_aggregate,
@@ -31,6 +28,7 @@ from gateway.weights import (
 from gateway.weights.objectnpy import read_object_npy
 
 MAX_ID_LENGTH = 200
+MAX_REFUSED = 256
 
 
 class Format(StrEnum):
@@ -100,6 +98,8 @@ class AggregationCache:
         self.limits = limits
         self.keep = keep
         self.locks = KeyedLocks()
+        self.refused: dict[str, None] = {}
+        """Ids whose last cut-through download failed (at most MAX_REFUSED, oldest dropped)."""
 
     async def open(
         self, source: Callable[[], AggregateSource], aggregation_id: str, fmt: Format
@@ -133,6 +133,9 @@ class AggregationCache:
             await stack.enter_async_context(lock)
             passing = None
             plain = self.folder / f"{aggregation_id}.npz"
+            if aggregation_id in self.refused:  # failed last time: store first, for a clear answer
+                del self.refused[aggregation_id]
+                through = False
             if through and fmt is Format.npz and not await to_thread.run_sync(plain.exists):
                 passing = await self._pass(source(), aggregation_id, stack)
             if passing is None:
@@ -172,11 +175,19 @@ class AggregationCache:
 
     async def _start(
         self, source: AggregateSource, aggregation_id: str, stack: AsyncExitStack
-    ) -> tuple[httpx.Response, _Raw]:
+    ) -> tuple[httpx.Response, Spool]:
         """The blob's response, and the scratch file it is written to (both closed by `stack`)."""
         url = await source.download_url(aggregation_id)
         response = await stack.enter_async_context(source.blob(url))
-        raw = _Raw(self.scratch / f".download-{secrets.token_hex(8)}", self.limits, aggregation_id)
+        limit = self.limits.max_total_uncompressed_bytes
+
+        def too_large() -> Exception:
+            return UpstreamUnavailableError(
+                f"BranchKey's file for {aggregation_id} is larger than {limit} bytes "
+                "(GATEWAY_MAX_UNCOMPRESSED_BYTES); refusing to store it."
+            )
+
+        raw = Spool(self.scratch / f".download-{secrets.token_hex(8)}", limit, too_large)
         stack.push_async_callback(raw.discard)
         await raw.open()
         return response, raw
@@ -216,13 +227,21 @@ class AggregationCache:
             # One batch is held back until the whole file is checked: a file that is not kept
             # byte for byte (invalid, or not in the served layout after all) is never complete.
             held = prefix
-            async for batch in batches:
-                await raw.write(batch)
-                for chunk in held:
-                    yield chunk
-                held = batch
-            await raw.close()
-            if not await self._settle(raw, aggregation_id):
+            try:
+                async for batch in batches:
+                    await raw.write(batch)
+                    for chunk in held:
+                        yield chunk
+                    held = batch
+                await raw.close()
+                kept = await self._settle(raw, aggregation_id)
+            except (GatewayError, WeightsError, OSError):
+                # The next GET of this id stores first, to answer the precise problem.
+                self.refused[aggregation_id] = None
+                while len(self.refused) > MAX_REFUSED:
+                    del self.refused[next(iter(self.refused))]
+                raise
+            if not kept:
                 raise UpstreamUnavailableError(
                     f"BranchKey's file for {aggregation_id} is not in the served layout after all "
                     "(only its first member was); the answer was cut off. Download it again: it "
@@ -235,7 +254,7 @@ class AggregationCache:
         length = response.headers.get("content-length") if encoding == "identity" else None
         return Passing(int(length) if length and length.isdigit() else None, chunks())
 
-    async def _settle(self, raw: _Raw, aggregation_id: str) -> bool:
+    async def _settle(self, raw: Spool, aggregation_id: str) -> bool:
         """Publish `<id>.npz` from a complete download (and `<id>.npy` from a v1 upstream's file);
         whether the `.npz` holds the downloaded bytes unchanged."""
         plain = self.folder / f"{aggregation_id}.npz"
@@ -295,70 +314,6 @@ class AggregationCache:
                     await to_thread.run_sync(_remove_id, self.folder, stale)
             finally:
                 self.locks.discard(stale, lock)
-
-
-class _Raw:
-    """A blob arriving in a scratch file, its size capped. A thread of its own writes and hashes
-    each batch while the next one arrives (two batches queued at most: memory stays flat)."""
-
-    def __init__(self, path: Path, limits: Limits, aggregation_id: str) -> None:
-        self.path = path
-        self.limit = limits.max_total_uncompressed_bytes
-        self.aggregation_id = aggregation_id
-        self.size = 0
-        self.digest = hashlib.sha256()
-        self.failure: Exception | None = None
-        self.queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=2)
-        self.writer: threading.Thread | None = None
-        self.closed = False
-
-    async def open(self) -> None:
-        stream = await to_thread.run_sync(self.path.open, "wb")
-        self.writer = threading.Thread(target=self._drain, args=(stream,), daemon=True)
-        self.writer.start()
-
-    def _drain(self, stream: BinaryIO) -> None:
-        with stream:
-            while (batch := self.queue.get()) is not None:
-                if self.failure is None:
-                    try:
-                        write_hashed(stream, self.digest, batch)
-                    except Exception as exc:  # reported by the next `write` or `close`
-                        self.failure = exc
-
-    async def _put(self, item: list[bytes] | None) -> None:
-        try:
-            self.queue.put_nowait(item)
-        except queue.Full:
-            await to_thread.run_sync(self.queue.put, item)
-
-    async def write(self, batch: list[bytes]) -> None:
-        self.size += sum(len(chunk) for chunk in batch)
-        if self.size > self.limit:
-            raise UpstreamUnavailableError(
-                f"BranchKey's file for {self.aggregation_id} is larger than {self.limit} bytes "
-                "(GATEWAY_MAX_UNCOMPRESSED_BYTES); refusing to store it."
-            )
-        if self.failure is not None:
-            raise self.failure
-        await self._put(batch)
-
-    async def close(self) -> None:
-        """Wait until every batch is written and the file closed."""
-        if not self.closed and self.writer is not None:
-            self.closed = True
-            await self._put(None)
-            await to_thread.run_sync(self.writer.join)
-        if self.failure is not None:
-            raise self.failure
-
-    def hexdigest(self) -> str:
-        return self.digest.hexdigest()
-
-    async def discard(self) -> None:
-        with contextlib.suppress(OSError):
-            await self.close()
-        await to_thread.run_sync(lambda: self.path.unlink(missing_ok=True))
 
 
 async def _batches(response: httpx.Response) -> AsyncGenerator[list[bytes], None]:

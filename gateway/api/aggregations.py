@@ -160,10 +160,19 @@ class AggregationResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer, watching for the client's disconnect meanwhile."""
         failure: Exception | None = None
+        complete = anyio.Event()
+
+        async def sending(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.pathsend" or (
+                message["type"] == "http.response.body" and not message.get("more_body", False)
+            ):
+                complete.set()  # a disconnect from now on is the client being done
+
         async with anyio.create_task_group() as group:
-            group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
+            group.start_soon(_cancel_on_disconnect, receive, complete, group.cancel_scope)
             try:
-                await self._answer(scope, receive, send)
+                await self._answer(scope, receive, sending)
             except Exception as exc:  # re-raised outside the group, unwrapped
                 failure = exc
             group.cancel_scope.cancel()
@@ -224,11 +233,14 @@ class AggregationResponse(Response):
         self.delivery.on_sent(sent)
 
 
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    """Cancel `scope` once the client has gone (any request body left is skipped)."""
+async def _cancel_on_disconnect(
+    receive: Receive, complete: anyio.Event, scope: anyio.CancelScope
+) -> None:
+    """Cancel `scope` once the client has gone before the answer was complete."""
     while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
+        pass  # any request body is skipped
+    if not complete.is_set():
+        scope.cancel()
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -274,7 +286,9 @@ class SentFileResponse(FileResponse):
         try:
             await super().__call__(scope, receive, counting)
         finally:
-            # Also after a refused Range (400/416), where FileResponse skips its background task.
-            await anyio.to_thread.run_sync(self.cleanup)
+            # Also after a refused Range (400/416), where FileResponse skips its background task,
+            # and after a disconnect.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.cleanup)
         if scope.get("method") != "HEAD":
             self.on_sent(sent)
