@@ -88,8 +88,8 @@ class Spool:
     async def close(self) -> None:
         """Wait until every batch is written and the file closed."""
         if not self.closed and self.writer is not None:
-            self.closed = True
             await self._put(None)
+            self.closed = True
             await to_thread.run_sync(self.writer.join)
         if self.failure is not None:
             raise self.failure
