@@ -223,7 +223,7 @@ class AggregationCache:
             await self._settle(raw, aggregation_id)
             return None
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncGenerator[bytes, None]:
             # One batch is held back until the whole file is checked: a file that is not kept
             # byte for byte (invalid, or not in the served layout after all) is never complete.
             held = prefix
@@ -252,7 +252,9 @@ class AggregationCache:
 
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         length = response.headers.get("content-length") if encoding == "identity" else None
-        return Passing(int(length) if length and length.isdigit() else None, chunks())
+        passed = chunks()
+        stack.push_async_callback(passed.aclose)
+        return Passing(int(length) if length and length.isdigit() else None, passed)
 
     async def _settle(self, raw: Spool, aggregation_id: str) -> bool:
         """Publish `<id>.npz` from a complete download (and `<id>.npy` from a v1 upstream's file);
