@@ -18,17 +18,21 @@ import anyio
 import httpx
 from anyio import to_thread
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Scope
 
 from gateway import __version__, logs, state
-from gateway.api import aggregations, events, health, session, uploads
+from gateway.access import AccessSigner
+from gateway.api import access, activity, aggregations, events, health, pages, session, uploads
 from gateway.api.auth import RequireToken
+from gateway.api.cors import cors_options
 from gateway.cache import AggregationCache, remove_partials
 from gateway.embedded import EmbeddedAggregator
 from gateway.errors import GatewayError
 from gateway.events import EventHub, EventLog, Events
 from gateway.forwarding import Forwarder
 from gateway.metrics import LiveFacts, Metrics
+from gateway.names import NamedDownloads
 from gateway.problems import add_exception_handlers, problem_responses
 from gateway.settings import Settings
 from gateway.upstream import auto
@@ -168,6 +172,11 @@ def create_app(settings: Settings) -> FastAPI:
             session_ = await stack.enter_async_context(_session(settings, client, upstream))
             events_ = await stack.enter_async_context(_events(settings))
             consumer = auto.channel(settings, session_, events_)
+            limits = settings.weights.policy().limits
+            names = NamedDownloads(
+                settings.gateway_data_dir, tmp_dir, limits, settings.gateway_cache_keep
+            )
+            await to_thread.run_sync(names.load)
             loop = asyncio.get_running_loop()
             state.attach(
                 app,
@@ -176,13 +185,11 @@ def create_app(settings: Settings) -> FastAPI:
                     session=session_,
                     events=events_,
                     consumer=consumer,
-                    cache=AggregationCache(
-                        cache_dir,
-                        tmp_dir,
-                        settings.weights.policy().limits,
-                        settings.gateway_cache_keep,
+                    cache=AggregationCache(cache_dir, tmp_dir, limits, settings.gateway_cache_keep),
+                    forwarder=Forwarder(
+                        session_, settings, tmp_dir, metrics.record_upload, names.remember
                     ),
-                    forwarder=Forwarder(session_, settings, tmp_dir, metrics.record_upload),
+                    names=names,
                     embedded=upstream.embedded,
                     stop_streams=functools.partial(loop.call_soon_threadsafe, events_.hub.close),
                 ),
@@ -199,9 +206,15 @@ def create_app(settings: Settings) -> FastAPI:
         description="Federated learning on BranchKey for any trainer, over localhost HTTP.",
         lifespan=lifespan,
         responses=problem_responses(),
+        docs_url=None,  # api/pages.py serves /docs and /redoc from local assets
+        redoc_url=None,
     )
     token = settings.gateway_token.get_secret_value() if settings.gateway_token else None
-    app.add_middleware(RequireToken, token=token)
+    signer = AccessSigner(token, settings.gateway_access_ttl_s)
+    app.add_middleware(
+        RequireToken, token=token, access=signer, origins=settings.gateway_cors_origins
+    )
+    app.add_middleware(CORSMiddleware, **cors_options(settings))  # outermost: answers preflights
 
     def count_problem(scope: Scope, problem_type: str) -> None:
         route = getattr(scope.get("route"), "path", "")
@@ -209,8 +222,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     add_exception_handlers(app, count_problem)
     state.attach_metrics(app, metrics)
-    for module in (health, session, uploads, events, aggregations):
+    state.attach_access(app, signer)
+    for module in (health, session, uploads, events, aggregations, access, activity, pages):
         app.include_router(module.router)
+    pages.document_bearer(app)
     return app
 
 

@@ -61,6 +61,18 @@ class ConflictError(GatewayError):
     status, type, title = 409, "unknown-event-id", "Unknown event id"
 
 
+class NoNameMapError(GatewayError):
+    """A download in the trainer's names, but no named upload was accepted yet."""
+
+    status, type, title = 409, "names/no-map", "No tensor names remembered"
+
+
+class NameMapConflictError(GatewayError):
+    """The remembered tensor names do not fit the aggregation's layers."""
+
+    status, type, title = 409, "names/mismatch", "Tensor names do not fit the aggregation"
+
+
 class RunNotStartedError(GatewayError):
     """The branch's run is not started, so uploads are refused."""
 
@@ -118,6 +130,8 @@ PROBLEM_TYPES: tuple[type[GatewayError], ...] = (
     NoSessionError,
     NotFoundError,
     ConflictError,
+    NoNameMapError,
+    NameMapConflictError,
     RunNotStartedError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ from gateway.settings import Settings
 from gateway.upstream.protocol import WeightsFile
 from gateway.upstream.session import Session
 from gateway.weights import Incoming, Payload, WeightingSource, layers_to_npz, upload_to_npz
+from gateway.weights.names import NameMap
 
 LAYER_PART = re.compile(r"layer_(0|[1-9][0-9]*)", re.ASCII)
 MAX_PARTS = 10_050
@@ -67,6 +68,8 @@ class Forwarded:
     size: int
     payload: Payload
     weighting_source: WeightingSource | None
+    names: NameMap | None = None
+    """The trainer's own tensor names, for a safetensors or named-NPZ upload."""
 
 
 @dataclass
@@ -100,11 +103,14 @@ class Forwarder:
         settings: Settings,
         scratch_dir: Path,
         on_forwarded: Callable[[int], None] = lambda _size: None,
+        on_names: Callable[[NameMap | None], Awaitable[None]] | None = None,
     ) -> None:
         self.session = session
         self.settings = settings
         self.scratch_dir = scratch_dir
         self.on_forwarded = on_forwarded
+        self.on_names = on_names
+        """Told the tensor names of every upload BranchKey accepted (None: `layer_<n>` names)."""
 
     @asynccontextmanager
     async def scratch(self) -> AsyncIterator[Scratch]:
@@ -149,7 +155,11 @@ class Forwarder:
             await self.session.wait_for_start(self._wait_timeout(options))
         sent = await upstream.upload(outgoing)
         self.on_forwarded(sent.size)
-        return Forwarded(sent.file_id, sent.sha256, sent.size, payload, incoming.weighting_source)
+        if self.on_names is not None:
+            await self.on_names(incoming.names)
+        return Forwarded(
+            sent.file_id, sent.sha256, sent.size, payload, incoming.weighting_source, incoming.names
+        )
 
     async def branchkey_npz(
         self, received: Received, weighting: str | None, scratch: Scratch

@@ -20,6 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.cache import Format, Passing, Served, check_id
 from gateway.errors import ConflictError, NotFoundError
 from gateway.events import Event
+from gateway.names import DownloadFormat, Names, Plain, wants_names
 from gateway.state import MetricsDep, StateDep
 
 log = logging.getLogger("gateway.aggregations")
@@ -112,30 +113,64 @@ async def stream_aggregation(
     state: StateDep,
     metrics: MetricsDep,
     fmt: Annotated[
-        Format,
-        Query(alias="format", description="npz: plain layer_0.. arrays; npy: the v1 object array."),
-    ] = Format.npz,
+        DownloadFormat,
+        Query(
+            alias="format",
+            description="npz: an NPZ of plain arrays; npy: the v1 object array; safetensors: "
+            "safetensors in the trainer's own names and dtypes.",
+        ),
+    ] = DownloadFormat.npz,
+    names: Annotated[
+        Names | None,
+        Query(
+            description="original: the tensor names and dtypes of this leaf's last safetensors "
+            "or named-NPZ upload (the default for safetensors); layer: layer_0 .. (the default "
+            "for npz and npy)."
+        ),
+    ] = None,
     if_none_match: Annotated[
         str | None,
         Header(description="ETags the client holds (or *): a match is answered 304 Not Modified."),
     ] = None,
 ) -> Response:
     """The aggregated model: `layer_0 ..` as an NPZ of plain arrays, or (`?format=npy`) the v1 object
-    array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples).
+    array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples), or in the
+    trainer's own tensor names (`?format=safetensors`, `?format=npz&names=original`): 409 when no
+    names are remembered or they do not fit this aggregation's layers.
 
     The first GET of an NPZ that BranchKey already holds in this layout is passed on while it
     arrives (no ETag then: the digest is known only at the end); a file that turns out invalid
     ends the answer early, never complete. Every later answer comes from the cache, with ETag."""
     check_id(aggregation_id)
-    return AggregationResponse(
-        Delivery(
-            lambda through: state.cache.deliver(
-                state.session.require, aggregation_id, fmt, through=through
-            ),
-            f"{aggregation_id}.{fmt.value}",
-            if_none_match,
-            metrics.record_download,
+    if not wants_names(fmt, names):
+        cache_fmt = Format(fmt.value)
+        return AggregationResponse(
+            Delivery(
+                lambda through: state.cache.deliver(
+                    state.session.require, aggregation_id, cache_fmt, through=through
+                ),
+                f"{aggregation_id}.{fmt.value}",
+                if_none_match,
+                metrics.record_download,
+            )
         )
+    plain = await state.cache.open(state.session.require, aggregation_id, Format.npz)
+    try:
+        served = await state.names.open(Plain(plain.path, plain.sha256), aggregation_id, fmt, names)
+    finally:
+        await to_thread.run_sync(functools.partial(plain.path.unlink, missing_ok=True))
+    path = served.path
+    headers = {"ETag": f'"{served.sha256}"', "Cache-Control": _CACHE_CONTROL}
+    if etag_matches(if_none_match, headers["ETag"]):
+        await to_thread.run_sync(functools.partial(path.unlink, missing_ok=True))
+        return Response(status_code=304, headers=headers)
+    return SentFileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"{aggregation_id}.{served.suffix}",
+        headers=headers,
+        cleanup=lambda: path.unlink(missing_ok=True),
+        on_sent=metrics.record_download,
     )
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
+from gateway.activity import UploadRecord
+from gateway.errors import PROBLEM_BASE, GatewayError
 from gateway.forwarding import Forwarded, UploadOptions
+from gateway.multipart import MultipartError
+from gateway.problems import problem_body
 from gateway.state import StateDep
-from gateway.weights import WeightingSource
+from gateway.weights import WeightingSource, WeightsError
 
 router = APIRouter()
 
@@ -20,6 +25,10 @@ class LayerInfo(BaseModel):
     key: str
     dtype: str
     shape: list[int]
+    name: str | None = Field(
+        None,
+        description="The tensor's own name in a safetensors file or named NPZ (sent as `key`).",
+    )
 
 
 class UploadResult(BaseModel):
@@ -52,11 +61,48 @@ async def create_upload(
         str | None, Query(description="Aggregation weight; overrides the file's.")
     ] = None,
 ) -> UploadResult:
-    """Upload weights: a multipart `file` part (NPZ, v1 object .npy, a plain .npy array or a list of
-    arrays saved with np.save), `layer_<n>` .npy parts plus `weighting`, or a raw
-    `application/octet-stream` body. A file without a weighting gets `weighting`, else 1.0."""
+    """Upload weights: a multipart `file` part (NPZ, v1 object .npy, a plain .npy array, a list of
+    arrays saved with np.save, a safetensors file or an NPZ in your own array names), `layer_<n>`
+    .npy parts plus `weighting`, or a raw `application/octet-stream` body. A file without a
+    weighting gets `weighting`, else 1.0. Named tensors are sent as `layer_0 ..` in the file's
+    order; their names are kept for `GET /aggregations/{id}?format=safetensors`."""
     options = UploadOptions(wait=wait, wait_timeout_s=wait_timeout, weighting=weighting)
-    return _result(await state.forwarder.handle(request, options))
+    length = request.headers.get("content-length")
+    received = int(length) if length is not None and length.isdigit() else None
+    try:
+        result = _result(await state.forwarder.handle(request, options))
+    except Exception as exc:
+        state.activity.record_upload(_refused(exc, received))
+        raise
+    state.activity.record_upload(
+        UploadRecord(
+            time.time(),
+            "forwarded",
+            received,
+            size=result.size,
+            file_id=result.file_id,
+            kind=result.kind,
+            weighting=result.weighting,
+            weighting_source=result.weighting_source,
+            layers=len(result.layers),
+        )
+    )
+    return result
+
+
+def _refused(error: Exception, received: int | None) -> UploadRecord:
+    if isinstance(error, GatewayError | WeightsError | MultipartError):
+        problem = problem_body(error)
+        kind, detail = str(problem["type"]), str(problem["detail"])
+    else:  # the exception handler logs it and answers the internal problem
+        kind, detail = PROBLEM_BASE + "internal", "The gateway failed unexpectedly."
+    return UploadRecord(time.time(), "refused", received, problem_type=kind, detail=detail)
+
+
+def _names(forwarded: Forwarded, count: int) -> list[str | None]:
+    if forwarded.names is None:
+        return [None] * count
+    return [tensor.name for tensor in forwarded.names.tensors]
 
 
 def _result(forwarded: Forwarded) -> UploadResult:
@@ -68,5 +114,8 @@ def _result(forwarded: Forwarded) -> UploadResult:
         kind=payload.kind,
         weighting=payload.weighting,
         weighting_source=forwarded.weighting_source,
-        layers=[LayerInfo(key=a.key, dtype=a.dtype, shape=list(a.shape)) for a in payload.arrays],
+        layers=[
+            LayerInfo(key=a.key, dtype=a.dtype, shape=list(a.shape), name=name)
+            for a, name in zip(payload.arrays, _names(forwarded, len(payload.arrays)), strict=True)
+        ],
     )
