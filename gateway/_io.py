@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import queue
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -15,6 +17,24 @@ from anyio import to_thread
 
 FLUSH_BYTES = 1 << 20
 """Bytes gathered before one worker-thread hop writes them (one hop per ~1 MiB, not per chunk)."""
+
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether `error` (or what caused it) is a full disk or quota: ENOSPC, EDQUOT, SQLite's FULL."""
+    seen = 0
+    while error is not None and seen < 8:  # a bounded walk down the cause chain
+        if isinstance(error, OSError) and error.errno in _FULL:
+            return True
+        if (
+            isinstance(error, sqlite3.Error)
+            and getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        ):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 class Digest(Protocol):

@@ -26,6 +26,7 @@ from gateway.access import AccessSigner
 from gateway.api import access, activity, aggregations, events, health, pages, session, uploads
 from gateway.api.auth import RequireToken
 from gateway.api.cors import cors_options
+from gateway.api.hosts import SingleHostOrigin
 from gateway.cache import AggregationCache, remove_partials
 from gateway.embedded import EmbeddedAggregator
 from gateway.errors import GatewayError
@@ -214,7 +215,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(
         RequireToken, token=token, access=signer, origins=settings.gateway_cors_origins
     )
-    app.add_middleware(CORSMiddleware, **cors_options(settings))  # outermost: answers preflights
+    app.add_middleware(CORSMiddleware, **cors_options(settings))  # outside the token: preflights
+    app.add_middleware(SingleHostOrigin)  # outermost: before CORS, the token and loopback checks
 
     def count_problem(scope: Scope, problem_type: str) -> None:
         route = getattr(scope.get("route"), "path", "")

@@ -79,6 +79,12 @@ class RunNotStartedError(GatewayError):
     status, type, title = 409, "run-not-started", "The run is not started"
 
 
+class SessionChangedError(GatewayError):
+    """The leaf session ended or changed leaf while the upload was received: nothing was sent."""
+
+    status, type, title = 409, "session-changed", "The leaf session changed during the upload"
+
+
 class PayloadTooLargeError(GatewayError):
     """The upload is over the gateway's size limit."""
 
@@ -124,6 +130,12 @@ class UpstreamTimeoutError(GatewayError):
     status, type, title = 504, "upstream-timeout", "BranchKey timed out"
 
 
+class InsufficientStorageError(GatewayError):
+    """The gateway's disk (GATEWAY_DATA_DIR) is full; nothing was kept or forwarded."""
+
+    status, type, title = 507, "insufficient-storage", "Out of disk space"
+
+
 PROBLEM_TYPES: tuple[type[GatewayError], ...] = (
     BadRequestError,
     NotAuthenticatedError,
@@ -133,11 +145,13 @@ PROBLEM_TYPES: tuple[type[GatewayError], ...] = (
     NoNameMapError,
     NameMapConflictError,
     RunNotStartedError,
+    SessionChangedError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
     UpstreamRejectedError,
     UpstreamUnavailableError,
     NotReadyError,
     UpstreamTimeoutError,
+    InsufficientStorageError,
 )
 """Every gateway problem type, for the OpenAPI description."""

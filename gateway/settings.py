@@ -77,10 +77,14 @@ class Settings(BaseSettings):
         description="Upstream protocol: v3 (`/api/v1`, WebSocket) or v1 (`/v1`, Basic auth, RabbitMQ).",
     )
     bk_credentials_file: Path | None = Field(
-        None, description="JSON credentials (v3 or v1 client shape)."
+        None,
+        description="JSON credentials (v3 or v1 client shape), or a list of them (the "
+        "aggregator's leaves.json) with BK_LEAF_NAME or BK_LEAF_ID picking one.",
     )
-    bk_leaf_id: str | None = Field(None, description="Leaf id (fills or overrides the file's).")
-    bk_leaf_name: str | None = Field(None, description="Leaf name.")
+    bk_leaf_id: str | None = Field(
+        None, description="Leaf id (fills or overrides the file's; picks one from a list)."
+    )
+    bk_leaf_name: str | None = Field(None, description="Leaf name (picks one from a list).")
     bk_session_token: SecretStr | None = Field(None, description="Leaf session token.")
     bk_tree_id: str | None = Field(
         None, description="Tree id (v3 with v1-shaped credentials; v1 asks authenticate)."

@@ -20,6 +20,7 @@ from anyio import to_thread
 
 from gateway._io import sha256_file
 from gateway.errors import (
+    InsufficientStorageError,
     NotFoundError,
     UpstreamRejectedError,
     UpstreamTimeoutError,
@@ -219,6 +220,11 @@ def raise_for_status(response: httpx.Response, expected: int, what: str) -> None
     if response.status_code == expected:
         return
     text = upstream_error_text(response)
+    if response.status_code == InsufficientStorageError.status:  # a full disk: never retried
+        raise InsufficientStorageError(
+            f"BranchKey has no storage for {what} (HTTP 507): {text}",
+            upstream_status=507,
+        )
     if response.status_code >= 500 or response.status_code < 400:
         raise UpstreamUnavailableError(
             f"BranchKey answered {what} with HTTP {response.status_code}: {text}",
