@@ -87,8 +87,9 @@ class Spool:
                 if self.failure is None:
                     try:
                         write_hashed(stream, self.digest, batch)
-                    except Exception as exc:  # reported by the next `write` or `close`
+                    except Exception as exc:  # reported by the next `write`, `sync` or `close`
                         self.failure = exc
+                self.queue.task_done()
 
     async def _put(self, item: list[bytes] | None) -> None:
         try:
@@ -104,6 +105,12 @@ class Spool:
         if self.failure is not None:
             raise self.failure
         await self._put(batch)
+
+    async def sync(self) -> None:
+        """Wait until every batch queued so far is written; raises the writer's failure."""
+        await to_thread.run_sync(self.queue.join)
+        if self.failure is not None:
+            raise self.failure
 
     async def close(self) -> None:
         """Wait until every batch is written and the file closed."""

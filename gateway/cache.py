@@ -216,6 +216,7 @@ class AggregationCache:
             await raw.write(batch)
             if raw.size >= FLUSH_BYTES:
                 break
+        await raw.sync()  # a full disk is a problem answer, not a cut-off one
         if not starts_plain(b"".join(prefix)[:FLUSH_BYTES], self.limits):
             async for batch in batches:
                 await raw.write(batch)
