@@ -126,10 +126,11 @@ class Spool:
         return self.digest.hexdigest()
 
     async def discard(self) -> None:
-        """Stop the writer and remove the file."""
-        with contextlib.suppress(Exception):
-            await self.close()
-        await to_thread.run_sync(lambda: self.path.unlink(missing_ok=True))
+        """Stop the writer and remove the file (also when cancelled)."""
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                await self.close()
+            await to_thread.run_sync(lambda: self.path.unlink(missing_ok=True))
 
 
 class KeyedLocks:

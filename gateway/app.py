@@ -40,8 +40,8 @@ from gateway.upstream import auto
 from gateway.upstream.channel import NotificationConsumer
 from gateway.upstream.client import upstream_client
 from gateway.upstream.credentials import Credentials, from_settings
+from gateway.upstream.policy import Policy
 from gateway.upstream.session import Session
-from gateway.upstream.transport import RetryPolicy
 
 log = logging.getLogger("gateway")
 
@@ -89,9 +89,10 @@ async def _session(
     settings: Settings, client: httpx.AsyncClient, upstream: _Upstream
 ) -> AsyncIterator[Session]:
     """The leaf session, logged in when credentials are configured; its token is kept out of logs."""
-    retry = RetryPolicy(max_retries=settings.bk_max_retries)
+    # The embedded aggregator deduplicates identical uploads (same leaf, run and digest).
+    policy = Policy.from_settings(settings, deduplicates=upstream.embedded is not None)
     session = Session(
-        auto.connector(settings.bk_dialect, client, upstream.host, retry),
+        auto.connector(settings.bk_dialect, client, upstream.host, policy),
         upstream.host,
         settings.bk_run_check_interval_s,
         offline=upstream.embedded is not None,

@@ -143,8 +143,9 @@ class AggregationCache:
             else:
                 yield passing
         finally:
-            with anyio.CancelScope(shield=True):  # a cancelled fetch still closes and removes
-                await stack.aclose()
+            # Not shielded as a whole: the blob's context holds its own cancel scope. What must
+            # finish after a cancel (the spool's thread, the scratch file) shields itself.
+            await stack.aclose()
             self.locks.discard(aggregation_id, lock)
         if served is not None:
             yield served
@@ -162,8 +163,7 @@ class AggregationCache:
                 try:
                     await self._fetch(source(), aggregation_id, stack)
                 finally:
-                    with anyio.CancelScope(shield=True):
-                        await stack.aclose()
+                    await stack.aclose()
             if fmt is Format.npy and not await to_thread.run_sync(target.exists):
                 await self._publish(
                     target, lambda tmp: aggregate_to_object_npy(plain, tmp, self.limits)

@@ -138,7 +138,8 @@ class Forwarder:
     async def check_run(self, options: UploadOptions) -> Upstream:
         """Refuse at once, before the body is read, when the run is not started and the trainer
         does not wait for it (a trainer that waits is held in `forward` instead); the session's
-        upstream the upload starts with."""
+        upstream the upload starts with. BranchKey is asked only when the notification channel
+        cannot tell (`Session.current_run`)."""
         upstream = self.session.require()
         if not self._waits(options):
             await self.session.wait_for_start(0)
