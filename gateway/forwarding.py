@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -11,10 +10,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 from anyio import to_thread
 from starlette.requests import ClientDisconnect, Request
 
-from gateway._io import FLUSH_BYTES, Digest, Tee, write_hashed
+from gateway._io import FLUSH_BYTES, Spool, Tee
 from gateway.errors import (
     BadRequestError,
     NoSessionError,
@@ -353,33 +353,32 @@ async def _receive_form(
 async def _receive_raw(
     request: Request, scratch: Scratch, limit: int, scan: StreamScan | None
 ) -> ReceivedFile:
-    path = scratch.new(".bin")
-    digest = hashlib.sha256()
-    feed: Digest = digest if scan is None else Tee(digest, scan)
-    size = 0
-    stream = await to_thread.run_sync(path.open, "wb")
+    def too_large() -> Exception:
+        return PayloadTooLargeError(f"The upload is over GATEWAY_MAX_UPLOAD_BYTES ({limit} bytes).")
+
+    # Written and hashed by the spool's thread while the next MiB arrives (as multipart parts are).
+    spool = Spool(scratch.new(".bin"), limit, too_large)
+    if scan is not None:
+        spool.feed = Tee(spool.digest, scan)
+    await spool.open()
     pending: list[bytes] = []
     pending_size = 0
     try:
         async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(
-                    f"The upload is over GATEWAY_MAX_UPLOAD_BYTES ({limit} bytes)."
-                )
             pending.append(chunk)
             pending_size += len(chunk)
-            if pending_size >= FLUSH_BYTES:  # one worker-thread hop per ~1 MiB
-                await to_thread.run_sync(write_hashed, stream, feed, pending)
+            if pending_size >= FLUSH_BYTES:
+                await spool.write(pending)
                 pending, pending_size = [], 0
-        await to_thread.run_sync(write_hashed, stream, feed, pending)
+        await spool.write(pending)
     except ClientDisconnect:
         raise BadRequestError("The client disconnected before the upload was complete.") from None
     finally:
-        await to_thread.run_sync(stream.close)
-    if size == 0:
+        with anyio.CancelScope(shield=True):  # the writer thread always ends
+            await spool.close()
+    if spool.size == 0:
         raise BadRequestError("The request body is empty: send the weights file as the body.")
-    return ReceivedFile(path, digest.digest(), "weights.npz", scan)
+    return ReceivedFile(spool.path, spool.digest.digest(), "weights.npz", scan)
 
 
 def npz_name(filename: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import math
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,12 +27,14 @@ from gateway.weights.model import (
     PayloadKind,
     layer_index,
 )
-from gateway.weights.npy import array_from_bytes, dtype_words
-from gateway.weights.policy import ValidationPolicy
+from gateway.weights.npy import array_from_bytes, dtype_words, read_header
+from gateway.weights.policy import Limits, ValidationPolicy
 from gateway.weights.values import checked_chunks
 
 NUMERIC_KINDS = frozenset("biufc")
 ANALYTICS_KINDS = frozenset("biufcUS")
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+"""A ZIP local file header: signature .. name and extra-field lengths (30 bytes)."""
 
 
 def inspect_npz(path: Path, policy: ValidationPolicy) -> Payload:
@@ -263,3 +267,23 @@ def savez_hint(count: int) -> str:
     names = ["layer_0=...", "layer_1=..."][: max(count, 1)]
     more = ", ..." if count > 2 else ""
     return f'np.savez("w.npz", weighting=n_samples, {", ".join(names)}{more})'
+
+
+def starts_plain(prefix: bytes, limits: Limits) -> bool:
+    """Whether a file beginning with `prefix` (its first MiB, or all of it) starts the way an aggregate
+    already in the served layout does: a stored `layer_0.npy` member holding a little-endian,
+    C-order array. Only the whole file decides (`normalize_aggregate`); this lets a download be
+    passed on while it arrives when it will most likely be kept byte for byte."""
+    if len(prefix) < _LOCAL_HEADER.size or not prefix.startswith(b"PK\x03\x04"):
+        return False
+    fields = _LOCAL_HEADER.unpack_from(prefix)
+    method, name_size, extra_size = fields[3], fields[9], fields[10]
+    start = _LOCAL_HEADER.size + name_size + extra_size
+    name = prefix[_LOCAL_HEADER.size : _LOCAL_HEADER.size + name_size]
+    if method != 0 or name != b"layer_0.npy" or len(prefix) <= start:
+        return False
+    try:
+        header = read_header(io.BytesIO(prefix[start:]).read, limits.max_header_bytes, "layer_0")
+    except WeightsError:
+        return False
+    return header.dtype.byteorder != ">" and not header.fortran_order
