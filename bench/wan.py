@@ -102,8 +102,69 @@ def run(command: list[str], check: bool = True) -> subprocess.CompletedProcess[s
     return done
 
 
+DELAY_LINE = r"""
+import collections, fcntl, os, select, signal, struct, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which closes our stdin
+TUNSETIFF, IFF_TUN, IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
+
+def tun(name):
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+    return fd
+
+a, b = tun(sys.argv[1]), tun(sys.argv[2])
+rate, delay = 1e9, 0.0  # bits/s, one-way seconds; set by "<bits/s> <seconds>" lines on stdin
+peer = {a: b, b: a}
+busy = {a: 0.0, b: 0.0}  # when each direction's "wire" is free again
+queue = {a: collections.deque(), b: collections.deque()}  # (deliver at, packet), FIFO
+print("ready", flush=True)
+while True:
+    now = time.monotonic()
+    due = [q[0][0] for q in queue.values() if q]
+    timeout = max(0.0, min(due) - now) if due else None
+    readable, _, _ = select.select([a, b, sys.stdin], [], [], timeout)
+    for fd in readable:
+        if fd is sys.stdin:
+            line = sys.stdin.readline()
+            if not line:
+                sys.exit(0)
+            rate, delay = (float(x) for x in line.split())
+            print("shaped", flush=True)
+            continue
+        for _ in range(64):
+            try:
+                packet = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                sys.exit(0)  # a device was removed: the link is being torn down
+            now = time.monotonic()
+            busy[fd] = max(now, busy[fd]) + len(packet) * 8 / rate
+            queue[fd].append((busy[fd] + delay, packet))
+    now = time.monotonic()
+    for fd, q in queue.items():
+        while q and q[0][0] <= now:
+            try:
+                os.write(peer[fd], q.popleft()[1])
+            except OSError:
+                pass  # the far side is down: the packet is lost, as on a wire
+"""
+"""Runs as root in the root namespace, owns a pair of tun devices and moves every packet from one to
+the other like netem would: serialised at the rate, then delayed, first in first out, never
+dropped. One end is moved into the namespace; closing the process removes both devices."""
+
+TUN_MTU = 64_000
+"""A tun device has no segmentation offload: large packets keep the delay line's packet rate (and
+its CPU) low enough for 1 Gbit/s (about 2 000 packets a second each way)."""
+
+
 class Link:
-    """A namespace with one end of a veth pair; the other end in the root namespace."""
+    """A namespace joined to the root namespace by a shaped point-to-point link.
+
+    With sch_netem (mode "netem"): a veth pair with netem on both ends. Without it (some VM
+    kernels): a tun pair bridged by the DELAY_LINE process (mode "tun"), or, without /dev/net/tun,
+    a veth pair with tbf, which shapes the rate but adds no delay (mode "tbf").
+    """
 
     def __init__(self, dry: bool = False) -> None:
         tag = os.getpid() % 100_000
@@ -117,8 +178,20 @@ class Link:
             f"{prefix}{block % 256 + 2}",
         )
         self.dry = dry
-        self.netem = True
+        self.mode = "netem"
+        self.line: subprocess.Popen[str] | None = None
         self.created: list[str] = []
+
+    @property
+    def description(self) -> str:
+        if self.mode == "netem":
+            return "veth pair, tc netem on both ends (delay = RTT/2 each way, rate, no drops)"
+        if self.mode == "tun":
+            return (
+                "this kernel has no sch_netem: tun pair (MTU 64000) bridged by a userspace delay "
+                "line (rate, then RTT/2 each way, no drops)"
+            )
+        return "RTT NOT SHAPED: no sch_netem and no /dev/net/tun: veth pair with tbf (rate only)"
 
     def sh(self, command: list[str]) -> None:
         if self.dry:
@@ -142,39 +215,65 @@ class Link:
         else:
             self.sh(["ip", "netns", "add", self.netns])
         self.created.append("netns")
-        self.sh(["ip", "link", "add", self.outer, "type", "veth", "peer", "name", self.inner])
-        self.created.append("veth")
+        if not self.dry:
+            self.mode = self.choose_mode()
+        if self.mode == "tun":
+            self.start_line()
+        else:
+            self.sh(["ip", "link", "add", self.outer, "type", "veth", "peer", "name", self.inner])
         self.sh(["ip", "link", "set", self.inner, "netns", self.netns])
         self.sh(["ip", "addr", "add", f"{self.outer_addr}/30", "dev", self.outer])
-        self.sh(["ip", "link", "set", self.outer, "up"])
         self.sh(self.in_ns(["ip", "addr", "add", f"{self.inner_addr}/30", "dev", self.inner]))
-        self.sh(self.in_ns(["ip", "link", "set", self.inner, "up"]))
+        for device, prefix in ((self.outer, []), (self.inner, self.in_ns([]))):
+            if self.mode == "tun":
+                self.sh([*prefix, "ip", "link", "set", device, "mtu", str(TUN_MTU)])
+                self.sh([*prefix, "ip", "link", "set", device, "txqueuelen", "10000"])
+            self.sh([*prefix, "ip", "link", "set", device, "up"])
         self.sh(self.in_ns(["ip", "link", "set", "lo", "up"]))
 
+    def choose_mode(self) -> str:
+        """netem if this kernel has it (tried on a throw-away veth pair in the namespace)."""
+        run(self.in_ns(["ip", "link", "add", "probe0", "type", "veth", "peer", "name", "probe1"]))
+        try:
+            probe = ["tc", "qdisc", "add", "dev", "probe0", "root", "netem", "delay", "1ms"]
+            done = run(self.in_ns(probe), check=False)
+        finally:
+            run(self.in_ns(["ip", "link", "del", "probe0"]), check=False)
+        if done.returncode == 0:
+            return "netem"
+        if "unknown" not in done.stderr.lower():
+            raise BenchError(f"tc netem: {done.stderr.strip()}")
+        return "tun" if Path("/dev/net/tun").exists() else "tbf"
+
+    def start_line(self) -> None:
+        command = [sys.executable, "-I", "-c", DELAY_LINE, self.outer, self.inner]
+        self.line = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.created.append("line")
+        if self.line.stdout is None or self.line.stdout.readline().strip() != "ready":
+            raise BenchError("the delay line did not start")
+
     def shape(self, profile: Profile) -> None:
-        """Half the RTT on each direction's egress, the rate on both (`replace`: re-shapable)."""
+        """Half the RTT on each direction, the rate on both (re-shapable between profiles)."""
+        if self.mode == "tun" and self.line is not None:
+            if self.line.stdin is None or self.line.stdout is None:  # pragma: no cover - pipes
+                raise BenchError("no pipes to the delay line")
+            self.line.stdin.write(f"{profile.mbit * 1_000_000} {profile.rtt_ms / 2000}\n")
+            self.line.stdin.flush()
+            if self.line.stdout.readline().strip() != "shaped":
+                raise BenchError("the delay line did not take the new profile")
+            return
         half = f"{profile.rtt_ms / 2:g}ms"
-        for device, prefix in ((self.outer, []), (self.inner, ["ip", "netns", "exec", self.netns])):
+        for device, prefix in ((self.outer, []), (self.inner, self.in_ns([]))):
             netem = ["tc", "qdisc", "replace", "dev", device, "root", "netem", "delay", half]
             netem += ["rate", f"{profile.mbit}mbit", "limit", str(QUEUE_LIMIT)]
-            if self.netem:
-                if self.dry:
-                    self.sh([*prefix, *netem])
-                    continue
-                done = run([*prefix, *netem], check=False)
-                if done.returncode == 0:
-                    continue
-                if "unknown" not in done.stderr.lower():
-                    raise BenchError(f"{' '.join(netem)}: {done.stderr.strip()}")
-                self.netem = False  # this kernel has no sch_netem: the rate from tbf, no delay
-            self.sh([*prefix, *self.tbf(device, profile)])
+            self.sh([*prefix, *(netem if self.mode == "netem" else self.tbf(device, profile))])
 
     @staticmethod
     def tbf(device: str, profile: Profile) -> list[str]:
-        bytes_per_second = profile.mbit * 1_000_000 // 8
-        burst = max(
-            256 * 1024, bytes_per_second // 100
-        )  # 10 ms of the rate: GSO-sized packets pass
+        # burst: 10 ms of the rate, at least 256 KiB, so that GSO-sized packets pass
+        burst = max(256 * 1024, profile.mbit * 1_000_000 // 8 // 100)
         return [
             "tc", "qdisc", "replace", "dev", device, "root", "tbf", "rate", f"{profile.mbit}mbit",
             "burst", str(burst), "limit", str(64 * MiB),
@@ -186,11 +285,20 @@ class Link:
         if self.dry:
             print(f"  ip netns del {self.netns}  (removes {self.inner} and its peer {self.outer})")
             return problems
+        if self.line is not None:  # its devices go with it
+            if self.line.stdin is not None:
+                with contextlib.suppress(OSError):
+                    self.line.stdin.close()
+            try:
+                self.line.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.line.kill()
+                self.line.wait()
         if "netns" in self.created:
             done = run(["ip", "netns", "del", self.netns], check=False)
             if done.returncode != 0:
                 problems.append(f"ip netns del {self.netns}: {done.stderr.strip()}")
-        # Deleting the namespace deletes the veth end in it and with it its peer; a pair that
+        # Deleting the namespace deletes the veth end in it and with it its peer; a device that
         # never moved into the namespace is still here.
         if run(["ip", "link", "show", self.outer], check=False).returncode == 0:
             done = run(["ip", "link", "del", self.outer], check=False)
@@ -502,7 +610,8 @@ def bench(directory: Path, size: int, repeat: int, profiles: list[Profile], keep
             generate(payload, layout, WEIGHTING, seed=7 * size, compressed=False)
         print(
             f"{curl_version()}, {os.cpu_count()} CPUs, load average {load_average()}; netns "
-            f"{link.netns}: aggregator on {link.inner_addr}, gateway in the root namespace",
+            f"{link.netns}: aggregator on {link.inner_addr}, gateway in the root namespace; "
+            f"link: {link.description}",
             flush=True,
         )
         workers = Bench(link, payload, scratch, repeat)
@@ -514,11 +623,6 @@ def bench(directory: Path, size: int, repeat: int, profiles: list[Profile], keep
                 workers.measure(profile, result)
             except BenchError as exc:
                 result.errors.append(str(exc))
-        if not link.netem:
-            notes.append(
-                "RTT NOT SHAPED: this kernel has no sch_netem, so the rate comes from tbf and there "
-                "is no added delay (the connect times above are the veth's own)"
-            )
     except KeyboardInterrupt:
         notes.append("interrupted")
     except BenchError as exc:
