@@ -19,9 +19,12 @@ address) is the thing measured. Per link profile (1 Gbit/s with 20 ms RTT, 100 M
 
 Before the transfers, the header shows what the link really does: the TCP connect time to the
 aggregator (one RTT) and a raw TCP throughput each way, so a shaping that did not take is visible.
-Kernels without sch_netem (some VM kernels) get the rate from `tbf` and no delay; the header then
-says RTT NOT SHAPED. Without root or network namespaces it prints one SKIP line and exits 0.
-Everything it creates (namespace, veth pair, qdiscs, processes, temp dirs) is removed on exit,
+Kernels without sch_netem (some VM kernels) get the same link from a userspace delay line: a
+pair of tun devices (one in the namespace) and a small process that serialises every packet at
+the rate, then delays it, first in first out, without drops (what netem does); without
+/dev/net/tun either, `tbf` shapes the rate only and the header says RTT NOT SHAPED. Without root
+or network namespaces it prints one SKIP line and exits 0. `--dry-run` prints the link's commands.
+Everything it creates (namespace, devices, qdiscs, processes, temp dirs) is removed on exit,
 on Ctrl-C and on SIGTERM; names carry the process id, so two runs do not collide. It prints the
 table with same-run ratios (gateway / direct) and never asserts: it exits 0.
 """
@@ -585,7 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("and on exit:")
         link.destroy()
         return 0
+    # SIGINT too: a shell without job control starts background commands with SIGINT ignored.
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
     return bench(args.dir.resolve(), size, args.repeat, profiles, args.keep)
 
 
@@ -632,7 +637,7 @@ def bench(directory: Path, size: int, repeat: int, profiles: list[Profile], keep
             notes += workers.stop()
         problems = link.destroy()
         notes += [f"cleanup: {p}" for p in problems] or [
-            f"removed netns {link.netns} and its veth pair"
+            f"removed netns {link.netns} and the link's devices"
         ]
         if not keep:
             shutil.rmtree(scratch, ignore_errors=True)
