@@ -2,7 +2,8 @@
 
 Stored members (what `numpy.savez` and the SDK write) are read with `os.preadv` at their offset:
 no copy, no shared file position, so one thread per input can read while another computes (the
-read and `zlib.crc32` release the GIL). Deflated members go through the zip library's stream.
+read releases the GIL). The CRC-32 is ISA-L's (`isal`, the same checksum as `zlib.crc32`, about
+four times faster with carry-less multiplication). Deflated members go through the zip library.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
-import zlib
 from collections.abc import Iterator
+
+from isal.isal_zlib import crc32
 
 from gateway.weights.archive import Archive, Member
 from gateway.weights.errors import WeightsError
@@ -36,7 +38,7 @@ class MemberData:
         header = os.pread(self._fd, member.header.header_size, start)
         if len(header) != member.header.header_size:
             raise WeightsError("truncated", f"{self._what} ends early: the archive is truncated.")
-        self._crc = zlib.crc32(header)
+        self._crc = crc32(header)
         self._offset = start + member.header.header_size
 
     def _data_start(self, info: zipfile.ZipInfo) -> int:
@@ -71,7 +73,7 @@ class MemberData:
                         "truncated", f"{self._what} ends early: the archive is truncated."
                     )
                 done += n
-            self._crc = zlib.crc32(buffer, self._crc)
+            self._crc = crc32(buffer, self._crc)
             self._offset += size
         self._left -= size
 
