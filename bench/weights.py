@@ -1,13 +1,14 @@
 """Benchmark: header-only NPZ validation and streaming FedAvg on 64 MiB .. 2 GiB payloads.
 
     python bench/weights.py [--sizes 64M,512M,2G] [--dir DIR] [--keep] [--compressed] [--profile]
-                            [--only fedavg] [--runs N] [--baseline-tree DIR]
+                            [--only fedavg] [--runs N] [--baseline-tree DIR] [--cold]
 
 `--only fedavg` skips validation and times, in the same run and alternating N times, a plain
 sequential read of the leaf files (`readinto` 8 MiB at a time, no parsing) and FedAvg over the
 same files, then prints FedAvg's time as a multiple of the read (the wire-speed bound). With
 `--baseline-tree DIR` FedAvg also runs from another source tree (e.g. `git archive main | tar -x`)
-on the same files, for a same-run before/after.
+on the same files, for a same-run before/after. `--cold` drops the leaf files (only those) from
+the page cache before every timed run (`posix_fadvise(DONTNEED)`), so both read from the disk.
 
 The parent generates leaf payloads in the SDK's layout (`weighting` float64 (1,), `layer_0..`
 float32) with a streaming writer, then measures every operation in a fresh interpreter so that
@@ -399,6 +400,18 @@ class Options:
     only_fedavg: bool
     runs: int
     baseline_tree: Path | None
+    cold: bool
+
+
+def evict(paths: Sequence[Path]) -> None:
+    """Drop the files' pages from the page cache, so that the next read comes from the disk."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def bench_speed(
@@ -414,8 +427,12 @@ def bench_speed(
     results.update({name: [] for name, _ in trees})
     for run in range(options.runs):
         print(f"[{label}] run {run + 1}/{options.runs}: plain read, fedavg ...", flush=True)
+        if options.cold:
+            evict(leaves)
         results["plain read"].append(run_child(["read", *map(str, leaves)]))
         for name, tree in trees:
+            if options.cold:
+                evict(leaves)
             try:
                 args = ["fedavg", *map(str, leaves), "--out", str(out)]
                 results[name].append(run_child(args, tree))
@@ -575,6 +592,7 @@ def print_table(report: Report) -> None:
     print("peak RSS: max(sampler every 5 ms, kernel high-water mark) minus the child's baseline")
     print("  after `import numpy, gateway.weights`; s = sampler, k = VmHWM/ru_maxrss.")
     print("targets are informational; validation's (set for 2 GiB) is applied to every size.")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for note in report.notes:
         print(f"  {note}")
     for label, text in report.profiles:
@@ -606,6 +624,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="with --only fedavg: also run FedAvg from this source tree (same files, same run)",
     )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="with --only fedavg: evict the leaf files from the page cache before every run",
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -625,7 +648,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
         f"{fmt_bytes(psutil.virtual_memory().total)} RAM, dir {directory} "
-        f"({'deflate' if args.compressed else 'stored'} payloads)",
+        f"({'deflate' if args.compressed else 'stored'} payloads"
+        f"{', page cache evicted before each run' if args.cold else ''}), "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         flush=True,
     )
     report = Report()
@@ -639,6 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         only_fedavg=args.only == "fedavg",
         runs=args.runs,
         baseline_tree=args.baseline_tree.resolve() if args.baseline_tree else None,
+        cold=args.cold,
     )
     for label, size in sizes:
         bench_size(label, size, options, report)
