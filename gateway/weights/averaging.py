@@ -24,8 +24,8 @@ _CHUNK_BYTES = 4 << 20
 """Bytes of each input read at once (two such buffers per input)."""
 _BLOCK = 1 << 16
 """Elements averaged at once: float64 accumulators of 512 KiB stay in the CPU cache."""
-_WIDEST = 32
-"""The largest item size of a numeric dtype (clongdouble), for buffers shared by every layer."""
+_WIDEST = np.dtype(np.clongdouble).itemsize
+"""The largest item size of a numeric dtype, for buffers shared by every layer."""
 
 
 def fedavg(
@@ -38,10 +38,12 @@ def fedavg(
 ) -> Payload:
     """Write the weighting-weighted mean of K learning NPZ payloads as an NPZ of `layer_i`.
 
-    Memory is a few chunks per input, whatever the layer sizes or K. Accumulation is float64
-    (complex128 for complex layers, extended precision for wider types); each output layer has
-    its inputs' dtype, rounded to the nearest value for integer and bool layers. `weightings`,
-    one per input, replaces the payloads' own (all 1.0: the unweighted mean).
+    Memory is a few chunks per input, whatever the layer sizes or K: a thread per input reads
+    the next chunk of a layer and one writes the previous chunk while this one is averaged.
+    Accumulation is float64 (complex128 for complex layers, extended precision for wider
+    types); each output layer has its inputs' dtype, rounded to the nearest value for integer
+    and bool layers. `weightings`, one per input, replaces the payloads' own (all 1.0: the
+    unweighted mean).
     """
     policy = policy or ValidationPolicy()
     if not inputs:
