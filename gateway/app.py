@@ -29,7 +29,8 @@ from gateway.errors import GatewayError
 from gateway.events import EventHub, EventLog, Events
 from gateway.forwarding import Forwarder
 from gateway.metrics import LiveFacts, Metrics
-from gateway.problems import add_exception_handlers, problem_responses
+from gateway.openapi import document, operation_id
+from gateway.problems import add_exception_handlers
 from gateway.settings import Settings
 from gateway.upstream import auto
 from gateway.upstream.channel import NotificationConsumer
@@ -198,8 +199,10 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description="Federated learning on BranchKey for any trainer, over localhost HTTP.",
         lifespan=lifespan,
-        responses=problem_responses(),
+        generate_unique_id_function=operation_id,
     )
+    # FastAPI's documented way to extend its document (the bearer scheme, no HTTPValidationError).
+    app.openapi = functools.partial(document, app)  # type: ignore[method-assign]
     token = settings.gateway_token.get_secret_value() if settings.gateway_token else None
     app.add_middleware(RequireToken, token=token)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import typing
 from collections import defaultdict
 from collections.abc import Callable
@@ -17,10 +18,17 @@ from starlette.types import Scope
 from gateway.errors import (
     PROBLEM_BASE,
     PROBLEM_JSON,
-    PROBLEM_TYPES,
     BadRequestError,
     GatewayError,
+    NoSessionError,
     NotAuthenticatedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RunNotStartedError,
+    UnsupportedMediaTypeError,
+    UpstreamRejectedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
 )
 from gateway.multipart import MultipartError
 from gateway.weights import ErrorCode, WeightsError
@@ -117,7 +125,9 @@ def add_exception_handlers(app: FastAPI, on_problem: ProblemHook | None = None) 
         if isinstance(error, NotAuthenticatedError):
             headers = {"WWW-Authenticate": "Bearer"}
         elif isinstance(error, StarletteHTTPException) and error.headers:
-            headers = dict(error.headers)  # 405: Starlette's Allow
+            headers = dict(error.headers)
+            if error.status_code == 405:
+                headers["Allow"] = _allowed(request) or headers.get("Allow", "")
         return problem(body, headers)
 
     for kind in (
@@ -129,6 +139,18 @@ def add_exception_handlers(app: FastAPI, on_problem: ProblemHook | None = None) 
         StarletteHTTPException,
     ):
         app.add_exception_handler(kind, answer)
+
+
+def _allowed(request: Request) -> str:
+    """Every documented method of the request's path ('' for an undocumented one): Starlette's 405
+    names only the methods of the first route that matched (GET /session, where POST and DELETE
+    /session are routes of their own)."""
+    path = request.url.path
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            return ", ".join(sorted(method.upper() for method in operations))
+    return ""
 
 
 _PROBLEM_SCHEMA = {
@@ -145,19 +167,52 @@ _PROBLEM_SCHEMA = {
     },
 }
 
+Problem = tuple[int, str]
+"""A status and the problem `type` (after /problems/) answered with it."""
 
-def problem_responses() -> dict[int | str, dict[str, Any]]:
-    """One response per status, naming every problem type the gateway can answer with it."""
-    by_status: dict[int, list[str]] = defaultdict(list)
-    for error in PROBLEM_TYPES:
-        by_status[error.status].append(PROBLEM_BASE + error.type)
-    for status in (403, 409, 413, 422):  # BranchKey's 4xx answers are passed through
-        by_status[status].append(PROBLEM_BASE + "upstream-rejected")
-    for code in typing.get_args(ErrorCode):
-        by_status[413 if code in WEIGHTS_TOO_LARGE else 422].append(f"{PROBLEM_BASE}weights/{code}")
+
+def problems_of(*errors: type[GatewayError]) -> tuple[Problem, ...]:
+    """The status and type of each error class."""
+    return tuple((error.status, error.type) for error in errors)
+
+
+UNAUTHORIZED = problems_of(NotAuthenticatedError)
+"""Every route but /healthz: a missing or wrong GATEWAY_TOKEN, or a non-loopback caller without one."""
+MALFORMED = problems_of(BadRequestError)
+"""A query parameter, header or path segment that does not parse."""
+NO_SESSION = problems_of(NoSessionError)
+"""Routes that need the leaf session (logged out with DELETE /session)."""
+JSON_BODY = (*MALFORMED, (413, "payload-too-large"))
+"""The bounded JSON bodies of POST /session and /performance."""
+UPSTREAM_REJECTED_STATUSES = (400, 401, 403, 409, 413, 422)
+"""BranchKey's own 4xx answers, passed through as /problems/upstream-rejected (404 is not-found)."""
+UPSTREAM = (
+    *problems_of(NotFoundError, UpstreamUnavailableError, UpstreamTimeoutError),
+    *((status, UpstreamRejectedError.type) for status in UPSTREAM_REJECTED_STATUSES),
+)
+"""Routes that call BranchKey."""
+WEIGHTS = tuple(
+    (413 if code in WEIGHTS_TOO_LARGE else 422, f"weights/{code}")
+    for code in typing.get_args(ErrorCode)
+)
+"""A weights file the validator refuses."""
+UPLOAD = (
+    *problems_of(BadRequestError, RunNotStartedError, PayloadTooLargeError),
+    *problems_of(UnsupportedMediaTypeError),
+    *WEIGHTS,
+)
+"""What an upload body can be refused for (multipart, size, media type, weights, run status)."""
+
+
+def problem_responses(*groups: tuple[Problem, ...]) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses of a route that can answer `groups`: one per status, naming its types."""
+    by_status: dict[int, set[str]] = defaultdict(set)
+    for group in groups:
+        for status, kind in group:
+            by_status[status].add(PROBLEM_BASE + kind)
     return {
         status: {
-            "description": "Problem types: " + ", ".join(sorted(set(types))),
+            "description": "Problem types: " + ", ".join(sorted(types)),
             "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}},
         }
         for status, types in sorted(by_status.items())

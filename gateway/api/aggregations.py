@@ -16,9 +16,17 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.cache import Format
 from gateway.errors import ConflictError, NotFoundError
 from gateway.events import Event
+from gateway.problems import (
+    MALFORMED,
+    NO_SESSION,
+    UNAUTHORIZED,
+    UPSTREAM,
+    problem_responses,
+    problems_of,
+)
 from gateway.state import MetricsDep, StateDep
 
-router = APIRouter()
+router = APIRouter(tags=["aggregations"])
 
 MAX_LONG_POLL_S = 60.0
 _BATCH = 500
@@ -37,7 +45,11 @@ def _aggregation(event: Event) -> AggregationEvent:
     return AggregationEvent(id=event.id, **event.data)
 
 
-@router.get("/aggregations")
+@router.get(
+    "/aggregations",
+    summary="List aggregations after an event id (long poll)",
+    responses=problem_responses(UNAUTHORIZED, MALFORMED, problems_of(ConflictError)),
+)
 async def list_aggregations(
     state: StateDep,
     after: Annotated[
@@ -74,7 +86,23 @@ async def list_aggregations(
                 await anext(subscriber, None)  # an event, a keep-alive tick, or shutdown
 
 
-@router.get("/aggregations/latest")
+_ID = "$response.body#/aggregation_id"
+_LATEST_LINKS = {
+    "download": {"operationId": "stream_aggregation", "parameters": {"aggregation_id": _ID}},
+    "headers": {"operationId": "head_aggregation", "parameters": {"aggregation_id": _ID}},
+    "newer": {"operationId": "list_aggregations", "parameters": {"after": "$response.body#/id"}},
+}
+"""Where the newest aggregation leads (OpenAPI links: generated clients and stateful fuzzers follow them)."""
+
+
+@router.get(
+    "/aggregations/latest",
+    summary="The newest aggregation",
+    responses={
+        200: {"description": "The newest aggregation event.", "links": _LATEST_LINKS},
+        **problem_responses(UNAUTHORIZED, problems_of(NotFoundError)),
+    },
+)
 async def get_latest_aggregation(state: StateDep) -> AggregationEvent:
     """The newest aggregation the gateway has heard of."""
     event = await to_thread.run_sync(state.events.log.latest, "aggregation")
@@ -84,8 +112,14 @@ async def get_latest_aggregation(state: StateDep) -> AggregationEvent:
 
 
 _FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/octet-stream": {}}, "description": "The aggregated model."},
+    200: {
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "The aggregated model.",
+    },
+    206: {"description": "Partial Content: the byte range asked for with Range."},
     304: {"description": "Not Modified: If-None-Match holds the current ETag (or *)."},
+    416: {"description": "Range Not Satisfiable: the Range lies outside the file."},
+    **problem_responses(UNAUTHORIZED, MALFORMED, NO_SESSION, UPSTREAM),
 }
 
 
@@ -94,12 +128,14 @@ _FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     response_class=FileResponse,
     responses=_FILE_RESPONSES,
     operation_id="head_aggregation",
+    summary="An aggregation's headers (size, ETag) without the file",
 )
 @router.get(
     "/aggregations/{aggregation_id}",
     response_class=FileResponse,
     responses=_FILE_RESPONSES,
     operation_id="stream_aggregation",
+    summary="Download an aggregation",
 )
 async def stream_aggregation(
     aggregation_id: str,

@@ -8,10 +8,19 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from gateway.forwarding import Forwarded, UploadOptions
+from gateway.openapi import weights_body
+from gateway.problems import (
+    MALFORMED,
+    NO_SESSION,
+    UNAUTHORIZED,
+    UPLOAD,
+    UPSTREAM,
+    problem_responses,
+)
 from gateway.state import StateDep
 from gateway.weights import WeightingSource
 
-router = APIRouter()
+router = APIRouter(tags=["uploads"])
 
 
 class LayerInfo(BaseModel):
@@ -38,7 +47,15 @@ class UploadResult(BaseModel):
     layers: list[LayerInfo]
 
 
-@router.post("/upload", status_code=201)
+@router.post(
+    "/upload",
+    status_code=201,
+    summary="Upload this leaf's weights",
+    responses=problem_responses(UNAUTHORIZED, MALFORMED, NO_SESSION, UPLOAD, UPSTREAM),
+    openapi_extra=weights_body(
+        "A multipart form (`file`, or `layer_<n>` parts and `weighting`) or the file as the raw body."
+    ),
+)
 async def create_upload(
     request: Request,
     state: StateDep,
