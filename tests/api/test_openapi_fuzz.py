@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,8 +10,7 @@ import numpy as np
 import pytest
 
 from gateway.openapi import OPENAPI_PATH
-from tests.support.aggregator import start
-from tests.support.gateways import Gateway, gateway_settings, run_gateway, write_credentials
+from tests.support.gateways import Gateway, solo_gateway
 from tests.support.openapi_fuzz import run_schemathesis
 from tests.support.waiting import wait_until
 from tests.support.weights import write_npz
@@ -26,16 +24,7 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture
 def seeded(tmp_path: Path) -> Iterator[Gateway]:
     """A token-protected gateway for a one-leaf aggregator, with one aggregation already made."""
-    with contextlib.ExitStack() as stack:
-        upstream = stack.enter_context(start(tmp_path / "agg", dev_leaves=1))
-        credentials = write_credentials(tmp_path / "leaf.json", upstream.leaves[0])
-        settings = gateway_settings(
-            tmp_path / "gw",
-            bk_host=upstream.url,
-            bk_credentials_file=credentials,
-            gateway_token=TOKEN,
-        )
-        gateway = stack.enter_context(run_gateway(settings, wait_heard=True))
+    with solo_gateway(tmp_path, gateway_token=TOKEN) as gateway:
         weights = write_npz(
             tmp_path / "w.npz",
             {"weighting": np.array(10.0), "layer_0": np.ones((4, 2), dtype=np.float32)},

@@ -17,6 +17,7 @@ from gateway.http_limits import bounded_http_options
 from gateway.settings import Settings
 from gateway.state import running_state
 from gateway.upstream.channel import ChannelStatus
+from tests.support.aggregator import start
 from tests.support.servers import serve
 from tests.support.waiting import wait_until
 
@@ -134,3 +135,15 @@ def run_gateway(
         if wait_heard:
             wait_until(gateway.heard_upstream, 20, "the gateway's notification channel connected")
         yield gateway
+
+
+@contextlib.contextmanager
+def solo_gateway(folder: Path, **overrides: Any) -> Iterator[Gateway]:
+    """A gateway for the only leaf of its own local aggregator: every upload completes a round."""
+    with start(folder / "agg", dev_leaves=1) as upstream:
+        credentials = write_credentials(folder / "leaf.json", upstream.leaves[0])
+        settings = gateway_settings(
+            folder / "gw", bk_host=upstream.url, bk_credentials_file=credentials, **overrides
+        )
+        with run_gateway(settings, wait_heard=True) as gateway:
+            yield gateway

@@ -1,0 +1,1788 @@
+export interface paths {
+    "/aggregations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List aggregations after an event id (long poll)
+         * @description Long-poll: aggregation events after `after` at once, or wait up to `wait` s for the next; [] on timeout.
+         */
+        get: operations["list_aggregations"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/aggregations/latest": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The newest aggregation
+         * @description The newest aggregation the gateway has heard of.
+         */
+        get: operations["get_latest_aggregation"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/aggregations/{aggregation_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Download an aggregation
+         * @description The aggregated model: `layer_0 ..` as an NPZ of plain arrays, or (`?format=npy`) the v1 object
+         *     array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples).
+         */
+        get: operations["stream_aggregation"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        /**
+         * An aggregation's headers (size, ETag) without the file
+         * @description The aggregated model: `layer_0 ..` as an NPZ of plain arrays, or (`?format=npy`) the v1 object
+         *     array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples).
+         */
+        head: operations["head_aggregation"];
+        patch?: never;
+        trace?: never;
+    };
+    "/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Stream events (Server-Sent Events)
+         * @description Events as they happen: `id`, `event: aggregation|run_status|gap`, one-line JSON `data`; replays after an id.
+         */
+        get: operations["stream_events"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/healthz": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Liveness: the process answers
+         * @description The process is alive.
+         */
+        get: operations["get_health"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/performance": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send a performance report
+         * @description Send a performance report for an aggregation to BranchKey.
+         */
+        post: operations["create_performance"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/readyz": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Readiness: session, upstream and notification channel up
+         * @description The session is authenticated, the upstream answers, and the notification channel is connected.
+         */
+        get: operations["get_ready"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/run": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The run status, from BranchKey
+         * @description The run status, fresh from the upstream.
+         */
+        get: operations["get_run"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/session": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The current session
+         * @description The current leaf, tree and branch, the dialect, the upstream and the session state.
+         */
+        get: operations["get_session_info"];
+        put?: never;
+        /**
+         * Log in with leaf credentials
+         * @description Log in (or switch leaf) with JSON credentials in the v3 or v1 client shape.
+         */
+        post: operations["create_session"];
+        /**
+         * Log out
+         * @description Log out: uploads get 401 problems until the next login.
+         */
+        delete: operations["delete_session"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/upload": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Upload this leaf's weights
+         * @description Upload weights: a multipart `file` part (NPZ, v1 object .npy, a plain .npy array or a list of
+         *     arrays saved with np.save), `layer_<n>` .npy parts plus `weighting`, or a raw
+         *     `application/octet-stream` body. A file without a weighting gets `weighting`, else 1.0.
+         */
+        post: operations["create_upload"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+}
+export type webhooks = Record<string, never>;
+export interface components {
+    schemas: {
+        /**
+         * AggregationEvent
+         * @description An aggregation the upstream announced.
+         */
+        AggregationEvent: {
+            /** Aggregation Id */
+            aggregation_id: string;
+            /** Id */
+            id: number;
+            /** Received At */
+            received_at: string;
+            /** Run Number */
+            run_number?: unknown;
+        };
+        /**
+         * Format
+         * @description Download formats.
+         * @enum {string}
+         */
+        Format: "npz" | "npy";
+        /**
+         * LayerInfo
+         * @description One layer of the uploaded payload.
+         */
+        LayerInfo: {
+            /** Dtype */
+            dtype: string;
+            /** Key */
+            key: string;
+            /** Shape */
+            shape: number[];
+        };
+        /**
+         * PerformanceReport
+         * @description A performance report for an aggregation.
+         */
+        PerformanceReport: {
+            /** Aggregation Id */
+            aggregation_id: string;
+            /** Data */
+            data: {
+                [key: string]: unknown;
+            } | string;
+            /**
+             * Mode
+             * @enum {string}
+             */
+            mode: "test" | "train" | "non-federated";
+        };
+        /**
+         * RunStatus
+         * @description The branch's run.
+         */
+        RunStatus: {
+            /** Run Number */
+            run_number: unknown;
+            /** Run Status */
+            run_status: string;
+        };
+        /**
+         * SessionInfo
+         * @description Who the gateway is, and where it talks to.
+         */
+        SessionInfo: {
+            /** Branch Id */
+            branch_id?: string | null;
+            /** Dialect */
+            dialect: string;
+            /** Leaf Id */
+            leaf_id?: string | null;
+            /** Leaf Name */
+            leaf_name?: string | null;
+            /**
+             * Offline
+             * @description True when the upstream is the embedded local aggregator.
+             */
+            offline: boolean;
+            /** Run Number */
+            run_number?: unknown;
+            /** Run Status */
+            run_status?: string | null;
+            /**
+             * State
+             * @enum {string}
+             */
+            state: "authenticated" | "logged-out";
+            /** Tree Id */
+            tree_id?: string | null;
+            /** Upstream Host */
+            upstream_host: string;
+        };
+        /**
+         * UploadResult
+         * @description What BranchKey received (`sha256` and `size` are of the file sent upstream: the NPZ, or in
+         *     protocol v1 the object `.npy`).
+         */
+        UploadResult: {
+            /** File Id */
+            file_id: string;
+            /** Kind */
+            kind: string;
+            /** Layers */
+            layers: components["schemas"]["LayerInfo"][];
+            /** Sha256 */
+            sha256: string;
+            /** Size */
+            size: number;
+            /** Weighting */
+            weighting: number | null;
+            /**
+             * Weighting Source
+             * @description Where the weighting came from: 'file' (the NPZ's weighting or the v1 sample count), 'request' (a 'weighting' form field or ?weighting=), 'default' (neither: 1.0).
+             */
+            weighting_source: ("default" | "file" | "request") | null;
+        };
+    };
+    responses: never;
+    parameters: never;
+    requestBodies: never;
+    headers: never;
+    pathItems: never;
+}
+export type $defs = Record<string, never>;
+export interface operations {
+    list_aggregations: {
+        parameters: {
+            query?: {
+                /** @description Return aggregation events after this id. */
+                after?: number | null;
+                /** @description Seconds to wait for one (max 60). */
+                wait?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AggregationEvent"][];
+                };
+            };
+            /** @description Problem types: /problems/bad-request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/unknown-event-id */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+        };
+    };
+    get_latest_aggregation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The newest aggregation event. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AggregationEvent"];
+                };
+            };
+            /** @description Problem types: /problems/unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/not-found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+        };
+    };
+    stream_aggregation: {
+        parameters: {
+            query?: {
+                /** @description npz: plain layer_0.. arrays; npy: the v1 object array. */
+                format?: components["schemas"]["Format"];
+            };
+            header?: {
+                /** @description ETags the client holds (or *): a match is answered 304 Not Modified. */
+                "if-none-match"?: string | null;
+            };
+            path: {
+                aggregation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The aggregated model. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": Blob;
+                };
+            };
+            /** @description Partial Content: the byte range asked for with Range. */
+            206: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Not Modified: If-None-Match holds the current ETag (or *). */
+            304: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Problem types: /problems/bad-request, /problems/upstream-rejected */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/no-session, /problems/unauthorized, /problems/upstream-rejected */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/not-found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Range Not Satisfiable: the Range lies outside the file. */
+            416: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-unavailable */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-timeout */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+        };
+    };
+    head_aggregation: {
+        parameters: {
+            query?: {
+                /** @description npz: plain layer_0.. arrays; npy: the v1 object array. */
+                format?: components["schemas"]["Format"];
+            };
+            header?: {
+                /** @description ETags the client holds (or *): a match is answered 304 Not Modified. */
+                "if-none-match"?: string | null;
+            };
+            path: {
+                aggregation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The aggregated model. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": Blob;
+                };
+            };
+            /** @description Partial Content: the byte range asked for with Range. */
+            206: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Not Modified: If-None-Match holds the current ETag (or *). */
+            304: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Problem types: /problems/bad-request, /problems/upstream-rejected */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/no-session, /problems/unauthorized, /problems/upstream-rejected */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/not-found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Range Not Satisfiable: the Range lies outside the file. */
+            416: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-unavailable */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-timeout */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+        };
+    };
+    stream_events: {
+        parameters: {
+            query?: {
+                /** @description Resume after this event id (instead of the header). */
+                after?: number | null;
+                /** @description Comma-separated: aggregation, run_status, gap. */
+                types?: string | null;
+            };
+            header?: {
+                /** @description Resume after this event id. */
+                "last-event-id"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Server-Sent Events: `id`, `event` and one-line JSON `data` per event. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": string;
+                };
+            };
+            /** @description Problem types: /problems/bad-request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+        };
+    };
+    get_health: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: string;
+                    };
+                };
+            };
+        };
+    };
+    create_performance: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PerformanceReport"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/bad-request, /problems/upstream-rejected */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/no-session, /problems/unauthorized, /problems/upstream-rejected */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/not-found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/payload-too-large, /problems/upstream-rejected */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-unavailable */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-timeout */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+        };
+    };
+    get_ready: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/not-ready */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+        };
+    };
+    get_run: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunStatus"];
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/no-session, /problems/unauthorized, /problems/upstream-rejected */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/not-found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-unavailable */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-timeout */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+        };
+    };
+    get_session_info: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionInfo"];
+                };
+            };
+            /** @description Problem types: /problems/unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+        };
+    };
+    create_session: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    branch_id?: string;
+                    id?: string;
+                    leaf_id?: string;
+                    leaf_name?: string;
+                    leaf_session_token?: string;
+                    name?: string;
+                    owner_id?: string;
+                    response_host?: string;
+                    session_token?: string;
+                    tree_id?: string;
+                } & {
+                    [key: string]: unknown;
+                };
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionInfo"];
+                };
+            };
+            /** @description Problem types: /problems/bad-request, /problems/upstream-rejected */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/unauthorized, /problems/upstream-rejected */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/not-found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/payload-too-large, /problems/upstream-rejected */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-unavailable */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-timeout */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+        };
+    };
+    delete_session: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionInfo"];
+                };
+            };
+            /** @description Problem types: /problems/unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+        };
+    };
+    create_upload: {
+        parameters: {
+            query?: {
+                /** @description Wait for the run to start (default BK_WAIT_FOR_RUN). */
+                wait?: boolean | null;
+                /** @description Longest wait in seconds. */
+                wait_timeout?: number | null;
+                /** @description Aggregation weight; overrides the file's. */
+                weighting?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description A multipart form (`file`, or `layer_<n>` parts and `weighting`) or the file as the raw body. */
+        requestBody: {
+            content: {
+                "application/octet-stream": Blob;
+                "application/x-npy": Blob;
+                "application/zip": Blob;
+                "multipart/form-data": {
+                    /**
+                     * Format: binary
+                     * @description The weights: an NPZ (weighting + layer_0..), the v1 client's object .npy, a plain np.save .npy array, or a list of arrays saved with np.save.
+                     */
+                    file?: Blob;
+                    /**
+                     * @description Aggregation weight (the number of samples trained on), as decimal text; required with layer parts, else it overrides the file's.
+                     * @example 128
+                     */
+                    weighting?: string;
+                } & {
+                    [key: `layer_${number}`]: Blob;
+                };
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UploadResult"];
+                };
+            };
+            /** @description Problem types: /problems/bad-request, /problems/upstream-rejected */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/no-session, /problems/unauthorized, /problems/upstream-rejected */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/not-found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/run-not-started, /problems/upstream-rejected */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/payload-too-large, /problems/upstream-rejected, /problems/weights/too-large, /problems/weights/zip-bomb */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/unsupported-media-type */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected, /problems/weights/bad-member-name, /problems/weights/bad-npy-header, /problems/weights/bad-weighting, /problems/weights/bare-scalar, /problems/weights/crc-mismatch, /problems/weights/duplicate-member, /problems/weights/encrypted-member, /problems/weights/header-too-large, /problems/weights/invalid-archive, /problems/weights/layer-mismatch, /problems/weights/layer-numbering, /problems/weights/missing-weighting, /problems/weights/no-fields, /problems/weights/no-inputs, /problems/weights/no-layers, /problems/weights/non-finite, /problems/weights/not-a-payload, /problems/weights/not-an-array, /problems/weights/not-integer, /problems/weights/not-list, /problems/weights/not-ndarray, /problems/weights/not-numeric, /problems/weights/not-object-pair, /problems/weights/overlapping-members, /problems/weights/pickle-forbidden, /problems/weights/reserved-field-name, /problems/weights/shape-mismatch, /problems/weights/shape-overflow, /problems/weights/too-many-members, /problems/weights/truncated, /problems/weights/unexpected-key, /problems/weights/unknown-kind, /problems/weights/unsupported-compression, /problems/weights/unsupported-dtype, /problems/weights/unsupported-kind, /problems/weights/unsupported-pickle, /problems/weights/weighting-not-integer, /problems/weights/weighting-not-single, /problems/weights/zero-weighting */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-unavailable */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+            /** @description Problem types: /problems/upstream-timeout */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": {
+                        /** @description What was wrong and what to do. */
+                        detail: string;
+                        status: number;
+                        title: string;
+                        /** @description Stable problem code, e.g. /problems/run-not-started. */
+                        type: string;
+                    };
+                };
+            };
+        };
+    };
+}
