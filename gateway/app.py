@@ -30,7 +30,7 @@ from gateway.events import EventHub, EventLog, Events
 from gateway.forwarding import Forwarder
 from gateway.metrics import LiveFacts, Metrics
 from gateway.openapi import document, operation_id
-from gateway.problems import add_exception_handlers
+from gateway.problems import PROBLEM_SCHEMA, add_exception_handlers
 from gateway.settings import Settings
 from gateway.upstream import auto
 from gateway.upstream.channel import NotificationConsumer
@@ -202,7 +202,7 @@ def create_app(settings: Settings) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     # FastAPI's documented way to extend its document (the bearer scheme, no HTTPValidationError).
-    app.openapi = functools.partial(document, app)  # type: ignore[method-assign]
+    app.openapi = functools.partial(document, app, {"Problem": PROBLEM_SCHEMA})  # type: ignore[method-assign]
     token = settings.gateway_token.get_secret_value() if settings.gateway_token else None
     app.add_middleware(RequireToken, token=token)
 

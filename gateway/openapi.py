@@ -4,6 +4,7 @@ bearer scheme, and the committed file (`openapi/openapi.json`), kept in step by 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -72,9 +73,10 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def document(app: FastAPI) -> dict[str, Any]:
-    """The app's document, built once: FastAPI's, with the bearer scheme and without its
-    `HTTPValidationError` answers (the gateway answers bad parameters with a 400 problem)."""
+def document(app: FastAPI, schemas: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """The app's document, built once: FastAPI's, with `schemas` added to its components (those the
+    routes' `responses` refer to), the bearer scheme, and without its `HTTPValidationError` answers
+    (the gateway answers bad parameters with a 400 problem)."""
     if app.openapi_schema is None:
         spec = get_openapi(
             title=app.title,
@@ -86,6 +88,7 @@ def document(app: FastAPI) -> dict[str, Any]:
                 {"url": "http://127.0.0.1:8000", "description": "The gateway's default bind."}
             ],
         )
+        spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
         _drop_validation_errors(spec)
         _add_security(spec)
         app.openapi_schema = spec

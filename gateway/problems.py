@@ -153,7 +153,9 @@ def _allowed(request: Request) -> str:
     return ""
 
 
-_PROBLEM_SCHEMA = {
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "An RFC 9457 problem document: every error the gateway answers itself.",
     "type": "object",
     "required": ["type", "title", "status", "detail"],
     "properties": {
@@ -164,8 +166,21 @@ _PROBLEM_SCHEMA = {
         "title": {"type": "string"},
         "status": {"type": "integer"},
         "detail": {"type": "string", "description": "What was wrong and what to do."},
+        "run_status": {"type": "string", "description": "run-not-started: the run's status."},
+        "run_number": {"description": "run-not-started: the run's number."},
+        "newest": {"type": "integer", "description": "unknown-event-id: the newest event id."},
+        "channel": {
+            "type": "string",
+            "description": "not-ready: the notification channel's state.",
+        },
+        "upstream_status": {
+            "type": "integer",
+            "description": "upstream-unavailable, not-found: BranchKey's HTTP status.",
+        },
     },
 }
+
+"""components/schemas/Problem of the OpenAPI document (`gateway.openapi.document` adds it)."""
 
 Problem = tuple[int, str]
 """A status and the problem `type` (after /problems/) answered with it."""
@@ -213,7 +228,7 @@ def problem_responses(*groups: tuple[Problem, ...]) -> dict[int | str, dict[str,
     return {
         status: {
             "description": "Problem types: " + ", ".join(sorted(types)),
-            "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}},
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
         for status, types in sorted(by_status.items())
     }

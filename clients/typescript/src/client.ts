@@ -9,12 +9,7 @@ export type UploadResult = components["schemas"]["UploadResult"];
 export type AggregationEvent = components["schemas"]["AggregationEvent"];
 
 /** The gateway's answer to a refused request: RFC 9457 problem+json. */
-export interface Problem {
-  type: string;
-  title: string;
-  status: number;
-  detail: string;
-}
+export type Problem = components["schemas"]["Problem"];
 
 /** A problem the gateway answered, thrown by the helpers below. */
 export class GatewayProblem extends Error {

@@ -269,6 +269,28 @@ export interface components {
             mode: "test" | "train" | "non-federated";
         };
         /**
+         * Problem
+         * @description An RFC 9457 problem document: every error the gateway answers itself.
+         */
+        Problem: {
+            /** @description not-ready: the notification channel's state. */
+            channel?: string;
+            /** @description What was wrong and what to do. */
+            detail: string;
+            /** @description unknown-event-id: the newest event id. */
+            newest?: number;
+            /** @description run-not-started: the run's number. */
+            run_number?: unknown;
+            /** @description run-not-started: the run's status. */
+            run_status?: string;
+            status: number;
+            title: string;
+            /** @description Stable problem code, e.g. /problems/run-not-started. */
+            type: string;
+            /** @description upstream-unavailable, not-found: BranchKey's HTTP status. */
+            upstream_status?: number;
+        };
+        /**
          * RunStatus
          * @description The branch's run.
          */
@@ -372,14 +394,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/unauthorized */
@@ -388,14 +403,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/unknown-event-id */
@@ -404,14 +412,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -440,14 +441,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/not-found */
@@ -456,14 +450,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -514,14 +501,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/no-session, /problems/unauthorized, /problems/upstream-rejected */
@@ -530,14 +510,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -546,14 +519,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/not-found */
@@ -562,14 +528,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -578,14 +537,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -594,14 +546,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Range Not Satisfiable: the Range lies outside the file. */
@@ -617,14 +562,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-unavailable */
@@ -633,14 +571,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-timeout */
@@ -649,14 +580,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -707,14 +631,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/no-session, /problems/unauthorized, /problems/upstream-rejected */
@@ -723,14 +640,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -739,14 +649,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/not-found */
@@ -755,14 +658,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -771,14 +667,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -787,14 +676,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Range Not Satisfiable: the Range lies outside the file. */
@@ -810,14 +692,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-unavailable */
@@ -826,14 +701,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-timeout */
@@ -842,14 +710,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -886,14 +747,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/unauthorized */
@@ -902,14 +756,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -966,14 +813,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/no-session, /problems/unauthorized, /problems/upstream-rejected */
@@ -982,14 +822,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -998,14 +831,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/not-found */
@@ -1014,14 +840,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -1030,14 +849,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/payload-too-large, /problems/upstream-rejected */
@@ -1046,14 +858,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -1062,14 +867,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-unavailable */
@@ -1078,14 +876,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-timeout */
@@ -1094,14 +885,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1132,14 +916,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/not-ready */
@@ -1148,14 +925,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1184,14 +954,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/no-session, /problems/unauthorized, /problems/upstream-rejected */
@@ -1200,14 +963,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -1216,14 +972,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/not-found */
@@ -1232,14 +981,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -1248,14 +990,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -1264,14 +999,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -1280,14 +1008,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-unavailable */
@@ -1296,14 +1017,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-timeout */
@@ -1312,14 +1026,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1348,14 +1055,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1401,14 +1101,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/unauthorized, /problems/upstream-rejected */
@@ -1417,14 +1110,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -1433,14 +1119,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/not-found */
@@ -1449,14 +1128,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -1465,14 +1137,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/payload-too-large, /problems/upstream-rejected */
@@ -1481,14 +1146,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -1497,14 +1155,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-unavailable */
@@ -1513,14 +1164,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-timeout */
@@ -1529,14 +1173,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1565,14 +1202,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1629,14 +1259,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/no-session, /problems/unauthorized, /problems/upstream-rejected */
@@ -1645,14 +1268,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected */
@@ -1661,14 +1277,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/not-found */
@@ -1677,14 +1286,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/run-not-started, /problems/upstream-rejected */
@@ -1693,14 +1295,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/payload-too-large, /problems/upstream-rejected, /problems/weights/too-large, /problems/weights/zip-bomb */
@@ -1709,14 +1304,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/unsupported-media-type */
@@ -1725,14 +1313,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-rejected, /problems/weights/bad-member-name, /problems/weights/bad-npy-header, /problems/weights/bad-weighting, /problems/weights/bare-scalar, /problems/weights/crc-mismatch, /problems/weights/duplicate-member, /problems/weights/encrypted-member, /problems/weights/header-too-large, /problems/weights/invalid-archive, /problems/weights/layer-mismatch, /problems/weights/layer-numbering, /problems/weights/missing-weighting, /problems/weights/no-fields, /problems/weights/no-inputs, /problems/weights/no-layers, /problems/weights/non-finite, /problems/weights/not-a-payload, /problems/weights/not-an-array, /problems/weights/not-integer, /problems/weights/not-list, /problems/weights/not-ndarray, /problems/weights/not-numeric, /problems/weights/not-object-pair, /problems/weights/overlapping-members, /problems/weights/pickle-forbidden, /problems/weights/reserved-field-name, /problems/weights/shape-mismatch, /problems/weights/shape-overflow, /problems/weights/too-many-members, /problems/weights/truncated, /problems/weights/unexpected-key, /problems/weights/unknown-kind, /problems/weights/unsupported-compression, /problems/weights/unsupported-dtype, /problems/weights/unsupported-kind, /problems/weights/unsupported-pickle, /problems/weights/weighting-not-integer, /problems/weights/weighting-not-single, /problems/weights/zero-weighting */
@@ -1741,14 +1322,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-unavailable */
@@ -1757,14 +1331,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Problem types: /problems/upstream-timeout */
@@ -1773,14 +1340,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": {
-                        /** @description What was wrong and what to do. */
-                        detail: string;
-                        status: number;
-                        title: string;
-                        /** @description Stable problem code, e.g. /problems/run-not-started. */
-                        type: string;
-                    };
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
