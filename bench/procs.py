@@ -305,6 +305,21 @@ class AggregatorService(Service):
         found = sorted(response.json()["data"], key=lambda a: str(a.get("created_at", "")))
         return {a["aggregation_id"]: a for a in found}
 
+    def new_run(self) -> int:
+        """Stop and start the run; the new run number. The aggregator counts a re-sent identical
+        file once per run, so a benchmark that uploads one payload again needs a new run first."""
+        number = 0
+        for status in ("stop", "start"):
+            response = self.http.post(
+                f"{self.base}/admin/run",
+                headers={"Authorization": f"Bearer {self.admin_token}"},
+                json={"status": status},
+            )
+            if response.status_code != 200:
+                raise BenchError(f"POST /admin/run {status}: HTTP {response.status_code}")
+            number = int(response.json()["data"]["run_number"])
+        return number
+
     def wait_new_aggregation(self, known: set[str], timeout: float) -> dict[str, Any]:
         """The first aggregation not in `known`, once it is no longer pending."""
         deadline = time.monotonic() + timeout

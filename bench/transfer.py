@@ -678,10 +678,23 @@ class Bench:
             f"(result {fmt_bytes(size) if isinstance(size, int) else '?'})"
         )
 
+    def fresh_run(self) -> None:
+        """A new run (one payload is uploaded many times, and a run counts it once), once the
+        gateway has heard of it too."""
+        number = self.agg.new_run()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            run = self.gateway.http.get(f"{self.gateway.base}/run").json()
+            if run.get("run_status") == "start" and run.get("run_number") == number:
+                return
+            time.sleep(0.05)
+        raise BenchError(f"the gateway did not hear of run {number} within 20 s")
+
     def upload(self, key: str, operation: str, run: Runner, times: int, gateway: bool) -> None:
         """`times` uploads, each followed by its FedAvg; one row with the median time."""
         runs: list[Measurement] = []
         for _ in range(times):
+            self.fresh_run()
             known = set(self.agg.aggregations())
             watch = LegWatch(
                 self.gateway.workdir / "data" / "tmp", self.agg.workdir / "tmp", self.payload.size

@@ -18,11 +18,14 @@ import anyio
 import httpx
 from anyio import to_thread
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Scope
 
 from gateway import __version__, logs, state
-from gateway.api import aggregations, events, health, session, uploads
+from gateway.access import AccessSigner
+from gateway.api import access, activity, aggregations, events, health, pages, session, uploads
 from gateway.api.auth import RequireToken
+from gateway.api.cors import cors_options
 from gateway.cache import AggregationCache, remove_partials
 from gateway.embedded import EmbeddedAggregator
 from gateway.errors import GatewayError
@@ -200,11 +203,18 @@ def create_app(settings: Settings) -> FastAPI:
         description="Federated learning on BranchKey for any trainer, over localhost HTTP.",
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
+        docs_url=None,  # api/pages.py serves /docs and /redoc from local assets
+        redoc_url=None,
     )
-    # FastAPI's documented way to extend its document (the bearer scheme, no HTTPValidationError).
+    # FastAPI's documented way to extend its document (the optional bearer token, which Swagger UI's
+    # Authorize button then sends; no HTTPValidationError).
     app.openapi = functools.partial(document, app, {"Problem": PROBLEM_SCHEMA})  # type: ignore[method-assign]
     token = settings.gateway_token.get_secret_value() if settings.gateway_token else None
-    app.add_middleware(RequireToken, token=token)
+    signer = AccessSigner(token, settings.gateway_access_ttl_s)
+    app.add_middleware(
+        RequireToken, token=token, access=signer, origins=settings.gateway_cors_origins
+    )
+    app.add_middleware(CORSMiddleware, **cors_options(settings))  # outermost: answers preflights
 
     def count_problem(scope: Scope, problem_type: str) -> None:
         route = getattr(scope.get("route"), "path", "")
@@ -212,7 +222,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     add_exception_handlers(app, count_problem)
     state.attach_metrics(app, metrics)
-    for module in (health, session, uploads, events, aggregations):
+    state.attach_access(app, signer)
+    for module in (health, session, uploads, events, aggregations, access, activity, pages):
         app.include_router(module.router)
     return app
 

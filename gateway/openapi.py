@@ -14,7 +14,7 @@ from fastapi.routing import APIRoute
 
 OPENAPI_PATH = Path(__file__).resolve().parents[1] / "openapi" / "openapi.json"
 
-BEARER_SCHEME: Final = "gatewayToken"
+BEARER_SCHEME: Final = "bearer"
 
 TAGS: Final = (
     {"name": "uploads", "description": "Send this leaf's weights to the current round."},
@@ -22,6 +22,8 @@ TAGS: Final = (
     {"name": "events", "description": "Server-Sent Events: aggregations, run status, gaps."},
     {"name": "session", "description": "The leaf session, the run and performance reports."},
     {"name": "health", "description": "Liveness and readiness, for probes and scripts."},
+    {"name": "status", "description": "What the status page shows: uploads, reports, the channel."},
+    {"name": "access", "description": "Short-lived `?access_token=` links for browsers."},
 )
 
 _BINARY: Final = {"type": "string", "format": "binary"}
@@ -108,8 +110,8 @@ def _drop_validation_errors(spec: dict[str, Any]) -> None:
 
 
 def _add_security(spec: dict[str, Any]) -> None:
-    """Bearer GATEWAY_TOKEN on every route but /healthz; optional (`{}`), since a gateway without a
-    token answers loopback callers without one."""
+    """Bearer GATEWAY_TOKEN, optional (`{}`: a gateway without a token answers loopback callers
+    without one), so that Swagger UI's Authorize button sends it; /healthz needs none."""
     spec.setdefault("components", {})["securitySchemes"] = {
         BEARER_SCHEME: {
             "type": "http",
@@ -118,9 +120,9 @@ def _add_security(spec: dict[str, Any]) -> None:
             "reachable by others). Without it the gateway answers loopback requests only.",
         }
     }
-    for path, operations in spec.get("paths", {}).items():
-        for operation in operations.values():
-            operation["security"] = [] if path == "/healthz" else [{BEARER_SCHEME: []}, {}]
+    spec["security"] = [{}, {BEARER_SCHEME: []}]
+    for operation in spec.get("paths", {}).get("/healthz", {}).values():
+        operation["security"] = []
 
 
 def render(app: FastAPI) -> str:

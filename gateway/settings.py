@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import re
 import ssl
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.weights import Limits, ValidationPolicy
+
+_ORIGIN = re.compile(r"https?://[^/\s:?#@]+(:[0-9]{1,5})?", re.IGNORECASE)
+"""A web origin as a browser sends it: scheme, host, optional port; nothing else."""
 
 
 class WeightsSettings(BaseSettings):
@@ -106,6 +111,17 @@ class Settings(BaseSettings):
     gateway_token: SecretStr | None = Field(
         None, description="When set, every route but /healthz needs `Bearer <token>`."
     )
+    gateway_cors_origins: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Web page origins (`http://host:port`, JSON list or comma-separated) that may call "
+        "the gateway from a browser; without GATEWAY_TOKEN any loopback origin may too.",
+    )
+    gateway_access_ttl_s: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description="Lifetime of an `?access_token=` from POST /access (EventSource, links).",
+    )
     gateway_cache_keep: int = Field(8, ge=1, description="Aggregations kept in the download cache.")
     gateway_events_max_count: int = Field(10_000, ge=10, description="Events kept for replay.")
     gateway_events_max_age_s: float = Field(
@@ -163,6 +179,42 @@ class Settings(BaseSettings):
                 "BK_SSL_VERIFY must be true, false, or the path of an existing CA bundle file"
             )
         return value
+
+    @field_validator("gateway_cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):  # a JSON list, or `a,b`
+            if value.strip().startswith("["):
+                try:
+                    return json.loads(value)
+                except json.JSONDecodeError:
+                    raise ValueError(
+                        "GATEWAY_CORS_ORIGINS is not a JSON list; write it as "
+                        '["http://localhost:5173"] or http://localhost:5173,http://127.0.0.1:3000'
+                    ) from None
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("gateway_cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "null" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"GATEWAY_CORS_ORIGINS: {origin!r} is not an origin; write scheme://host[:port] "
+                    "without a path or trailing slash, e.g. http://localhost:5173"
+                )
+        return [origin.lower() for origin in value]
+
+    @model_validator(mode="after")
+    def _check_null_origin(self) -> Settings:
+        if "null" in self.gateway_cors_origins and self.gateway_token is None:
+            raise ValueError(
+                "GATEWAY_CORS_ORIGINS=null (pages opened from a file) needs GATEWAY_TOKEN: sandboxed "
+                "frames of any web site send Origin: null too; serve the page from a loopback port "
+                "instead (python3 -m http.server --bind 127.0.0.1 5500)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_dialect(self) -> Settings:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 
+from gateway.access import AccessSigner
+from gateway.activity import Activity
 from gateway.cache import AggregationCache
 from gateway.embedded import EmbeddedAggregator
 from gateway.events import Events
@@ -31,11 +33,18 @@ class GatewayState:
     embedded: EmbeddedAggregator | None
     stop_streams: Callable[[], object]
     """Ends every open event stream; callable from any thread (the server's shutdown)."""
+    activity: Activity = field(default_factory=Activity)
+    """The last uploads and performance reports, for the status page."""
 
 
 def attach_metrics(app: FastAPI, metrics: Metrics) -> None:
     """Give `app` its metrics (they exist before the lifespan starts: handlers count problems)."""
     app.state.metrics = metrics
+
+
+def attach_access(app: FastAPI, signer: AccessSigner) -> None:
+    """Give `app` its access-token signer (the auth middleware holds the same one)."""
+    app.state.access = signer
 
 
 def attach(app: FastAPI, state: GatewayState) -> None:
@@ -81,6 +90,13 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def get_access(request: Request) -> AccessSigner:
+    """The app's access-token signer."""
+    signer: AccessSigner = request.app.state.access
+    return signer
+
+
 StateDep = Annotated[GatewayState, Depends(get_state)]
 SessionDep = Annotated[Session, Depends(get_session)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+AccessDep = Annotated[AccessSigner, Depends(get_access)]

@@ -136,7 +136,8 @@ def test_redact_keeps_ordinary_text() -> None:
 
 
 def test_serve_writes_redacted_json_access_lines(aggregator: Running, tmp_path: Path) -> None:
-    """`serve` with GATEWAY_LOG_FORMAT=json writes only JSON lines; the access line's query and the tokens are redacted."""
+    """`serve` with GATEWAY_LOG_FORMAT=json writes only JSON lines; the access line's query (a ticket,
+    an ?access_token=) and the tokens are redacted."""
     leaf = aggregator.leaves[0]
     credentials = write_credentials(tmp_path / "leaf.json", leaf)
     port = free_port()
@@ -169,6 +170,9 @@ def test_serve_writes_redacted_json_access_lines(aggregator: Running, tmp_path: 
         answer = httpx.get(f"{url}/run", params={"ticket": TICKET}, headers=BEARER)
         assert answer.status_code == 200, answer.text
         assert httpx.get(f"{url}/metrics", headers=BEARER).status_code == 200
+        access_token = httpx.post(f"{url}/access", headers=BEARER).json()["access_token"]
+        signed = httpx.get(f"{url}/session", params={"access_token": access_token})
+        assert signed.status_code == 200, signed.text
     finally:
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
@@ -179,7 +183,8 @@ def test_serve_writes_redacted_json_access_lines(aggregator: Running, tmp_path: 
     assert run["path"] == "/run?ticket=[redacted]"
     assert run["status"] == 200
     assert any(entry["path"] == "/metrics" for entry in access)
-    for secret in (TOKEN, TICKET, leaf["session_token"]):
+    assert any(entry["path"] == "/session?access_token=[redacted]" for entry in access), access
+    for secret in (TOKEN, TICKET, leaf["session_token"], access_token):
         assert secret not in out + err
 
 

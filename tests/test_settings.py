@@ -89,3 +89,40 @@ def test_bad_settings_are_explained(
     with pytest.raises(ValidationError) as caught:
         Settings(_env_file=None)
     assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("http://localhost:5173", ["http://localhost:5173"]),
+        ("http://a.example:1, https://B.example", ["http://a.example:1", "https://b.example"]),
+        ('["http://127.0.0.1:3000"]', ["http://127.0.0.1:3000"]),
+        ("", []),
+    ],
+)
+def test_cors_origins_read_a_list_or_commas(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: list[str]
+) -> None:
+    """GATEWAY_CORS_ORIGINS takes a JSON list or comma-separated origins, compared lower-case."""
+    monkeypatch.setenv("GATEWAY_CORS_ORIGINS", raw)
+    assert Settings(_env_file=None).gateway_cors_origins == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ("http://localhost:5173/", "is not an origin"),
+        ("localhost:5173", "is not an origin"),
+        ('["http://a"', "not a JSON list"),
+        ("null", "needs GATEWAY_TOKEN"),
+    ],
+)
+def test_cors_origins_are_checked(monkeypatch: pytest.MonkeyPatch, raw: str, named: str) -> None:
+    """A path, a missing scheme or broken JSON is refused naming the variable; `null` (file pages,
+    and sandboxed frames of any site) only with GATEWAY_TOKEN."""
+    monkeypatch.setenv("GATEWAY_CORS_ORIGINS", raw)
+    with pytest.raises(ValidationError, match=named):
+        Settings(_env_file=None)
+    monkeypatch.setenv("GATEWAY_TOKEN", "a-gateway-token")
+    if raw == "null":
+        assert Settings(_env_file=None).gateway_cors_origins == ["null"]

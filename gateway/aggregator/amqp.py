@@ -8,6 +8,7 @@ user of the AMQP URL is the one that declares and publishes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -74,11 +75,19 @@ class AmqpNotifier:
     """Publishes to the branch exchanges; owns one robust connection per tree vhost and one publisher task."""
 
     def __init__(
-        self, admin: BrokerAdmin, leaves: Sequence[Leaf], queue_max_length: int, attempts: int
+        self,
+        admin: BrokerAdmin,
+        leaves: Sequence[Leaf],
+        queue_max_length: int,
+        attempts: int,
+        message_ttl_s: int = 600,
     ) -> None:
         self._admin = admin
         self._leaves = list(leaves)
-        self._queue_max_length = queue_max_length
+        self._queue_arguments: dict[str, Any] = {
+            "x-max-length": queue_max_length,
+            "x-message-ttl": message_ttl_s * 1000,
+        }
         self._attempts = attempts
         self._connections: list[AbstractRobustConnection] = []
         self._exchanges: dict[str, tuple[str, AbstractExchange]] = {}
@@ -115,15 +124,13 @@ class AmqpNotifier:
                     branch, aio_pika.ExchangeType.FANOUT, durable=True
                 )
                 for leaf in (leaf for leaf in leaves if leaf.branch_id == branch):
-                    queue = await channel.declare_queue(
-                        leaf.id, durable=True, arguments={"x-max-length": self._queue_max_length}
-                    )
-                    await queue.bind(exchange)
+                    await self._leaf_queue(connection, tree, leaf)
             except aio_pika.exceptions.ChannelPreconditionFailed as exc:
                 raise AmqpSetupError(
                     f"RabbitMQ refused a declaration in vhost {tree} ({exc}): an exchange or queue "
-                    "of that name exists with other settings; delete it (rabbitmqctl delete_queue "
-                    "-p <vhost> <leaf id>) or match BK_AGGREGATOR_AMQP_QUEUE_MAX_LENGTH to it."
+                    "of that name exists with other settings and is in use; delete it "
+                    "(rabbitmqctl delete_queue -p <vhost> <leaf id>) or match "
+                    "BK_AGGREGATOR_AMQP_QUEUE_MAX_LENGTH and BK_AGGREGATOR_AMQP_MESSAGE_TTL_S to it."
                 ) from None
             except aio_pika.exceptions.AMQPError as exc:
                 raise AmqpSetupError(
@@ -131,6 +138,41 @@ class AmqpNotifier:
                     f"({type(exc).__name__}: {exc}): check the admin user's permissions."
                 ) from None
             self._exchanges[branch] = (tree, exchange)
+
+    async def _leaf_queue(
+        self, connection: AbstractRobustConnection, tree: str, leaf: Leaf
+    ) -> None:
+        """Declare the leaf's queue and bind it to its branch's exchange, each try on a channel of its
+        own (a refused declaration closes its channel). A queue an older version (or other settings)
+        declared with other arguments is declared again if no client is consuming from it."""
+        try:
+            await self._declare_queue(connection, leaf, delete_first=False)
+            return
+        except aio_pika.exceptions.ChannelPreconditionFailed:
+            pass
+        await self._declare_queue(connection, leaf, delete_first=True)
+        log.warning(
+            "queue %s in vhost %s had other arguments: declared again with %s (the notifications "
+            "waiting in it are dropped)",
+            leaf.id,
+            tree,
+            self._queue_arguments,
+        )
+
+    async def _declare_queue(
+        self, connection: AbstractRobustConnection, leaf: Leaf, *, delete_first: bool
+    ) -> None:
+        channel = await connection.channel()
+        try:
+            if delete_first:
+                await channel.queue_delete(leaf.id, if_unused=True)
+            queue = await channel.declare_queue(
+                leaf.id, durable=True, arguments=self._queue_arguments
+            )
+            await queue.bind(leaf.branch_id)
+        finally:
+            with contextlib.suppress(Exception):  # already closed by the broker's refusal
+                await channel.close()
 
     def publish_soon(self, branch_id: str, message: dict[str, Any]) -> None:
         """Queue `message` for the branch's exchange without waiting (dropped and logged if the queue is full)."""
@@ -180,7 +222,11 @@ async def start_amqp(settings: AggregatorSettings, leaves: Iterable[Leaf]) -> Am
     leaves = list(leaves)
     method = await provision(settings, admin, leaves)
     notifier = AmqpNotifier(
-        admin, leaves, settings.amqp_queue_max_length, settings.amqp_publish_attempts
+        admin,
+        leaves,
+        settings.amqp_queue_max_length,
+        settings.amqp_publish_attempts,
+        settings.amqp_message_ttl_s,
     )
     await notifier.open()
     log.info(

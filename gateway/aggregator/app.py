@@ -15,9 +15,12 @@ from fastapi import FastAPI
 
 from gateway.aggregator.admin import admin
 from gateway.aggregator.amqp import AmqpNotifier, start_amqp
+from gateway.aggregator.database import private_folder
 from gateway.aggregator.errors import add_exception_handlers
 from gateway.aggregator.leaves import dev_leaves, load_leaves
 from gateway.aggregator.middleware import CollapseLeadingSlashes
+from gateway.aggregator.openapi import install_openapi, operation_ids
+from gateway.aggregator.page import page
 from gateway.aggregator.provisioning import AmqpSetupError
 from gateway.aggregator.records import Leaf
 from gateway.aggregator.rounds import start_aggregation
@@ -25,7 +28,7 @@ from gateway.aggregator.routes_v1 import v1_api
 from gateway.aggregator.routes_v3 import api
 from gateway.aggregator.settings import AggregatorSettings
 from gateway.aggregator.state import AggregatorState, Launch, attach_launch, attach_state
-from gateway.aggregator.store import Store, private_folder
+from gateway.aggregator.store import Store
 from gateway.aggregator.websocket import Hub, TicketStore
 
 log = logging.getLogger("gateway.aggregator")
@@ -59,14 +62,21 @@ def create_aggregator_app(settings: AggregatorSettings, *, embedded: bool = Fals
     app = FastAPI(
         title="BranchKey Gateway local aggregator",
         version="3",
+        description="A BranchKey-compatible aggregation server: protocol v3 (`/api/v1`), protocol v1 "
+        "(`/v1`) and its admin API (`/admin`). Notifications: WebSocket `/api/v1/ws` (v3), RabbitMQ (v1).",
         lifespan=lifespan,
-        openapi_url=None,
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        generate_unique_id_function=operation_ids,
     )
     app.add_middleware(CollapseLeadingSlashes)
     add_exception_handlers(app)
     app.include_router(api)
     app.include_router(v1_api)
     app.include_router(admin)
+    app.include_router(page)
+    install_openapi(app)
     attach_launch(app, launch)
     return app
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -29,13 +30,15 @@ __all__ = [
 
 
 class AggregatorError(Exception):
-    """A refused request: one sentence for the `error` key; the subclass says the status code."""
+    """A refused request: one sentence for the `error` key (and a stable `code` where a client may
+    act on it); the subclass says the status code."""
 
     status: ClassVar[int] = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.code = code
 
 
 class BadRequestError(AggregatorError):
@@ -96,12 +99,25 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _allowed(request: Request, given: str) -> str:
+    """The methods the OpenAPI document lists for the request's path (a path may have one route
+    per method, and Starlette's 405 names only the first), or `given`."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.scope["path"]):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods)) if methods else given
+
+
 def add_exception_handlers(app: FastAPI) -> None:
     """Every error becomes `{"error": ...}` JSON, including FastAPI's and Starlette's own."""
 
     async def aggregator_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, AggregatorError)  # noqa: S101 - registered for this type only
-        return error_response(exc.status, exc.message)
+        return error_response(exc.status, exc.message, exc.code)
 
     async def multipart_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, MultipartError)  # noqa: S101 - registered for this type only
@@ -120,10 +136,14 @@ def add_exception_handlers(app: FastAPI) -> None:
         message = f"Malformed request: {where}: {first.get('msg', 'invalid')}."
         return error_response(BadRequestError.status, message)
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for this type only
         message = "No such route." if exc.status_code == NotFoundError.status else str(exc.detail)
-        return error_response(exc.status_code, message, headers=exc.headers)  # 405: its Allow
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette names only the first route of the path
+            given = (exc.headers or {}).get("Allow", "")
+            headers = {**(exc.headers or {}), "Allow": _allowed(request, given)}
+        return error_response(exc.status_code, message, headers=headers)
 
     app.add_exception_handler(AggregatorError, aggregator_error)
     app.add_exception_handler(MultipartError, multipart_error)

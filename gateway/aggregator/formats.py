@@ -37,7 +37,7 @@ async def _v1_copy(state: AggregatorState, file_id: str, source: Path) -> Path:
 
 
 def _write_v1_copy(state: AggregatorState, file_id: str, source: Path, target: Path) -> None:
-    limits = state.settings.weights.policy().limits
+    limits = state.settings.validation_policy().limits
     aggregation = state.store.aggregation(file_id)
     if aggregation is None:  # one of the leaf's own uploads, kept as an NPZ with its weighting
         npz_to_object_npy(source, target, ValidationPolicy.lenient(limits))

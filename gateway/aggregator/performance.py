@@ -9,7 +9,7 @@ from anyio import to_thread
 from fastapi import Request
 
 from gateway.aggregator.bodies import read_json
-from gateway.aggregator.errors import BadRequestError, ForbiddenError
+from gateway.aggregator.errors import BadRequestError, ForbiddenError, NotFoundError
 from gateway.aggregator.records import Leaf
 from gateway.aggregator.state import AggregatorState
 
@@ -35,6 +35,13 @@ async def store_metric(request: Request, leaf: Leaf, state: AggregatorState) -> 
         raise BadRequestError(f"mode must be one of {', '.join(METRIC_MODES)}.")
     if not isinstance(body["aggregation_id"], str):
         raise BadRequestError("aggregation_id must be a string.")
+    aggregation = await to_thread.run_sync(state.store.aggregation, body["aggregation_id"])
+    if aggregation is None or aggregation.branch_id != leaf.branch_id:
+        # A foreign branch's aggregation is answered like an unknown one: its ids are not told.
+        raise NotFoundError(
+            f"No aggregation {body['aggregation_id'][:80]!r} in this leaf's branch: report on an id "
+            "from an aggregation_status notification."
+        )
     data = body["data"] if isinstance(body["data"], str) else json.dumps(body["data"])
     return await to_thread.run_sync(
         state.store.add_metric, leaf, body["aggregation_id"], body["mode"], data

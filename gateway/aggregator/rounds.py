@@ -10,11 +10,12 @@ import anyio
 from anyio import to_thread
 
 from gateway._io import sha256_file
+from gateway.aggregator.analytics import combine_analytics
 from gateway.aggregator.errors import NotFoundError
 from gateway.aggregator.records import Branch, Upload
 from gateway.aggregator.state import AggregatorState
 from gateway.aggregator.websocket import aggregation_message
-from gateway.weights import fedavg
+from gateway.weights import ANALYTICS, fedavg
 
 log = logging.getLogger("gateway.aggregator")
 
@@ -71,8 +72,7 @@ async def _aggregate(
     result = state.store.results_dir / f"{aggregation_id}.npz"
     started = time.perf_counter()
     try:
-        policy = state.settings.weights.policy()
-        await to_thread.run_sync(fedavg, [Path(u.path) for u in inputs], result, policy)
+        await to_thread.run_sync(_combine, state, branch_id, inputs, result)
         size, digest = await to_thread.run_sync(_size_and_digest, result)
         await to_thread.run_sync(
             state.store.finish_aggregation, aggregation_id, result, size, digest, None
@@ -94,6 +94,19 @@ async def _aggregate(
         state.notify(branch_id, aggregation_message(aggregation_id))
     finally:
         state.done.pop(aggregation_id, anyio.Event()).set()
+
+
+def _combine(state: AggregatorState, branch_id: str, inputs: list[Upload], result: Path) -> None:
+    """FedAvg for a learning round (the unweighted mean when every weighting is 0); each field by
+    its operation for an analytics round."""
+    policy = state.settings.validation_policy()
+    paths = [Path(u.path) for u in inputs]
+    if inputs[0].kind == ANALYTICS:
+        assigned = state.store.field_operations(branch_id)
+        combine_analytics(paths, result, assigned, policy.limits)
+        return
+    unweighted = [1.0] * len(inputs) if all(u.weighting == 0 for u in inputs) else None
+    fedavg(paths, result, policy, weightings=unweighted)
 
 
 def _size_and_digest(path: Path) -> tuple[int, str]:

@@ -11,8 +11,20 @@ from fastapi.responses import FileResponse, JSONResponse
 from gateway.aggregator.auth import LeafDep, own_branch
 from gateway.aggregator.blobs import download_url, serve_blob
 from gateway.aggregator.errors import ServiceUnavailableError
+from gateway.aggregator.openapi import errors, link
 from gateway.aggregator.performance import store_metric
 from gateway.aggregator.rounds import get_branch, min_leaves
+from gateway.aggregator.schemas import (
+    BLOB_RESPONSES,
+    METRIC_REQUEST,
+    UPLOAD_REQUEST,
+    BranchConfigBody,
+    DownloadBody,
+    FileIdBody,
+    MetricBody,
+    RunBody,
+    TicketBody,
+)
 from gateway.aggregator.state import StateDep
 from gateway.aggregator.uploads import receive_upload
 from gateway.aggregator.websocket import TicketCapacityError, run_status_message
@@ -20,7 +32,7 @@ from gateway.aggregator.websocket import TicketCapacityError, run_status_message
 api = APIRouter(prefix="/api/v1")
 
 
-@api.get("/run/{branch_id}")
+@api.get("/run/{branch_id}", response_model=RunBody, responses=errors(401, 403, 404))
 async def get_run(branch_id: str, leaf: LeafDep, state: StateDep) -> dict[str, Any]:
     """Run status and number of the leaf's branch."""
     own_branch(leaf, branch_id)
@@ -28,13 +40,30 @@ async def get_run(branch_id: str, leaf: LeafDep, state: StateDep) -> dict[str, A
     return {"data": {"run_status": branch.run_status, "run_number": branch.run_number}}
 
 
-@api.post("/file/upload", status_code=201)
+@api.post(
+    "/file/upload",
+    status_code=201,
+    response_model=FileIdBody,
+    responses={
+        201: {
+            "links": {
+                "DownloadUpload": link("get_download", "file_id", "$response.body#/data/file_id")
+            }
+        },
+        **errors(400, 401, 409, 413, 422),
+    },
+    openapi_extra=UPLOAD_REQUEST,
+)
 async def create_upload(request: Request, leaf: LeafDep, state: StateDep) -> dict[str, Any]:
     """Receive one weights file: stream, verify integrity, validate, store, maybe close the round."""
     return {"data": {"file_id": await receive_upload(request, leaf, state)}}
 
 
-@api.get("/file/download/{file_id}")
+@api.get(
+    "/file/download/{file_id}",
+    response_model=DownloadBody,
+    responses=errors(401, 403, 404, 409, 422),
+)
 async def get_download(
     file_id: str, request: Request, leaf: LeafDep, state: StateDep
 ) -> dict[str, Any]:
@@ -42,7 +71,7 @@ async def get_download(
     return {"data": {"download_url": await download_url(state, request, leaf, "npz", file_id)}}
 
 
-@api.get("/blob/{file_id}", response_model=None)
+@api.get("/blob/{file_id}", response_model=None, responses=BLOB_RESPONSES)
 async def get_blob(
     file_id: str,
     state: StateDep,
@@ -53,13 +82,21 @@ async def get_blob(
     return await serve_blob(state, "npz", file_id, expires, signature)
 
 
-@api.post("/performance/analysis", status_code=201)
+@api.post(
+    "/performance/analysis",
+    status_code=201,
+    response_model=MetricBody,
+    responses=errors(400, 401, 403, 404, 413),
+    openapi_extra=METRIC_REQUEST,
+)
 async def create_metric(request: Request, leaf: LeafDep, state: StateDep) -> dict[str, Any]:
     """Store a performance report (the body is JSON whatever its Content-Type)."""
     return {"data": {"id": await store_metric(request, leaf, state)}}
 
 
-@api.get("/config/branch/{branch_id}")
+@api.get(
+    "/config/branch/{branch_id}", response_model=BranchConfigBody, responses=errors(401, 403, 404)
+)
 async def get_branch_config(branch_id: str, leaf: LeafDep, state: StateDep) -> dict[str, Any]:
     """The branch configuration in its documented shape."""
     own_branch(leaf, branch_id)
@@ -75,7 +112,9 @@ async def get_branch_config(branch_id: str, leaf: LeafDep, state: StateDep) -> d
     }
 
 
-@api.post("/ws/ticket", response_model=None)
+@api.post(
+    "/ws/ticket", response_model=None, responses={200: {"model": TicketBody}, **errors(401, 503)}
+)
 async def create_ticket(leaf: LeafDep, state: StateDep) -> JSONResponse:
     """A single-use, expiring ticket for the notification WebSocket (exactly 200, application/json)."""
     try:

@@ -9,6 +9,7 @@ from pydantic import ByteSize, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.settings import WeightsSettings
+from gateway.weights import ValidationPolicy
 
 RunStatus = Literal["start", "stop", "pause"]
 Provisioner = Literal["auto", "management", "rabbitmqctl"]
@@ -76,6 +77,12 @@ class AggregatorSettings(BaseSettings):
         ge=1,
         description="`x-max-length` of each leaf's queue: beyond it the oldest notifications are dropped.",
     )
+    amqp_message_ttl_s: int = Field(
+        600,
+        ge=1,
+        description="`x-message-ttl` of each leaf's queue: a notification not consumed within it is "
+        "dropped, so a client that connects later is not handed stale aggregation ids.",
+    )
     amqp_publish_attempts: int = Field(
         12,
         ge=1,
@@ -84,6 +91,11 @@ class AggregatorSettings(BaseSettings):
         "so the default rides out about 75 s of broker outage) before it is logged as lost.",
     )
     weights: WeightsSettings = Field(default_factory=WeightsSettings)
+
+    def validation_policy(self) -> ValidationPolicy:
+        """The official client's rules (L1-L4, A1-A5) with the hostile-input limits of `weights`:
+        as BranchKey would check, not the gateway's stricter policy."""
+        return ValidationPolicy.lenient(self.weights.policy().limits)
 
     @field_validator("amqp_url")
     @classmethod

@@ -16,52 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gateway.aggregator.database import SCHEMA, private_files, private_folder
 from gateway.aggregator.records import LEAF_FIELDS, Aggregation, Branch, Leaf, Upload
 from gateway.clock import now_iso
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS leaves (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, session_token TEXT NOT NULL,
-    tree_id TEXT NOT NULL, branch_id TEXT NOT NULL, owner_id TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS branches (
-    branch_id TEXT PRIMARY KEY, tree_id TEXT NOT NULL, run_status TEXT NOT NULL,
-    run_number INTEGER NOT NULL, round INTEGER NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS uploads (
-    file_id TEXT PRIMARY KEY, leaf_id TEXT NOT NULL, branch_id TEXT NOT NULL,
-    run_number INTEGER NOT NULL, round INTEGER NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
-    path TEXT NOT NULL, kind TEXT NOT NULL, weighting REAL, metadata TEXT NOT NULL,
-    created_at TEXT NOT NULL, active INTEGER NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS uploads_dedup ON uploads (leaf_id, run_number, round, digest);
-CREATE TABLE IF NOT EXISTS aggregations (
-    aggregation_id TEXT PRIMARY KEY, branch_id TEXT NOT NULL, run_number INTEGER NOT NULL,
-    round INTEGER NOT NULL, status TEXT NOT NULL, path TEXT, size INTEGER, sha256 TEXT,
-    contributors TEXT NOT NULL, error TEXT, created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS metrics (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, leaf_id TEXT NOT NULL, branch_id TEXT NOT NULL,
-    tree_id TEXT NOT NULL, aggregation_id TEXT NOT NULL, mode TEXT NOT NULL, data TEXT NOT NULL,
-    received_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-
-def private_folder(folder: Path) -> None:
-    """Create `folder` (and its parents) if need be, and make it 0700 whatever it was."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    folder.chmod(0o700)
-
-
-def _private_files(database: Path) -> None:
-    """Make the SQLite files 0600: a new database is created so (SQLite gives its -wal and -shm files
-    the database's mode), and the files of an older data directory are narrowed."""
-    os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
-    for path in (database, *(database.with_name(database.name + end) for end in ("-wal", "-shm"))):
-        if path.exists():
-            path.chmod(0o600)
 
 
 class Store:
@@ -79,12 +36,12 @@ class Store:
             leftover.unlink(missing_ok=True)
         self._lock = threading.Lock()
         database = data_dir / "aggregator.db"
-        _private_files(database)
+        private_files(database)
         self._db = sqlite3.connect(database, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(SCHEMA)
 
     def close(self) -> None:
         """Close the database."""
@@ -151,12 +108,14 @@ class Store:
         return [Branch(**dict(row)) for row in rows]
 
     def set_run_status(self, branch_id: str, status: str) -> Branch:
-        """Change a run's status; every change to `start` opens a new run (run_number + 1, round 0)."""
+        """Change a run's status. `start` after `stop` (or on a branch never started) opens a new
+        run (run_number + 1, round 0); `start` after `pause` resumes the same run and its open round."""
         with self._tx() as db:
             row = db.execute("SELECT * FROM branches WHERE branch_id = ?", (branch_id,)).fetchone()
             if row is None:
                 raise KeyError(branch_id)
-            if status == "start" and row["run_status"] != "start":
+            new_run = row["run_status"] == "stop" or row["run_number"] == 0
+            if status == "start" and row["run_status"] != "start" and new_run:
                 db.execute(
                     "UPDATE branches SET run_status = ?, run_number = run_number + 1, round = 0, "
                     "updated_at = ? WHERE branch_id = ?",
@@ -171,6 +130,25 @@ class Store:
                 "SELECT * FROM branches WHERE branch_id = ?", (branch_id,)
             ).fetchone()
         return Branch(**dict(updated))
+
+    def field_operations(self, branch_id: str) -> dict[str, str]:
+        """The operations assigned to a branch's analytics fields (field name -> operation)."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT field, operation FROM field_operations WHERE branch_id = ? ORDER BY field",
+                (branch_id,),
+            ).fetchall()
+        return {str(row["field"]): str(row["operation"]) for row in rows}
+
+    def assign_field_operations(self, branch_id: str, operations: dict[str, str]) -> dict[str, str]:
+        """Assign (or reassign) operations to analytics fields of a branch; all of its assignments."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO field_operations VALUES (?, ?, ?) ON CONFLICT (branch_id, field) "
+                "DO UPDATE SET operation = excluded.operation",
+                [(branch_id, name, operation) for name, operation in operations.items()],
+            )
+        return self.field_operations(branch_id)
 
     # ------------------------------------------------------------ uploads and rounds
 
@@ -187,16 +165,14 @@ class Store:
     ) -> tuple[str, bool]:
         """Store an upload in the branch's current round; returns (file_id, duplicate).
 
-        A duplicate (same leaf, round and digest) returns the first file id and stores nothing.
+        A duplicate (same leaf, run and digest, in any round of the run: a client's retry may
+        arrive after its round closed) returns the first file id and stores nothing.
         A new upload replaces the leaf's earlier upload of the same round.
         """
         file_id = str(uuid.uuid4())
         target = self.uploads_dir / f"{file_id}.npz"
         with self._tx() as db:
-            row = db.execute(
-                "SELECT file_id FROM uploads WHERE leaf_id = ? AND run_number = ? AND round = ? AND digest = ?",
-                (leaf.id, branch.run_number, branch.round, digest),
-            ).fetchone()
+            row = self._duplicate(db, leaf.id, branch, digest)
             if row is not None:
                 return str(row["file_id"]), True
             os.replace(source, target)
@@ -222,6 +198,37 @@ class Store:
                 ),
             )
         return file_id, False
+
+    def _duplicate(
+        self, db: sqlite3.Connection, leaf_id: str, branch: Branch, digest: str
+    ) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = db.execute(
+            "SELECT file_id FROM uploads WHERE leaf_id = ? AND branch_id = ? AND run_number = ? "
+            "AND digest = ? ORDER BY created_at, rowid LIMIT 1",
+            (leaf_id, branch.branch_id, branch.run_number, digest),
+        ).fetchone()
+        return row
+
+    def duplicate_of(self, leaf_id: str, branch: Branch, digest: str) -> str | None:
+        """The file id of this leaf's upload with `digest` in the branch's current run, if any."""
+        with self._tx() as db:
+            row = self._duplicate(db, leaf_id, branch, digest)
+        return None if row is None else str(row["file_id"])
+
+    def first_run_upload(
+        self, branch_id: str, run_number: int, kind: str, leaf_id: str
+    ) -> Upload | None:
+        """The earliest active upload of `kind` in a run (analytics: it fixes the run's fields),
+        leaving out `leaf_id`'s uploads of the open round, which its next upload replaces."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT * FROM uploads AS u WHERE branch_id = ? AND run_number = ? AND kind = ? "
+                "AND active = 1 AND NOT (leaf_id = ? AND round = "
+                "(SELECT round FROM branches AS b WHERE b.branch_id = u.branch_id)) "
+                "ORDER BY created_at, rowid LIMIT 1",
+                (branch_id, run_number, kind, leaf_id),
+            ).fetchone()
+        return Upload(**dict(row)) if row else None
 
     def round_uploads(self, branch_id: str, run_number: int, round_: int) -> list[Upload]:
         """The active (latest per leaf) uploads of one round."""

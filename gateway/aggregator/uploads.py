@@ -13,6 +13,7 @@ from typing import Any
 from anyio import to_thread
 from fastapi import Request
 
+from gateway.aggregator.agreement import check_fit
 from gateway.aggregator.errors import (
     BadRequestError,
     ConflictError,
@@ -54,7 +55,7 @@ async def receive_upload(
         data = _upload_data(form.fields.get("data"))
         _check_integrity(part, declared_size, declared_digest)
         payload, was_converted = await to_thread.run_sync(
-            to_npz, part.path, converted, settings.weights.policy()
+            to_npz, part.path, converted, settings.validation_policy()
         )
         _check_payload(payload, data, whole_weighting=whole_weighting)
         source = converted if was_converted else part.path
@@ -72,11 +73,20 @@ async def _store(
     payload: Payload,
     metadata: dict[str, Any],
 ) -> str:
-    """Store the upload in the branch's current round (the run may have stopped meanwhile)."""
+    """Store the upload in the branch's current round (the run may have stopped meanwhile).
+
+    A re-sent upload (same leaf, run and digest) answers its first file id, even after its round
+    closed; a new one must fit the round (gateway/aggregator/agreement.py).
+    """
     digest = base64.b64encode(part.sha256).decode()
     async with state.branch_lock(leaf.branch_id):
         branch = await get_branch(state, leaf.branch_id)
         _check_started(branch)
+        earlier = await to_thread.run_sync(state.store.duplicate_of, leaf.id, branch, digest)
+        if earlier is not None:
+            return earlier
+        policy = state.settings.validation_policy()
+        await to_thread.run_sync(check_fit, state.store, leaf, branch, source, payload, policy)
         file_id, duplicate = await to_thread.run_sync(
             state.store.add_upload,
             leaf,
@@ -85,7 +95,7 @@ async def _store(
             part.size,
             source,
             payload.kind,
-            payload.weighting,
+            payload.weighting if payload.kind == LEARNING else None,  # ignored for analytics
             metadata,
         )
         if not duplicate:
@@ -141,6 +151,8 @@ def _upload_data(raw: str | None) -> dict[str, Any]:
         raise BadRequestError("The 'data' form field must be a JSON object.") from None
     if not isinstance(data, dict):
         raise BadRequestError("The 'data' form field must be a JSON object.")
+    if not isinstance(data.get("leaf_name", ""), str):
+        raise BadRequestError("'leaf_name' in the 'data' field must be a string.")
     metadata = data.get("metadata")
     if isinstance(metadata, str):
         try:
@@ -172,8 +184,12 @@ def _check_payload(payload: Payload, data: dict[str, Any], *, whole_weighting: b
         raise UnprocessableError(
             f"metadata.kind is {declared_kind!r} but the archive is {payload.kind!r}."
         )
-    if payload.kind != LEARNING:
-        raise UnprocessableError("This aggregator combines federated_learning payloads only.")
+    if whole_weighting and payload.kind != LEARNING:
+        raise UnprocessableError(
+            "Protocol v1 uploads carry federated_learning weights only; send "
+            f"{payload.kind} payloads to /api/v1/file/upload.",
+            "unsupported-kind",
+        )
     if whole_weighting and not (
         payload.weighting is not None
         and payload.weighting >= 0

@@ -231,6 +231,10 @@ class Hub:
             return len(self._branches.get(branch_id, ()))
         return sum(len(connections) for connections in self._branches.values())
 
+    def connected_leaves(self) -> set[str]:
+        """Ids of the leaves with an open notification WebSocket."""
+        return {c.ticket.leaf_id for group in self._branches.values() for c in group}
+
     async def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
         """Stop the hub: close every connection with `code` and refuse new ones (with 1012).
 

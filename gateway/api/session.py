@@ -128,7 +128,8 @@ async def delete_session(state: StateDep) -> SessionInfo:
     summary="Send a performance report",
     responses=problem_responses(UNAUTHORIZED, JSON_BODY, NO_SESSION, UPSTREAM),
 )
-async def create_performance(report: PerformanceReport, session: SessionDep) -> dict[str, str]:
+async def create_performance(report: PerformanceReport, state: StateDep) -> dict[str, str]:
     """Send a performance report for an aggregation to BranchKey."""
-    await session.require().send_metrics(report.aggregation_id, report.mode, report.data)
+    await state.session.require().send_metrics(report.aggregation_id, report.mode, report.data)
+    state.activity.record_report(report.aggregation_id, report.mode, report.data)
     return {"status": "sent"}

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
+from gateway.activity import UploadRecord
+from gateway.errors import PROBLEM_BASE, GatewayError
 from gateway.forwarding import Forwarded, UploadOptions
+from gateway.multipart import MultipartError
 from gateway.openapi import weights_body
 from gateway.problems import (
     MALFORMED,
@@ -15,10 +19,11 @@ from gateway.problems import (
     UNAUTHORIZED,
     UPLOAD,
     UPSTREAM,
+    problem_body,
     problem_responses,
 )
 from gateway.state import StateDep
-from gateway.weights import WeightingSource
+from gateway.weights import WeightingSource, WeightsError
 
 router = APIRouter(tags=["uploads"])
 
@@ -73,7 +78,36 @@ async def create_upload(
     arrays saved with np.save), `layer_<n>` .npy parts plus `weighting`, or a raw
     `application/octet-stream` body. A file without a weighting gets `weighting`, else 1.0."""
     options = UploadOptions(wait=wait, wait_timeout_s=wait_timeout, weighting=weighting)
-    return _result(await state.forwarder.handle(request, options))
+    length = request.headers.get("content-length")
+    received = int(length) if length is not None and length.isdigit() else None
+    try:
+        result = _result(await state.forwarder.handle(request, options))
+    except Exception as exc:
+        state.activity.record_upload(_refused(exc, received))
+        raise
+    state.activity.record_upload(
+        UploadRecord(
+            time.time(),
+            "forwarded",
+            received,
+            size=result.size,
+            file_id=result.file_id,
+            kind=result.kind,
+            weighting=result.weighting,
+            weighting_source=result.weighting_source,
+            layers=len(result.layers),
+        )
+    )
+    return result
+
+
+def _refused(error: Exception, received: int | None) -> UploadRecord:
+    if isinstance(error, GatewayError | WeightsError | MultipartError):
+        problem = problem_body(error)
+        kind, detail = str(problem["type"]), str(problem["detail"])
+    else:  # the exception handler logs it and answers the internal problem
+        kind, detail = PROBLEM_BASE + "internal", "The gateway failed unexpectedly."
+    return UploadRecord(time.time(), "refused", received, problem_type=kind, detail=detail)
 
 
 def _result(forwarded: Forwarded) -> UploadResult:

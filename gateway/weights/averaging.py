@@ -27,18 +27,22 @@ def fedavg(
     policy: ValidationPolicy | None = None,
     *,
     compress: bool = False,
+    weightings: Sequence[float] | None = None,
 ) -> Payload:
     """Write the weighting-weighted mean of K learning NPZ payloads as an NPZ of `layer_i`.
 
     Memory is a few chunks per input, whatever the layer sizes or K. Accumulation is float64
     (complex128 for complex layers, extended precision for wider types); each output layer has
-    its inputs' dtype, rounded to the nearest value for integer and bool layers.
+    its inputs' dtype, rounded to the nearest value for integer and bool layers. `weightings`,
+    one per input, replaces the payloads' own (all 1.0: the unweighted mean).
     """
     policy = policy or ValidationPolicy()
     if not inputs:
         raise WeightsError("no-inputs", "FedAvg needs at least one payload.")
     payloads = [inspect_npz(path, policy) for path in inputs]
     weights = [_weight(i, payload) for i, payload in enumerate(payloads)]
+    if weightings is not None:
+        weights = [float(w) for w in weightings]
     total = math.fsum(weights)
     if total == 0:
         raise WeightsError(

@@ -197,7 +197,8 @@ def test_v1_object_npy_upload_is_converted(aggregator: Running, tmp_path: Path) 
 
 
 def test_run_gating_and_run_numbers(aggregator: Running, tmp_path: Path) -> None:
-    """Uploads are refused with 409 unless the run is started; each start opens a new run number."""
+    """Uploads are refused with 409 unless the run is started; a start after a stop opens a new run
+    number, a start after a pause resumes the same run."""
     path = sdk_weights(tmp_path / "w.npz", 1, [np.ones(3)])
     with httpx.Client() as client:
         assert aggregator.set_run(client, "stop")["run_status"] == "stop"
@@ -206,6 +207,8 @@ def test_run_gating_and_run_numbers(aggregator: Running, tmp_path: Path) -> None
         assert "not started" in refused.json()["error"]
         assert aggregator.set_run(client, "start")["run_number"] == 2
         assert aggregator.set_run(client, "pause")["run_number"] == 2
+        assert aggregator.set_run(client, "start")["run_number"] == 2
+        assert aggregator.set_run(client, "stop")["run_number"] == 2
         assert aggregator.set_run(client, "start")["run_number"] == 3
         assert aggregator.upload(client, path).status_code == 201
 
@@ -237,10 +240,14 @@ def test_downloads_are_signed_and_ranged(tmp_path: Path) -> None:
         assert "expired" in expired.json()["error"]
 
 
-def test_metrics_config_and_ticket(aggregator: Running) -> None:
+def test_metrics_config_and_ticket(aggregator: Running, tmp_path: Path) -> None:
     """Metrics are stored (body parsed whatever its type), branch config has its shape, tickets are 200 JSON."""
-    report = aggregator.report(0, "agg-1", {"acc": 0.9})
     with httpx.Client() as client:
+        aggregator.upload(client, sdk_weights(tmp_path / "w.npz", 1, [np.ones(2)]))
+        aggregation_id = client.post(
+            f"{aggregator.url}/admin/aggregate?wait=true", headers=aggregator.admin
+        ).json()["data"]["aggregation_id"]
+        report = aggregator.report(0, aggregation_id, {"acc": 0.9})
         created = client.post(
             f"{aggregator.url}/api/v1/performance/analysis",
             headers=aggregator.auth(),
@@ -314,3 +321,50 @@ def test_deeply_nested_json_bodies_get_400(aggregator: Running) -> None:
         admin = client.post("/admin/run", headers=aggregator.admin, content=body)
     assert (report.status_code, admin.status_code) == (400, 400), (report.text, admin.text)
     assert "nested too deeply" in report.json()["error"]
+
+
+def test_reports_on_unknown_or_foreign_aggregations_get_404(tmp_path: Path) -> None:
+    """A performance report names an aggregation of the leaf's own branch: unknown ids and another branch's
+    aggregation get 404 (both dialects), and nothing is stored."""
+    leaves = [
+        {
+            "id": f"leaf-{name}",
+            "name": name,
+            "session_token": f"token-{name}",
+            "tree_id": "tree",
+            "branch_id": f"branch-{name}",
+            "owner_id": "owner",
+        }
+        for name in ("a", "b")
+    ]
+    (tmp_path / "leaves.json").write_text(json.dumps(leaves))
+    path = tmp_path / "w.npz"
+    np.savez(path, weighting=np.array([1.0]), layer_0=np.ones(2))
+    with (
+        start(tmp_path / "agg", leaves_file=tmp_path / "leaves.json") as agg,
+        httpx.Client() as client,
+    ):
+        assert (
+            agg.upload(client, path, 1).status_code == 201
+        )  # branch-b's only leaf: its round closes
+        foreign = str(wait_for_aggregations(agg, client, 1)[0]["aggregation_id"])
+        for aggregation_id in ("agg-1", foreign):
+            report = agg.report(0, aggregation_id, {"acc": 0.5})
+            v3 = client.post(
+                f"{agg.url}/api/v1/performance/analysis",
+                headers=agg.auth(0),
+                content=json.dumps(report),
+            )
+            v1 = client.post(
+                f"{agg.url}/v1/performance/analysis",
+                auth=("leaf-a", "token-a"),
+                content=json.dumps(report),
+            )
+            assert (v3.status_code, v1.status_code) == (404, 404), (v3.text, v1.text)
+            assert "No aggregation" in v3.json()["error"]
+        mine = agg.report(1, foreign, {"acc": 0.5})
+        accepted = client.post(
+            f"{agg.url}/api/v1/performance/analysis", headers=agg.auth(1), content=json.dumps(mine)
+        )
+        assert accepted.status_code == 201
+        assert len(client.get(f"{agg.url}/admin/metrics", headers=agg.admin).json()["data"]) == 1

@@ -8,6 +8,7 @@ import json
 import logging
 import struct
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,9 @@ from gateway.aggregator.provisioning import (
 )
 from gateway.aggregator.records import Leaf
 from tests.support.aggregator import Running, settings_for, start
-from tests.support.amqp import AMQP_URL, rabbitmqctl
+from tests.support.amqp import AMQP_URL, broker_cleanup, queue_counts, rabbitmqctl
 from tests.support.corpus import v1_file, v1_stream
+from tests.support.waiting import wait_until
 from tests.support.weights import layers_of, read_v1, sdk_weights, write_v1
 
 Array = np.ndarray[Any, Any]
@@ -223,11 +225,15 @@ def test_hostile_and_non_v1_payloads_are_refused(tmp_path: Path) -> None:
         assert list((agg.data_dir / "uploads").iterdir()) == []
 
 
-def test_metrics_without_content_type(aggregator: Running) -> None:
+def test_metrics_without_content_type(aggregator: Running, tmp_path: Path) -> None:
     """The v1 metrics body (JSON text, no Content-Type) is stored with 201; a foreign leaf id is 403."""
     leaf = aggregator.leaves[0]
-    report = aggregator.report(0, "agg-1", {"accuracy": 0.5})
     with httpx.Client() as client:
+        aggregator.upload(client, sdk_weights(tmp_path / "w.npz", 1, layers_of(2)))
+        aggregation_id = client.post(
+            f"{aggregator.url}/admin/aggregate?wait=true", headers=aggregator.admin
+        ).json()["data"]["aggregation_id"]
+        report = aggregator.report(0, aggregation_id, {"accuracy": 0.5})
         request = client.build_request(
             "POST",
             f"{aggregator.url}/v1/performance/analysis",
@@ -315,7 +321,8 @@ def test_provisioning_and_least_privilege(tmp_path: Path) -> None:
         }
         queues = rabbitmqctl("list_queues", "-p", tree, "name", "durable", "arguments")
         rows = sorted(line.split("\t") for line in queues.splitlines()[1:])
-        assert rows == sorted([leaf_id, "true", '[{"x-max-length",50}]'] for leaf_id in ids)
+        arguments = '[{"x-max-length",50},{"x-message-ttl",600000}]'
+        assert rows == sorted([leaf_id, "true", arguments] for leaf_id in ids)
         exchanges = rabbitmqctl("list_exchanges", "-p", tree, "name", "type", "durable")
         assert f"{branch}\tfanout\ttrue" in exchanges.splitlines()
         bindings = rabbitmqctl("list_bindings", "-p", tree, "source_name", "destination_name")
@@ -372,6 +379,59 @@ def test_notifications_reach_every_leaf_queue(tmp_path: Path) -> None:
             assert [json.loads(m.body) for m in messages] == expected
             assert all(m.delivery_mode == aio_pika.DeliveryMode.PERSISTENT for m in messages)
             assert all(m.content_type == "application/json" for m in messages)
+
+
+def test_notifications_expire_so_a_late_client_gets_no_stale_ids(tmp_path: Path) -> None:
+    """Leaf queues carry x-message-ttl: a notification nobody consumed within it is gone, a fresh one is delivered."""
+    path = sdk_weights(tmp_path / "w.npz", 4, layers_of(6))
+    with (
+        start(tmp_path / "agg", amqp_url=AMQP_URL, min_leaves=1, amqp_message_ttl_s=3) as agg,
+        httpx.Client(timeout=10) as client,
+    ):
+        creds = agg.leaves[0]
+        assert agg.upload(client, path).status_code == 201
+        [stale] = wait_done(agg, client, 1)
+        wait_until(lambda: queue_counts(creds["tree_id"], creds["id"]) == (1, 0), 5, "published")
+        wait_until(lambda: queue_counts(creds["tree_id"], creds["id"]) == (0, 0), 10, "expired")
+        assert (
+            agg.upload(client, sdk_weights(tmp_path / "v.npz", 5, layers_of(6))).status_code == 201
+        )
+        fresh = [
+            a for a in wait_done(agg, client, 2) if a["aggregation_id"] != stale["aggregation_id"]
+        ]
+        message = asyncio.run(_get(leaf_url(creds), creds["tree_id"], creds["id"]))
+        assert message is not None
+        assert json.loads(message.body)["body"]["aggregation_id"] == fresh[0]["aggregation_id"]
+
+
+def test_a_queue_declared_with_other_arguments_is_declared_again(tmp_path: Path) -> None:
+    """A leaf queue left by an older version (no TTL) does not stop start-up: unused, it is declared again."""
+    suffix = uuid.uuid4().hex[:8]
+    leaf = {
+        "id": f"leaf-{suffix}",
+        "name": "old",
+        "session_token": f"token-{suffix}",
+        "tree_id": f"tree-{suffix}",
+        "branch_id": f"branch-{suffix}",
+        "owner_id": "owner",
+    }
+    (tmp_path / "leaves.json").write_text(json.dumps([leaf]))
+    with broker_cleanup(vhosts=[leaf["tree_id"]], users=[leaf["id"]]):
+        rabbitmqctl("add_vhost", leaf["tree_id"])
+        rabbitmqctl("set_permissions", "-p", leaf["tree_id"], "guest", ".*", ".*", ".*")
+
+        async def declare_old() -> None:
+            connection = await aio_pika.connect(AMQP_URL + leaf["tree_id"], timeout=10)
+            async with connection:
+                channel = await connection.channel()
+                await channel.declare_queue(
+                    leaf["id"], durable=True, arguments={"x-max-length": 10}
+                )
+
+        asyncio.run(declare_old())
+        with start(tmp_path / "agg", leaves_file=tmp_path / "leaves.json", amqp_url=AMQP_URL):
+            queues = rabbitmqctl("list_queues", "-p", leaf["tree_id"], "name", "arguments")
+            assert f'{leaf["id"]}\t[{{"x-max-length",10000}},{{"x-message-ttl",600000}}]' in queues
 
 
 # ---------------------------------------------------------------- units: provisioning, publishing, start-up

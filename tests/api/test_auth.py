@@ -103,12 +103,18 @@ def test_logout_then_login_again(
 
 
 def test_performance_report_reaches_branchkey(
-    aggregator: Running, gateway_for: GatewayFactory
+    aggregator: Running, gateway_for: GatewayFactory, tmp_path: Path
 ) -> None:
-    """POST /performance answers 201 and BranchKey stores the report for the leaf."""
+    """POST /performance answers 201 and BranchKey stores the report for the leaf; an unknown aggregation is 404."""
     gateway = gateway_for(2)
-    report = {"aggregation_id": "agg-1", "mode": "test", "data": {"accuracy": 0.93}}
     with httpx.Client() as client:
+        aggregator.upload(client, sdk_weights(tmp_path / "w.npz", 1, [np.ones(2)]), 2)
+        aggregation_id = client.post(
+            f"{aggregator.url}/admin/aggregate?wait=true", headers=aggregator.admin
+        ).json()["data"]["aggregation_id"]
+        report = {"aggregation_id": aggregation_id, "mode": "test", "data": {"accuracy": 0.93}}
+        unknown = client.post(f"{gateway.url}/performance", json={**report, "aggregation_id": "x"})
+        assert unknown.status_code == 404, unknown.text
         answer = client.post(f"{gateway.url}/performance", json=report)
         assert answer.status_code == 201, answer.text
         bad = client.post(f"{gateway.url}/performance", json={**report, "mode": "eval"})
@@ -116,7 +122,7 @@ def test_performance_report_reaches_branchkey(
         stored = admin_get(aggregator.url, ADMIN, "metrics", client)
     assert len(stored) == 1
     assert stored[0]["leaf_id"] == aggregator.leaves[2]["id"]
-    assert stored[0]["aggregation_id"] == "agg-1"
+    assert stored[0]["aggregation_id"] == aggregation_id
     assert stored[0]["mode"] == "test"
 
 

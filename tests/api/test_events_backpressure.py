@@ -47,7 +47,7 @@ def _never_reading(gateway: Gateway) -> Iterator[Subscriber]:
 def _upload_until(agg: Running, live: Live, stop: threading.Event, sent: list[int]) -> None:
     with httpx.Client(timeout=30) as client:
         while not stop.is_set() and len(sent) < MAX_AGGREGATIONS:
-            answer = agg.upload(client, live.weights)
+            answer = agg.upload(client, live.fresh_weights())
             assert answer.status_code == 201, answer.text
             sent.append(1)
 

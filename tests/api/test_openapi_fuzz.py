@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gateway.openapi import OPENAPI_PATH
-from tests.support.gateways import Gateway, solo_gateway
+from tests.support.gateways import Gateway, one_leaf_federation
 from tests.support.openapi_fuzz import run_schemathesis
 from tests.support.waiting import wait_until
 from tests.support.weights import write_npz
@@ -28,7 +28,8 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture
 def seeded(tmp_path: Path) -> Iterator[Gateway]:
     """A token-protected gateway for a one-leaf aggregator, with one aggregation already made."""
-    with solo_gateway(tmp_path, gateway_token=TOKEN) as gateway:
+    with one_leaf_federation(tmp_path, token=TOKEN) as federation:
+        gateway = federation.gateway
         weights = write_npz(
             tmp_path / "w.npz",
             {"weighting": np.array(10.0), "layer_0": np.ones((4, 2), dtype=np.float32)},

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.gateways import solo_gateway
+from tests.support.gateways import one_leaf_federation
 
 PROJECT = Path(__file__).resolve().parents[2] / "clients" / "typescript"
 NODE, NPM = shutil.which("node") or "", shutil.which("npm") or ""
@@ -53,7 +53,8 @@ def test_upload_event_download(program: Path, tmp_path: Path) -> None:
     """The program uploads a .npy, hears the round's aggregation on /events and downloads it: its
     one layer comes back as uploaded (the only leaf's FedAvg is its own update)."""
     out = tmp_path / "aggregated.npz"
-    with solo_gateway(tmp_path, gateway_token=TOKEN) as gateway:
+    with one_leaf_federation(tmp_path, token=TOKEN) as federation:
+        gateway = federation.gateway
         env = {
             "PATH": str(Path(NODE).parent),
             "GATEWAY_URL": gateway.url,

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.packaging.docker import REPO
-from tests.support.gateways import Gateway, solo_gateway
+from tests.support.gateways import Gateway, one_leaf_federation
 
 MANIFESTS = sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))
 VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
@@ -164,7 +164,8 @@ def test_probes_pass_and_fail_against_a_loopback_gateway(tmp_path: Path) -> None
     """Against a gateway on 127.0.0.1 without a token: startup, liveness and readiness pass; after a
     logout readiness fails while liveness still passes; a request naming another host (as an httpGet
     probe to the pod IP would) gets the loopback-only 401 on /readyz."""
-    with solo_gateway(tmp_path) as gateway:
+    with one_leaf_federation(tmp_path) as federation:
+        gateway = federation.gateway
         assert [
             _probe(p, gateway) for p in ("startupProbe", "livenessProbe", "readinessProbe")
         ] == [

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from gateway.aggregator.app import create_aggregator_app
 from gateway.aggregator.settings import AggregatorSettings
@@ -53,16 +55,23 @@ class Running:
         return self.leaves[0]["branch_id"]
 
     def upload(
-        self, client: httpx.Client, path: Path, leaf: int = 0, **headers: str
+        self,
+        client: httpx.Client,
+        path: Path,
+        leaf: int = 0,
+        *,
+        kind: str | None = None,
+        **headers: str,
     ) -> httpx.Response:
-        """POST a weights file as BranchKey's client does (integrity headers, data then file part)."""
+        """POST a weights file as BranchKey's client does (integrity headers, data then file part);
+        `kind` is the metadata's (default: what the archive declares, as the client writes it)."""
         body = path.read_bytes()
         digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
         meta = {
             "client_version": "test",
             "file_size": len(body),
             "file_digest": f"sha256={digest}",
-            "kind": "federated_learning",
+            "kind": kind or _declared_kind(path),
         }
         sent = {
             "x-bk-file-size": str(len(body)),
@@ -100,6 +109,16 @@ class Running:
         response.raise_for_status()
         data: dict[str, Any] = response.json()["data"]
         return data
+
+
+def _declared_kind(path: Path) -> str:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "__bk_payload_kind__" in archive.files:
+                return str(archive["__bk_payload_kind__"])
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        pass  # not an NPZ (a v1 object .npy, a hostile file): the client says learning
+    return "federated_learning"
 
 
 def settings_for(data_dir: Path, **overrides: Any) -> AggregatorSettings:

@@ -17,7 +17,7 @@ from gateway.http_limits import bounded_http_options
 from gateway.settings import Settings
 from gateway.state import running_state
 from gateway.upstream.channel import ChannelStatus
-from tests.support.aggregator import start
+from tests.support.aggregator import Running, start
 from tests.support.servers import serve
 from tests.support.waiting import wait_until
 
@@ -87,6 +87,16 @@ class Gateway:
         return status.state == "connected" and last is not None and last >= status.since
 
 
+@dataclass
+class Federation:
+    """An aggregator and the gateway of one of its leaves."""
+
+    aggregator: Running
+    gateway: Gateway
+    token: str | None = None
+    """The gateway's GATEWAY_TOKEN, if it has one."""
+
+
 GatewayFactory = Callable[..., Gateway]
 """`factory(leaf=0, **settings)`: a live gateway for the aggregator's leaf `leaf`, stopped after the test."""
 
@@ -138,12 +148,17 @@ def run_gateway(
 
 
 @contextlib.contextmanager
-def solo_gateway(folder: Path, **overrides: Any) -> Iterator[Gateway]:
-    """A gateway for the only leaf of its own local aggregator: every upload completes a round."""
-    with start(folder / "agg", dev_leaves=1) as upstream:
-        credentials = write_credentials(folder / "leaf.json", upstream.leaves[0])
-        settings = gateway_settings(
-            folder / "gw", bk_host=upstream.url, bk_credentials_file=credentials, **overrides
+def one_leaf_federation(
+    folder: Path, token: str | None = None, **settings: Any
+) -> Iterator[Federation]:
+    """An aggregator with one development leaf (every upload closes a round) and that leaf's
+    gateway (with GATEWAY_TOKEN `token`), its channel connected."""
+    with start(folder / "agg", dev_leaves=1) as aggregator:
+        credentials = write_credentials(folder / "leaf.json", aggregator.leaves[0])
+        if token is not None:
+            settings["gateway_token"] = token
+        values = gateway_settings(
+            folder / "gw", bk_host=aggregator.url, bk_credentials_file=credentials, **settings
         )
-        with run_gateway(settings, wait_heard=True) as gateway:
-            yield gateway
+        with run_gateway(values, wait_heard=True) as gateway:
+            yield Federation(aggregator, gateway, token)

@@ -42,6 +42,7 @@ class Live:
         self.folder = folder
         self.client = httpx.Client(timeout=30)
         self.weights = weights_file(folder)
+        self._sent = 0
         self._aggregator: contextlib.ExitStack | None = None
         self._upstream: Running | None = None
         self._gateways: list[tuple[Gateway, contextlib.ExitStack]] = []
@@ -102,9 +103,19 @@ class Live:
                 entry[1].close()
         return time.monotonic() - began
 
+    def fresh_weights(self) -> Path:
+        """Another SDK-layout NPZ each call (the same layers, another weighting): the aggregator
+        counts a re-sent identical file of a run only once."""
+        self._sent += 1
+        return sdk_weights(
+            self.folder / f"weights-{self._sent}.npz",
+            4.0 + self._sent,
+            [np.ones((2, 2), dtype=np.float32)],
+        )
+
     def aggregate(self) -> str:
         """One aggregation of the branch, announced upstream; its id."""
-        return aggregate(self.upstream, self.client, self.weights)
+        return aggregate(self.upstream, self.client, self.fresh_weights())
 
     def subscribe(
         self,

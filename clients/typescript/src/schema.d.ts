@@ -1,4 +1,25 @@
 export interface paths {
+    "/access": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A short-lived access token for links and event streams
+         * @description Trade the bearer token for a short-lived, signed `?access_token=` that GET and HEAD requests
+         *     accept where a header cannot be sent (EventSource, `<a href>`); an open stream outlives it.
+         */
+        post: operations["create_access"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/aggregations": {
         parameters: {
             query?: never;
@@ -65,6 +86,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/channel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The notification channel's state
+         * @description The notification channel's state, reconnect count and last error.
+         */
+        get: operations["get_channel"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/events": {
         parameters: {
             query?: never;
@@ -112,7 +153,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        /**
+         * The performance reports sent
+         * @description The performance reports sent through this gateway, oldest first (kept in memory).
+         */
+        get: operations["list_performance"];
         put?: never;
         /**
          * Send a performance report
@@ -215,10 +260,54 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/uploads": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The last uploads, forwarded or refused
+         * @description The last uploads, newest first: forwarded ones with what BranchKey received, refused ones
+         *     with their problem type (kept in memory: a restart forgets them).
+         */
+        get: operations["list_uploads"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * AccessGrant
+         * @description A token to add as `?access_token=` to GET and HEAD URLs (it opens nothing else).
+         */
+        AccessGrant: {
+            /** Access Token */
+            access_token: string;
+            /**
+             * Expires At
+             * @description RFC 3339 UTC.
+             */
+            expires_at: string;
+            /**
+             * Expires In
+             * @description Seconds from now.
+             */
+            expires_in: number;
+            /**
+             * Query
+             * @description `access_token=<token>`, ready to append to a URL.
+             */
+            query: string;
+        };
         /**
          * AggregationEvent
          * @description An aggregation the upstream announced.
@@ -232,6 +321,25 @@ export interface components {
             received_at: string;
             /** Run Number */
             run_number?: unknown;
+        };
+        /**
+         * ChannelInfo
+         * @description The notification channel: WebSocket (v3) or the leaf's RabbitMQ queue (v1).
+         */
+        ChannelInfo: {
+            /** Last Error */
+            last_error: string | null;
+            /** Last Message At */
+            last_message_at: number | null;
+            /** Reconnects */
+            reconnects: number;
+            /** Since */
+            since: number;
+            /**
+             * State
+             * @enum {string}
+             */
+            state: "starting" | "connecting" | "connected" | "down" | "stopped";
         };
         /**
          * Format
@@ -291,6 +399,22 @@ export interface components {
             upstream_status?: number;
         };
         /**
+         * ReportRecord
+         * @description One performance report sent upstream through this gateway.
+         */
+        ReportRecord: {
+            /** Aggregation Id */
+            aggregation_id: string;
+            /** At */
+            at: number;
+            /** Data */
+            data: {
+                [key: string]: unknown;
+            } | string;
+            /** Mode */
+            mode: string;
+        };
+        /**
          * RunStatus
          * @description The branch's run.
          */
@@ -333,6 +457,37 @@ export interface components {
             upstream_host: string;
         };
         /**
+         * UploadRecord
+         * @description One upload as the trainer saw it.
+         */
+        UploadRecord: {
+            /** At */
+            at: number;
+            /** Detail */
+            detail?: string | null;
+            /** File Id */
+            file_id?: string | null;
+            /** Kind */
+            kind?: string | null;
+            /** Layers */
+            layers?: number | null;
+            /**
+             * Outcome
+             * @enum {string}
+             */
+            outcome: "forwarded" | "refused";
+            /** Problem Type */
+            problem_type?: string | null;
+            /** Request Bytes */
+            request_bytes: number | null;
+            /** Size */
+            size?: number | null;
+            /** Weighting */
+            weighting?: number | null;
+            /** Weighting Source */
+            weighting_source?: string | null;
+        };
+        /**
          * UploadResult
          * @description What BranchKey received (`sha256` and `size` are of the file sent upstream: the NPZ, or in
          *     protocol v1 the object `.npy`).
@@ -365,6 +520,47 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    create_access: {
+        parameters: {
+            query?: {
+                /** @description Lifetime in seconds (at most GATEWAY_ACCESS_TTL_S, the default). */
+                ttl?: number | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AccessGrant"];
+                };
+            };
+            /** @description Problem types: /problems/bad-request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     list_aggregations: {
         parameters: {
             query?: {
@@ -715,6 +911,35 @@ export interface operations {
             };
         };
     };
+    get_channel: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ChannelInfo"];
+                };
+            };
+            /** @description Problem types: /problems/unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     stream_events: {
         parameters: {
             query?: {
@@ -779,6 +1004,46 @@ export interface operations {
                     "application/json": {
                         [key: string]: string;
                     };
+                };
+            };
+        };
+    };
+    list_performance: {
+        parameters: {
+            query?: {
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReportRecord"][];
+                };
+            };
+            /** @description Problem types: /problems/bad-request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1336,6 +1601,46 @@ export interface operations {
             };
             /** @description Problem types: /problems/upstream-timeout */
             504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    list_uploads: {
+        parameters: {
+            query?: {
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UploadRecord"][];
+                };
+            };
+            /** @description Problem types: /problems/bad-request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/unauthorized */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };
