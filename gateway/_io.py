@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -11,6 +13,24 @@ import anyio
 
 FLUSH_BYTES = 1 << 20
 """Bytes gathered before one worker-thread hop writes them (one hop per ~1 MiB, not per chunk)."""
+
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether `error` (or what caused it) is a full disk or quota: ENOSPC, EDQUOT, SQLite's FULL."""
+    seen = 0
+    while error is not None and seen < 8:  # a bounded walk down the cause chain
+        if isinstance(error, OSError) and error.errno in _FULL:
+            return True
+        if (
+            isinstance(error, sqlite3.Error)
+            and getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        ):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 class Digest(Protocol):

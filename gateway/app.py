@@ -26,12 +26,14 @@ from gateway.access import AccessSigner
 from gateway.api import access, activity, aggregations, events, health, pages, session, uploads
 from gateway.api.auth import RequireToken
 from gateway.api.cors import cors_options
+from gateway.api.hosts import SingleHostOrigin
 from gateway.cache import AggregationCache, remove_partials
 from gateway.embedded import EmbeddedAggregator
 from gateway.errors import GatewayError
 from gateway.events import EventHub, EventLog, Events
 from gateway.forwarding import Forwarder
 from gateway.metrics import LiveFacts, Metrics
+from gateway.names import NamedDownloads
 from gateway.openapi import document, operation_id
 from gateway.problems import PROBLEM_SCHEMA, add_exception_handlers
 from gateway.settings import Settings
@@ -39,8 +41,8 @@ from gateway.upstream import auto
 from gateway.upstream.channel import NotificationConsumer
 from gateway.upstream.client import upstream_client
 from gateway.upstream.credentials import Credentials, from_settings
+from gateway.upstream.policy import Policy
 from gateway.upstream.session import Session
-from gateway.upstream.transport import RetryPolicy
 
 log = logging.getLogger("gateway")
 
@@ -88,9 +90,10 @@ async def _session(
     settings: Settings, client: httpx.AsyncClient, upstream: _Upstream
 ) -> AsyncIterator[Session]:
     """The leaf session, logged in when credentials are configured; its token is kept out of logs."""
-    retry = RetryPolicy(max_retries=settings.bk_max_retries)
+    # The embedded aggregator deduplicates identical uploads (same leaf, run and digest).
+    policy = Policy.from_settings(settings, deduplicates=upstream.embedded is not None)
     session = Session(
-        auto.connector(settings.bk_dialect, client, upstream.host, retry),
+        auto.connector(settings.bk_dialect, client, upstream.host, policy),
         upstream.host,
         settings.bk_run_check_interval_s,
         offline=upstream.embedded is not None,
@@ -172,6 +175,11 @@ def create_app(settings: Settings) -> FastAPI:
             session_ = await stack.enter_async_context(_session(settings, client, upstream))
             events_ = await stack.enter_async_context(_events(settings))
             consumer = auto.channel(settings, session_, events_)
+            limits = settings.weights.policy().limits
+            names = NamedDownloads(
+                settings.gateway_data_dir, tmp_dir, limits, settings.gateway_cache_keep
+            )
+            await to_thread.run_sync(names.load)
             loop = asyncio.get_running_loop()
             state.attach(
                 app,
@@ -180,13 +188,11 @@ def create_app(settings: Settings) -> FastAPI:
                     session=session_,
                     events=events_,
                     consumer=consumer,
-                    cache=AggregationCache(
-                        cache_dir,
-                        tmp_dir,
-                        settings.weights.policy().limits,
-                        settings.gateway_cache_keep,
+                    cache=AggregationCache(cache_dir, tmp_dir, limits, settings.gateway_cache_keep),
+                    forwarder=Forwarder(
+                        session_, settings, tmp_dir, metrics.record_upload, names.remember
                     ),
-                    forwarder=Forwarder(session_, settings, tmp_dir, metrics.record_upload),
+                    names=names,
                     embedded=upstream.embedded,
                     stop_streams=functools.partial(loop.call_soon_threadsafe, events_.hub.close),
                 ),
@@ -214,7 +220,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(
         RequireToken, token=token, access=signer, origins=settings.gateway_cors_origins
     )
-    app.add_middleware(CORSMiddleware, **cors_options(settings))  # outermost: answers preflights
+    app.add_middleware(CORSMiddleware, **cors_options(settings))  # outside the token: preflights
+    app.add_middleware(SingleHostOrigin)  # outermost: before CORS, the token and loopback checks
 
     def count_problem(scope: Scope, problem_type: str) -> None:
         route = getattr(scope.get("route"), "path", "")

@@ -61,10 +61,28 @@ class ConflictError(GatewayError):
     status, type, title = 409, "unknown-event-id", "Unknown event id"
 
 
+class NoNameMapError(GatewayError):
+    """A download in the trainer's names, but no named upload was accepted yet."""
+
+    status, type, title = 409, "names/no-map", "No tensor names remembered"
+
+
+class NameMapConflictError(GatewayError):
+    """The remembered tensor names do not fit the aggregation's layers."""
+
+    status, type, title = 409, "names/mismatch", "Tensor names do not fit the aggregation"
+
+
 class RunNotStartedError(GatewayError):
     """The branch's run is not started, so uploads are refused."""
 
     status, type, title = 409, "run-not-started", "The run is not started"
+
+
+class SessionChangedError(GatewayError):
+    """The leaf session ended or changed leaf while the upload was received: nothing was sent."""
+
+    status, type, title = 409, "session-changed", "The leaf session changed during the upload"
 
 
 class PayloadTooLargeError(GatewayError):
@@ -112,18 +130,28 @@ class UpstreamTimeoutError(GatewayError):
     status, type, title = 504, "upstream-timeout", "BranchKey timed out"
 
 
+class InsufficientStorageError(GatewayError):
+    """The gateway's disk (GATEWAY_DATA_DIR) is full; nothing was kept or forwarded."""
+
+    status, type, title = 507, "insufficient-storage", "Out of disk space"
+
+
 PROBLEM_TYPES: tuple[type[GatewayError], ...] = (
     BadRequestError,
     NotAuthenticatedError,
     NoSessionError,
     NotFoundError,
     ConflictError,
+    NoNameMapError,
+    NameMapConflictError,
     RunNotStartedError,
+    SessionChangedError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
     UpstreamRejectedError,
     UpstreamUnavailableError,
     NotReadyError,
     UpstreamTimeoutError,
+    InsufficientStorageError,
 )
 """Every gateway problem type, for the OpenAPI description."""

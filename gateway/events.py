@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS events (
     dedup TEXT UNIQUE,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value REAL NOT NULL);
 """
 
 
@@ -129,6 +130,19 @@ class EventLog:
         """Events currently retained."""
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def set_mark(self, name: str, value: float) -> None:
+        """Remember a number across restarts (e.g. when the notification channel was last up)."""
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO marks (name, value) VALUES (?, ?)", (name, value)
+            )
+
+    def mark(self, name: str) -> float | None:
+        """A number `set_mark` remembered, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM marks WHERE name = ?", (name,)).fetchone()
+        return float(row[0]) if row else None
 
 
 KEEPALIVE = None

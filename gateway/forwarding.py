@@ -6,7 +6,7 @@ import functools
 import hashlib
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +15,19 @@ from anyio import to_thread
 from starlette.requests import ClientDisconnect, Request
 
 from gateway._io import FLUSH_BYTES, write_hashed
-from gateway.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from gateway.errors import (
+    BadRequestError,
+    NoSessionError,
+    PayloadTooLargeError,
+    SessionChangedError,
+    UnsupportedMediaTypeError,
+)
 from gateway.multipart import FormData, MultipartLimits, read_multipart
 from gateway.settings import Settings
-from gateway.upstream.protocol import WeightsFile
+from gateway.upstream.protocol import Upstream, WeightsFile
 from gateway.upstream.session import Session
 from gateway.weights import Incoming, Payload, WeightingSource, layers_to_npz, upload_to_npz
+from gateway.weights.names import NameMap
 
 LAYER_PART = re.compile(r"layer_(0|[1-9][0-9]*)", re.ASCII)
 MAX_PARTS = 10_050
@@ -67,6 +74,8 @@ class Forwarded:
     size: int
     payload: Payload
     weighting_source: WeightingSource | None
+    names: NameMap | None = None
+    """The trainer's own tensor names, for a safetensors or named-NPZ upload."""
 
 
 @dataclass
@@ -100,11 +109,14 @@ class Forwarder:
         settings: Settings,
         scratch_dir: Path,
         on_forwarded: Callable[[int], None] = lambda _size: None,
+        on_names: Callable[[NameMap | None], Awaitable[None]] | None = None,
     ) -> None:
         self.session = session
         self.settings = settings
         self.scratch_dir = scratch_dir
         self.on_forwarded = on_forwarded
+        self.on_names = on_names
+        """Told the tensor names of every upload BranchKey accepted (None: `layer_<n>` names)."""
 
     @asynccontextmanager
     async def scratch(self) -> AsyncIterator[Scratch]:
@@ -117,26 +129,34 @@ class Forwarder:
 
     async def handle(self, request: Request, options: UploadOptions) -> Forwarded:
         """The whole upload: the run is checked before the body is read, unless the trainer waits."""
-        await self.check_run(options)
+        started_with = await self.check_run(options)
         async with self.scratch() as scratch:
             limit = int(self.settings.gateway_max_upload_bytes)
             received = await receive(request, scratch, limit)
-            return await self.forward(received, options, scratch)
+            return await self.forward(received, options, scratch, started_with)
 
-    async def check_run(self, options: UploadOptions) -> None:
+    async def check_run(self, options: UploadOptions) -> Upstream:
         """Refuse at once, before the body is read, when the run is not started and the trainer
-        does not wait for it (a trainer that waits is held in `forward` instead)."""
-        self.session.require()
+        does not wait for it (a trainer that waits is held in `forward` instead); the session's
+        upstream the upload starts with. BranchKey is asked only when the notification channel
+        cannot tell (`Session.current_run`)."""
+        upstream = self.session.require()
         if not self._waits(options):
             await self.session.wait_for_start(0)
+        return upstream
 
     async def forward(
-        self, received: Received, options: UploadOptions, scratch: Scratch
+        self,
+        received: Received,
+        options: UploadOptions,
+        scratch: Scratch,
+        started_with: Upstream | None = None,
     ) -> Forwarded:
-        """Validate and convert what was received, wait for the run if asked, then send it."""
+        """Validate and convert what was received, wait for the run if asked, then send it, for the
+        leaf of `started_with` only (the session when the upload began; None: the current one)."""
         npz, sha256, incoming = await self.branchkey_npz(received, options.weighting, scratch)
         payload = incoming.payload
-        upstream = self.session.require()
+        upstream = self._same_leaf(started_with)
         filename = npz_name(received.file.filename if received.file else "weights.npz")
         # The dialect's file (v1: the object .npy), made before any wait: a payload the dialect
         # cannot carry is refused at once, not after the run starts.
@@ -146,10 +166,19 @@ class Forwarder:
             self.settings.weights.policy(),
         )
         if self._waits(options):
-            await self.session.wait_for_start(self._wait_timeout(options))
+            try:
+                await self.session.wait_for_start(self._wait_timeout(options))
+            except NoSessionError:
+                self._same_leaf(upstream)  # logged out while waiting: say so, as below
+                raise
+            upstream = self._same_leaf(upstream)
         sent = await upstream.upload(outgoing)
         self.on_forwarded(sent.size)
-        return Forwarded(sent.file_id, sent.sha256, sent.size, payload, incoming.weighting_source)
+        if self.on_names is not None:
+            await self.on_names(incoming.names)
+        return Forwarded(
+            sent.file_id, sent.sha256, sent.size, payload, incoming.weighting_source, incoming.names
+        )
 
     async def branchkey_npz(
         self, received: Received, weighting: str | None, scratch: Scratch
@@ -177,6 +206,35 @@ class Forwarder:
         if incoming.converted:
             return target, None, incoming
         return received.file.path, received.file.sha256, incoming
+
+    def _same_leaf(self, started_with: Upstream | None) -> Upstream:
+        """The current session's upstream if it is still the leaf the upload began with (a new
+        login of that same leaf is fine); a session-changed problem otherwise, so that an upload
+        never reaches BranchKey as another leaf, or with credentials that were logged out."""
+        current = self.session.upstream
+        if started_with is None:
+            return self.session.require()
+        if current is not None and (
+            current is started_with
+            or (
+                current.credentials.id == started_with.credentials.id
+                and current.dialect == started_with.dialect
+            )
+        ):
+            return current
+        began = started_with.credentials.name
+        if current is None:
+            raise SessionChangedError(
+                f"The leaf session of {began!r} was logged out while this upload was being "
+                "received; nothing was sent to BranchKey. Start a session (POST /session), then "
+                "upload again."
+            )
+        raise SessionChangedError(
+            f"The leaf session changed from {began!r} to {current.credentials.name!r} while this "
+            "upload was being received; nothing was sent to BranchKey. Upload again to send it "
+            f"as {current.credentials.name!r}.",
+            leaf_name=current.credentials.name,
+        )
 
     def _waits(self, options: UploadOptions) -> bool:
         return self.settings.bk_wait_for_run if options.wait is None else options.wait

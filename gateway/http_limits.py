@@ -1,4 +1,4 @@
-"""uvicorn's httptools protocol with a bound on request heads: 431 above a size, closed after a time.
+"""uvicorn's httptools protocol with a bound on request heads (431 above a size, closed after a time), and the Host and Origin rules of both servers.
 
 httptools (what uvicorn's `http="auto"` picks, and the fast one for multi-GB uploads) has no header
 limit at all: it buffers header values without bound (100 MiB of headers reach the app), and a
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from uvicorn.config import Config
@@ -193,3 +194,33 @@ def bounded_http_options(max_header_bytes: int, header_timeout_s: float) -> dict
 
 
 __all__ = ["BoundedHttpToolsProtocol", "bounded_http_options"]
+
+
+def host_origin_problem(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """Why a request's Host or Origin cannot be trusted, or None: each at most once, and no userinfo.
+
+    Two Host headers (or two Origins) let a check read one value and a proxy or router the other;
+    `localhost:80@evil.example` looks like localhost to a naive parser but names evil.example.
+    """
+    seen: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        if name.lower() in (b"host", b"origin"):
+            seen.setdefault(name.lower(), []).append(value)
+    for name, values in seen.items():
+        label = name.decode().capitalize()
+        if len(values) > 1:
+            example = "localhost:8000" if name == b"host" else "http://localhost:3000"
+            return (
+                f"The request has {len(values)} {label} headers; send exactly one "
+                f"({label}: {example})."
+            )
+        shown = values[0][:100].decode("latin-1")
+        if b"@" in values[0]:
+            return (
+                f"The Host header {shown!r} holds a user name ('@'): send only the host and "
+                "port, e.g. 'localhost:8000'."
+                if name == b"host"
+                else f"The Origin header {shown!r} holds a user name ('@'); an Origin is "
+                "scheme://host[:port], e.g. 'http://localhost:3000'."
+            )
+    return None

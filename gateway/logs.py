@@ -11,6 +11,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 REDACTED = "[redacted]"
 MIN_SECRET_LENGTH = 6
 """Shorter registered secrets are ignored: replacing every 'abc' would garble the log, not protect it."""
@@ -193,3 +195,51 @@ def configure_logging(fmt: str, level: int = logging.INFO) -> None:
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every URL, signed ones too
+
+
+# --------------------------------------------------------------------------- start-up failures
+
+
+def startup_failure(error: BaseException) -> str:
+    """One sentence for an error that stopped a server from starting (the first of a group)."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    text = str(error).strip() or "no details"
+    return (
+        text if type(error).__module__.startswith("gateway") else f"{type(error).__name__}: {text}"
+    )
+
+
+class OneLineStartupFailure:
+    """Pure-ASGI wrapper: a failed lifespan start-up is reported as one line, not a traceback.
+
+    Starlette reports the failure with the whole traceback as uvicorn's error message; this holds
+    that message back and sends one naming the error instead (the traceback goes to DEBUG).
+    """
+
+    def __init__(self, app: ASGIApp, what: str = "cannot start") -> None:
+        self.app = app
+        self.what = what
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+
+        async def hold_failure(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, hold_failure)
+        except Exception as error:
+            if not held:
+                raise
+            logging.getLogger("gateway").debug("start-up failure", exc_info=error)
+            message = f"{self.what}: {startup_failure(error)}"
+            await send({"type": "lifespan.startup.failed", "message": message})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import typing
 from collections import defaultdict
 from collections.abc import Callable
@@ -15,16 +16,21 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
+from gateway._io import disk_full
 from gateway.errors import (
     PROBLEM_BASE,
     PROBLEM_JSON,
     BadRequestError,
     GatewayError,
+    InsufficientStorageError,
+    NameMapConflictError,
+    NoNameMapError,
     NoSessionError,
     NotAuthenticatedError,
     NotFoundError,
     PayloadTooLargeError,
     RunNotStartedError,
+    SessionChangedError,
     UnsupportedMediaTypeError,
     UpstreamRejectedError,
     UpstreamTimeoutError,
@@ -34,6 +40,7 @@ from gateway.multipart import MultipartError
 from gateway.weights import ErrorCode, WeightsError
 
 log = logging.getLogger("gateway")
+requests_log = logging.getLogger("gateway.requests")
 
 WEIGHTS_TOO_LARGE = frozenset({"too-large", "zip-bomb"})
 
@@ -82,6 +89,12 @@ def _http_problem(error: StarletteHTTPException) -> dict[str, Any]:
     }
 
 
+DISK_FULL_DETAIL = (
+    "The gateway's disk (GATEWAY_DATA_DIR) is full: nothing was kept and nothing was sent to "
+    "BranchKey. Free some space there, then send the request again."
+)
+
+
 def _unexpected_problem(error: Exception) -> dict[str, Any]:
     log.error("unexpected error", exc_info=error)
     return {
@@ -104,6 +117,8 @@ def problem_body(error: Exception) -> dict[str, Any]:
         return _validation_problem(error)
     if isinstance(error, StarletteHTTPException):
         return _http_problem(error)
+    if disk_full(error):  # logged as a refusal (507) like every problem, without a traceback
+        return InsufficientStorageError(DISK_FULL_DETAIL).body()
     return _unexpected_problem(error)
 
 
@@ -114,11 +129,26 @@ def problem(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSON
     )
 
 
+def _log_refusal(request: Request, body: dict[str, Any]) -> None:
+    """One line per refused request: what was asked, the problem type and its detail."""
+    status = int(body["status"])
+    requests_log.log(
+        logging.WARNING if status >= 500 else logging.INFO,
+        "%s %s refused: %d %s: %s",
+        request.method,
+        request.url.path,
+        status,
+        body["type"],
+        body["detail"],
+    )
+
+
 def add_exception_handlers(app: FastAPI, on_problem: ProblemHook | None = None) -> None:
     """Every error a route raises becomes problem+json; `on_problem` hears of each one."""
 
     async def answer(request: Request, error: Exception) -> JSONResponse:
         body = problem_body(error)
+        _log_refusal(request, body)
         if on_problem is not None:
             on_problem(request.scope, str(body["type"]))
         headers: dict[str, str] | None = None
@@ -132,6 +162,8 @@ def add_exception_handlers(app: FastAPI, on_problem: ProblemHook | None = None) 
 
     for kind in (
         Exception,
+        OSError,  # and sqlite3.Error: a full disk is answered (507), not re-raised with a traceback
+        sqlite3.Error,
         GatewayError,
         WeightsError,
         MultipartError,
@@ -211,12 +243,17 @@ WEIGHTS = tuple(
     for code in typing.get_args(ErrorCode)
 )
 """A weights file the validator refuses."""
+DISK_FULL = problems_of(InsufficientStorageError)
+"""Routes that write files under GATEWAY_DATA_DIR (upload scratch files, the download cache)."""
 UPLOAD = (
     *problems_of(BadRequestError, RunNotStartedError, PayloadTooLargeError),
-    *problems_of(UnsupportedMediaTypeError),
+    *problems_of(UnsupportedMediaTypeError, SessionChangedError),
+    *DISK_FULL,
     *WEIGHTS,
 )
-"""What an upload body can be refused for (multipart, size, media type, weights, run status)."""
+"""What an upload can be refused for (multipart, size, media type, weights, run status, session)."""
+NAMED_DOWNLOAD = problems_of(NoNameMapError, NameMapConflictError)
+"""A download in the trainer's own tensor names."""
 
 
 def problem_responses(*groups: tuple[Problem, ...]) -> dict[int | str, dict[str, Any]]:

@@ -41,6 +41,9 @@ class WeightsSettings(BaseSettings):
     max_compression_ratio: float = Field(
         200.0, gt=1, description="Uncompressed / compressed size of an archive or member."
     )
+    max_safetensors_header_bytes: ByteSize = Field(
+        ByteSize(8 * 1024**2), ge=1024, description="Bytes of one safetensors JSON header."
+    )
 
     def policy(self) -> ValidationPolicy:
         """The weights module's policy for these settings."""
@@ -56,6 +59,7 @@ class WeightsSettings(BaseSettings):
                 max_total_uncompressed_bytes=int(self.max_uncompressed_bytes),
                 max_compression_ratio=self.max_compression_ratio,
                 max_pickle_bytes=int(self.max_uncompressed_bytes),
+                max_safetensors_header_bytes=int(self.max_safetensors_header_bytes),
             ),
         )
 
@@ -73,10 +77,14 @@ class Settings(BaseSettings):
         description="Upstream protocol: v3 (`/api/v1`, WebSocket) or v1 (`/v1`, Basic auth, RabbitMQ).",
     )
     bk_credentials_file: Path | None = Field(
-        None, description="JSON credentials (v3 or v1 client shape)."
+        None,
+        description="JSON credentials (v3 or v1 client shape), or a list of them (the "
+        "aggregator's leaves.json) with BK_LEAF_NAME or BK_LEAF_ID picking one.",
     )
-    bk_leaf_id: str | None = Field(None, description="Leaf id (fills or overrides the file's).")
-    bk_leaf_name: str | None = Field(None, description="Leaf name.")
+    bk_leaf_id: str | None = Field(
+        None, description="Leaf id (fills or overrides the file's; picks one from a list)."
+    )
+    bk_leaf_name: str | None = Field(None, description="Leaf name (picks one from a list).")
     bk_session_token: SecretStr | None = Field(None, description="Leaf session token.")
     bk_tree_id: str | None = Field(
         None, description="Tree id (v3 with v1-shaped credentials; v1 asks authenticate)."
@@ -98,10 +106,42 @@ class Settings(BaseSettings):
     bk_ssl_verify: str = Field("true", description="true, false, or the path of a CA bundle.")
     bk_proxies: dict[str, str] | None = Field(None, description="JSON like the client's `proxies`.")
     bk_wait_for_run: bool = Field(False, description="Uploads wait for the run to start.")
-    bk_run_check_interval_s: float = Field(30.0, gt=0, description="Run status poll interval.")
+    bk_run_check_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="Run status poll interval; also the longest a status the notification channel told is trusted.",
+    )
     bk_connect_timeout_s: float = Field(10.0, gt=0, description="Upstream connect timeout.")
-    bk_read_timeout_s: float = Field(120.0, gt=0, description="Upstream read timeout.")
-    bk_max_retries: int = Field(3, ge=0, le=10, description="Retries of a failed upstream call.")
+    bk_read_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Upstream read timeout; also the time BranchKey has to answer an upload it received.",
+    )
+    bk_max_retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Retries of a failed upstream call (3: four attempts, as the client).",
+    )
+    bk_upstream_deadline_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest run, ticket, download-URL, authenticate or metrics call, retries included.",
+    )
+    bk_transfer_min_rate: ByteSize = Field(
+        ByteSize(8 * 1024),
+        ge=1,
+        description="Bytes per second an upload or download must average (see BK_TRANSFER_STALL_S).",
+    )
+    bk_transfer_stall_s: float = Field(
+        60.0,
+        gt=0,
+        description="Cut a transfer that stalls, or falls this far behind BK_TRANSFER_MIN_RATE.",
+    )
+    bk_upstream_deduplicates: bool = Field(
+        False,
+        description="BK_HOST deduplicates identical uploads: resend one whose answer was lost.",
+    )
     gateway_host: str = Field("127.0.0.1", description="Interface the gateway binds.")
     gateway_port: int = Field(8000, ge=0, le=65535, description="Port the gateway binds.")
     gateway_data_dir: Path = Field(Path("./gateway-data"), description="Temp files and cache.")
@@ -132,10 +172,14 @@ class Settings(BaseSettings):
     )
     gateway_sse_buffer: int = Field(256, ge=1, description="Events buffered per SSE subscriber.")
     bk_ws_ping_interval_s: float = Field(
-        20.0, gt=0, description="Notification WebSocket ping interval."
+        20.0,
+        gt=0,
+        description="Notification channel keep-alive probe interval (WebSocket ping; v1: an AMQP round trip).",
     )
     bk_ws_ping_timeout_s: float = Field(
-        20.0, gt=0, description="Declare the WebSocket dead after this."
+        20.0,
+        gt=0,
+        description="Declare the notification channel dead when a probe waits this long.",
     )
     bk_ws_backoff_max_s: float = Field(
         60.0,

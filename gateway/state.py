@@ -15,6 +15,7 @@ from gateway.embedded import EmbeddedAggregator
 from gateway.events import Events
 from gateway.forwarding import Forwarder
 from gateway.metrics import Metrics
+from gateway.names import NamedDownloads
 from gateway.settings import Settings
 from gateway.upstream.channel import NotificationConsumer
 from gateway.upstream.session import Session
@@ -30,6 +31,8 @@ class GatewayState:
     consumer: NotificationConsumer
     cache: AggregationCache
     forwarder: Forwarder
+    names: NamedDownloads
+    """The leaf's tensor names and the aggregations served in them."""
     embedded: EmbeddedAggregator | None
     stop_streams: Callable[[], object]
     """Ends every open event stream; callable from any thread (the server's shutdown)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -11,10 +12,16 @@ import numpy as np
 import pytest
 
 from gateway._io import sha256_file
-from gateway.errors import BadRequestError, NoSessionError, RunNotStartedError
+from gateway.errors import (
+    BadRequestError,
+    NoSessionError,
+    RunNotStartedError,
+    SessionChangedError,
+)
 from gateway.forwarding import Forwarder, Received, ReceivedFile, Scratch, UploadOptions
 from gateway.settings import Settings
-from tests.support.fake_branchkey import FakeBranchKey, session_with
+from gateway.upstream.session import Session
+from tests.support.fake_branchkey import CREDENTIALS, FakeBranchKey, session_with
 from tests.support.weights import npy_bytes, sdk_weights
 
 LAYERS = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, dtype=np.float32)]
@@ -190,3 +197,71 @@ def test_a_valid_file_is_accepted_whatever_its_name(tmp_path: Path, name: str) -
     weights = sdk_weights(tmp_path / "w.npz", 1.0, LAYERS)
     result = _forward(tmp_path, fake, _received(weights, name), UploadOptions())
     assert getattr(result, "file_id", None) == "file-1"
+
+
+@pytest.mark.parametrize("change", ["logout", "other leaf", "same leaf again"])
+def test_a_session_change_while_receiving(tmp_path: Path, change: str) -> None:
+    """Logged out or switched to another leaf after the upload began: a session-changed problem and
+    nothing sent; a new login of the same leaf sends it with the new session."""
+    fake = FakeBranchKey()
+    weights = sdk_weights(tmp_path / "w.npz", 1.0, LAYERS)
+
+    async def main() -> object:
+        async with session_with(fake) as session:
+            forwarder = Forwarder(session, _settings(tmp_path), tmp_path)
+            started_with = await forwarder.check_run(UploadOptions())
+            if change == "logout":
+                session.logout()
+            elif change == "other leaf":
+                session.adopt(replace(CREDENTIALS, id="leaf-2", name="other-leaf"))
+            else:
+                session.adopt(replace(CREDENTIALS, session_token="fresh-token"))
+            try:
+                return await forwarder.forward(
+                    _received(weights, "w.npz"), UploadOptions(), Scratch(tmp_path), started_with
+                )
+            except SessionChangedError as error:
+                return error
+
+    result = anyio.run(main)
+    if change == "same leaf again":
+        assert getattr(result, "file_id", None) == "file-1"
+        assert len(fake.uploads) == 1
+        return
+    assert isinstance(result, SessionChangedError)
+    assert result.status == 409
+    assert "nothing was sent to BranchKey" in result.detail
+    assert ("logged out" if change == "logout" else "to 'other-leaf'") in result.detail
+    assert fake.uploads == []
+
+
+def test_a_logout_while_waiting_for_the_run(tmp_path: Path) -> None:
+    """A trainer waiting for the run whose session is logged out meanwhile gets session-changed."""
+    fake = FakeBranchKey(run_status="stop")
+    weights = sdk_weights(tmp_path / "w.npz", 1.0, LAYERS)
+
+    async def main() -> object:
+        async with session_with(fake) as session:
+            forwarder = Forwarder(session, _settings(tmp_path), tmp_path)
+            options = UploadOptions(wait=True)
+            started_with = await forwarder.check_run(options)
+            received = _received(weights, "w.npz")
+            outcome: object = None
+            async with anyio.create_task_group() as group:
+                group.start_soon(_logout_soon, session)
+                try:
+                    outcome = await forwarder.forward(
+                        received, options, Scratch(tmp_path), started_with
+                    )
+                except SessionChangedError as error:
+                    outcome = error
+            return outcome
+
+    result = anyio.run(main)
+    assert isinstance(result, SessionChangedError), result
+    assert fake.uploads == []
+
+
+async def _logout_soon(session: Session) -> None:
+    await anyio.sleep(0.2)
+    session.logout()

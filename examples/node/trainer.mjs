@@ -1,21 +1,21 @@
 // A Node.js 20 trainer that takes part in a federation through BranchKey Gateway.
 //
-// Each round it writes its weights as an NPZ itself (.npy headers by hand, a STORED zip built with
-// fflate), uploads it with fetch + FormData, waits for the round's aggregation on the gateway's
-// Server-Sent Events stream (resuming with Last-Event-ID after a dropped connection), downloads the
-// aggregated NPZ, unzips it and reads the .npy arrays back. The "training" is a random step away from
-// the last aggregate: the point is the protocol, not the model.
+// Each round it writes its weights as a safetensors file itself (a JSON header and raw float32 bytes: no
+// dependency), uploads it with fetch + FormData and its weighting, waits for the round's aggregation on
+// the gateway's Server-Sent Events stream (resuming with Last-Event-ID after a dropped connection), and
+// downloads the aggregate as safetensors in its own tensor names (?format=safetensors), reading the
+// tensors back by name. The "training" is a random step away from the last aggregate: the point is the
+// protocol, not the model.
 //
 //   GATEWAY_URL     the gateway (default http://127.0.0.1:8000)
 //   ROUNDS          rounds to take part in (default 3)
 //   SAMPLES         this trainer's weighting, the number of samples it trained on (default 128)
-//   WORK_DIR        where weights.npz and aggregated.npz are kept (default: a new temp folder)
+//   WORK_DIR        where weights.safetensors and aggregated.safetensors are kept (default: a new temp folder)
 //   WAIT_TIMEOUT_S  longest wait for one round's aggregation (default 600)
 
 import { mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { unzipSync, zipSync } from "fflate";
 
 const GATEWAY_URL = (process.env.GATEWAY_URL || "http://127.0.0.1:8000").replace(/\/+$/, "");
 // With GATEWAY_TOKEN set (always, for a gateway in a container), every request carries it.
@@ -24,9 +24,6 @@ const ROUNDS = positive("ROUNDS", 3);
 const SAMPLES = positive("SAMPLES", 128);
 const WAIT_TIMEOUT_S = positive("WAIT_TIMEOUT_S", 600);
 const WORK_DIR = process.env.WORK_DIR || (await mkdtemp(join(tmpdir(), "bk-node-trainer-")));
-
-// The model: layer_0 (16 x 8) and layer_1 (8), float32, as the other examples use.
-const SHAPES = [[16, 8], [8]];
 
 function positive(name, fallback) {
   const raw = process.env[name];
@@ -38,82 +35,54 @@ function positive(name, fallback) {
   return value;
 }
 
-// --- .npy: magic, version 1.0, a header dict padded to 64 bytes, little-endian data ------------
+// --- safetensors: an 8-byte header length, a JSON header, then each tensor's little-endian bytes --------
 
-const MAGIC = [0x93, ..."NUMPY"].map((c) => (typeof c === "number" ? c : c.charCodeAt(0)));
-const DTYPES = {
-  f4: { size: 4, get: (v, o) => v.getFloat32(o, true), set: (v, o, x) => v.setFloat32(o, x, true) },
-  f8: { size: 8, get: (v, o) => v.getFloat64(o, true), set: (v, o, x) => v.setFloat64(o, x, true) },
-  i4: { size: 4, get: (v, o) => v.getInt32(o, true), set: (v, o, x) => v.setInt32(o, x, true) },
-  i8: {
-    size: 8,
-    get: (v, o) => Number(v.getBigInt64(o, true)),
-    set: (v, o, x) => v.setBigInt64(o, BigInt(x), true),
-  },
-};
+// The model's tensors, in the order they become layer_0, layer_1 on the wire (the file's own order): the
+// other examples send layer_0 (16 x 8) and layer_1 (8), so the weight comes first.
+const TENSORS = [
+  { name: "dense.weight", shape: [16, 8] },
+  { name: "dense.bias", shape: [8] },
+];
 
-/** An .npy file (format 1.0) holding `values` (any array of numbers) as `<f4`, `<f8`, ... */
-function writeNpy(values, shape, type = "f4") {
-  const dtype = DTYPES[type];
-  const count = shape.reduce((a, b) => a * b, 1);
-  if (values.length !== count) throw new Error(`${values.length} values for shape ${shape}`);
-  const dims = shape.length === 1 ? `(${shape[0]},)` : `(${shape.join(", ")})`;
-  let header = `{'descr': '<${type}', 'fortran_order': False, 'shape': ${dims}, }`;
-  // magic (6) + version (2) + header length (2) + header + "\n" is a multiple of 64 bytes.
-  header += " ".repeat((64 - ((10 + header.length + 1) % 64)) % 64) + "\n";
-  const bytes = new Uint8Array(10 + header.length + count * dtype.size);
+/** A safetensors file holding `tensors` ({ name, shape, values }) as F32, in the order given. */
+function writeSafetensors(tensors) {
+  const header = {};
+  let offset = 0;
+  for (const { name, shape, values } of tensors) {
+    header[name] = { dtype: "F32", shape, data_offsets: [offset, offset + values.length * 4] };
+    offset += values.length * 4;
+  }
+  let json = JSON.stringify(header);
+  json += " ".repeat((8 - (json.length % 8)) % 8); // the data starts 8-byte aligned, as the official writer does
+  const text = new TextEncoder().encode(json);
+  const bytes = new Uint8Array(8 + text.length + offset);
   const view = new DataView(bytes.buffer);
-  bytes.set(MAGIC, 0);
-  bytes.set([1, 0], 6);
-  view.setUint16(8, header.length, true);
-  bytes.set(new TextEncoder().encode(header), 10);
-  for (let i = 0; i < count; i++) dtype.set(view, 10 + header.length + i * dtype.size, values[i]);
+  view.setBigUint64(0, BigInt(text.length), true);
+  bytes.set(text, 8);
+  let at = 8 + text.length;
+  for (const { values } of tensors) {
+    for (const value of values) {
+      view.setFloat32(at, value, true);
+      at += 4;
+    }
+  }
   return bytes;
 }
 
-/** { shape, values } of an .npy file (versions 1.0 to 3.0; C order; numbers only). */
-function readNpy(bytes, name) {
-  if (!MAGIC.every((b, i) => bytes[i] === b)) throw new Error(`${name} is not an .npy file`);
+/** { name: { shape, values } } of a safetensors file of F32 tensors (what the gateway gives back here). */
+function readSafetensors(bytes) {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const major = bytes[6];
-  const [length, start] = major === 1 ? [view.getUint16(8, true), 10] : [view.getUint32(8, true), 12];
-  const header = new TextDecoder().decode(bytes.subarray(start, start + length));
-  const descr = /'descr':\s*'([<>|=]?)([a-z])(\d+)'/.exec(header);
-  const shapeText = /'shape':\s*\(([^)]*)\)/.exec(header);
-  if (!descr || !shapeText || /'fortran_order':\s*True/.test(header)) {
-    throw new Error(`${name}: unsupported .npy header ${header.trim()}`);
+  const length = Number(view.getBigUint64(0, true));
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + length)));
+  const tensors = {};
+  for (const [name, { dtype, shape, data_offsets: [begin, end] }] of Object.entries(header)) {
+    if (name === "__metadata__") continue;
+    if (dtype !== "F32") throw new Error(`${name}: expected F32, got ${dtype}`);
+    const values = new Float32Array((end - begin) / 4);
+    for (let i = 0; i < values.length; i++) values[i] = view.getFloat32(8 + length + begin + i * 4, true);
+    tensors[name] = { shape, values };
   }
-  const [, order, kind, size] = descr;
-  const dtype = DTYPES[`${kind}${size}`];
-  if (!dtype || order === ">") throw new Error(`${name}: unsupported dtype ${descr[0]}`);
-  const shape = shapeText[1]
-    .split(",")
-    .map((s) => s.trim())
-    .filter(Boolean)
-    .map(Number);
-  const count = shape.reduce((a, b) => a * b, 1);
-  const data = start + length;
-  const values = new Float64Array(count);
-  for (let i = 0; i < count; i++) values[i] = dtype.get(view, data + i * dtype.size);
-  return { shape, values };
-}
-
-// --- NPZ: a zip of .npy members, STORED (numpy's own np.savez does the same) ---------------------
-
-function writeNpz(layers, weighting) {
-  const members = { "weighting.npy": [writeNpy([weighting], [], "f8"), { level: 0 }] };
-  layers.forEach((layer, i) => {
-    members[`layer_${i}.npy`] = [writeNpy(layer.values, layer.shape), { level: 0 }];
-  });
-  return zipSync(members);
-}
-
-function readNpz(bytes) {
-  const arrays = {};
-  for (const [name, member] of Object.entries(unzipSync(bytes))) {
-    arrays[name.replace(/\.npy$/, "")] = readNpy(member, name);
-  }
-  return arrays;
+  return tensors;
 }
 
 // --- the gateway ---------------------------------------------------------------------------------
@@ -122,9 +91,10 @@ async function problem(response) {
   return `${response.status} ${response.statusText}: ${await response.text()}`;
 }
 
-async function upload(npz) {
+async function upload(file) {
   const form = new FormData();
-  form.append("file", new Blob([npz], { type: "application/octet-stream" }), "weights.npz");
+  form.append("file", new Blob([file], { type: "application/octet-stream" }), "weights.safetensors");
+  form.append("weighting", String(SAMPLES)); // a safetensors file carries no weighting of its own
   const response = await fetch(`${GATEWAY_URL}/upload`, { method: "POST", body: form, headers: AUTH });
   if (!response.ok) throw new Error(`upload refused: ${await problem(response)}`);
   return response.json();
@@ -202,8 +172,10 @@ async function waitForAggregation(cursor) {
   throw new Error(`no aggregation within ${WAIT_TIMEOUT_S} s`);
 }
 
+/** The aggregation as safetensors in this trainer's own tensor names (those of its last upload). */
 async function download(aggregationId) {
-  const response = await fetch(`${GATEWAY_URL}/aggregations/${encodeURIComponent(aggregationId)}`, { headers: AUTH });
+  const url = `${GATEWAY_URL}/aggregations/${encodeURIComponent(aggregationId)}?format=safetensors`;
+  const response = await fetch(url, { headers: AUTH });
   if (!response.ok) throw new Error(`download of ${aggregationId}: ${await problem(response)}`);
   return new Uint8Array(await response.arrayBuffer());
 }
@@ -216,14 +188,16 @@ function gaussian() {
 
 /** "Training": a small random step from the current model. */
 function train(model) {
-  return model.map(({ shape, values }) => ({
+  return model.map(({ name, shape, values }) => ({
+    name,
     shape,
     values: Float32Array.from(values, (v) => v + 0.1 * gaussian()),
   }));
 }
 
 async function main() {
-  let model = SHAPES.map((shape) => ({
+  let model = TENSORS.map(({ name, shape }) => ({
+    name,
     shape,
     values: new Float32Array(shape.reduce((a, b) => a * b, 1)),
   }));
@@ -231,24 +205,24 @@ async function main() {
   console.log(`trainer on ${GATEWAY_URL}: ${ROUNDS} round(s), weighting ${SAMPLES}, files in ${WORK_DIR}`);
   for (let round = 1; round <= ROUNDS; round++) {
     model = train(model);
-    const npz = writeNpz(model, SAMPLES);
-    await writeFile(join(WORK_DIR, "weights.npz"), npz);
-    const uploaded = await upload(npz);
+    const file = writeSafetensors(model);
+    await writeFile(join(WORK_DIR, "weights.safetensors"), file);
+    const uploaded = await upload(file);
     const { aggregationId, eventId } = await waitForAggregation(cursor);
     const bytes = await download(aggregationId);
-    await writeFile(join(WORK_DIR, "aggregated.npz"), bytes);
-    const arrays = readNpz(bytes);
-    model = SHAPES.map((shape, i) => {
-      const layer = arrays[`layer_${i}`];
-      if (!layer || layer.shape.join() !== shape.join()) {
-        throw new Error(`aggregation ${aggregationId} has no layer_${i} of shape [${shape}]`);
+    await writeFile(join(WORK_DIR, "aggregated.safetensors"), bytes);
+    const tensors = readSafetensors(bytes);
+    model = TENSORS.map(({ name, shape }) => {
+      const tensor = tensors[name];
+      if (!tensor || tensor.shape.join() !== shape.join()) {
+        throw new Error(`aggregation ${aggregationId} has no ${name} of shape [${shape}]`);
       }
-      return layer;
+      return { name, ...tensor };
     });
     const first = Array.from(model[0].values.slice(0, 4), (v) => v.toPrecision(7));
     console.log(
       `round ${round}/${ROUNDS}: uploaded ${uploaded.file_id}, aggregation ${aggregationId} ` +
-        `(event ${eventId}), ${bytes.length} bytes; layer_0 [${model[0].shape}] starts ${first.join(" ")}`,
+        `(event ${eventId}), ${bytes.length} bytes; ${model[0].name} [${model[0].shape}] starts ${first.join(" ")}`,
     );
   }
 }

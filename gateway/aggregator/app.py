@@ -18,10 +18,9 @@ from gateway.aggregator.amqp import AmqpNotifier, start_amqp
 from gateway.aggregator.database import private_folder
 from gateway.aggregator.errors import add_exception_handlers
 from gateway.aggregator.leaves import dev_leaves, load_leaves
-from gateway.aggregator.middleware import CollapseLeadingSlashes
+from gateway.aggregator.middleware import CollapseLeadingSlashes, SingleHostOrigin
 from gateway.aggregator.openapi import install_openapi, operation_ids
 from gateway.aggregator.page import page
-from gateway.aggregator.provisioning import AmqpSetupError
 from gateway.aggregator.records import Leaf
 from gateway.aggregator.rounds import start_aggregation
 from gateway.aggregator.routes_v1 import v1_api
@@ -38,7 +37,7 @@ def create_aggregator_app(settings: AggregatorSettings, *, embedded: bool = Fals
     """A BranchKey-compatible aggregation server for `settings` (`embedded`: inside a gateway,
     whose users need no advice on the aggregator's own options).
 
-    `state.launch_of(app)` tells its runner the leaves, the admin token and, if the lifespan failed, why.
+    `state.launch_of(app)` tells its runner the leaves and the admin token.
     """
     private_folder(settings.data_dir)  # leaves, admin token, database: secrets only its owner reads
     leaves = _load_leaves(settings)
@@ -51,7 +50,7 @@ def create_aggregator_app(settings: AggregatorSettings, *, embedded: bool = Fals
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        amqp = await _start_amqp(launch, settings, leaves, embedded)
+        amqp = await _start_amqp(settings, leaves, embedded)
         try:
             async with _serving(app, settings, leaves, admin_token, amqp):
                 yield
@@ -71,6 +70,7 @@ def create_aggregator_app(settings: AggregatorSettings, *, embedded: bool = Fals
         generate_unique_id_function=operation_ids,
     )
     app.add_middleware(CollapseLeadingSlashes)
+    app.add_middleware(SingleHostOrigin)
     add_exception_handlers(app)
     app.include_router(api)
     app.include_router(v1_api)
@@ -103,7 +103,7 @@ def _stored_admin_token(data_dir: Path) -> tuple[str, bool]:
 
 
 async def _start_amqp(
-    launch: Launch, settings: AggregatorSettings, leaves: list[Leaf], embedded: bool
+    settings: AggregatorSettings, leaves: list[Leaf], embedded: bool
 ) -> AmqpNotifier | None:
     if settings.amqp_url is None:
         log.log(
@@ -112,12 +112,8 @@ async def _start_amqp(
             "(BK_AGGREGATOR_AMQP_URL) to publish them over RabbitMQ",
         )
         return None
-    try:
-        return await start_amqp(settings, leaves)
-    except AmqpSetupError as exc:
-        launch.startup_error = str(exc)
-        log.error("%s", exc)
-        raise
+    # An AmqpSetupError ends the start; the runner reports it in one line (OneLineStartupFailure).
+    return await start_amqp(settings, leaves)
 
 
 @asynccontextmanager

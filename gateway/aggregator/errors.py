@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import sqlite3
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -11,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway._io import disk_full
 from gateway.multipart import MultipartError
 from gateway.weights import WeightsError
 
@@ -19,6 +22,7 @@ __all__ = [
     "BadRequestError",
     "ConflictError",
     "ForbiddenError",
+    "InsufficientStorageError",
     "NotAuthenticatedError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -89,6 +93,20 @@ class ServiceUnavailableError(AggregatorError):
     status = 503
 
 
+class InsufficientStorageError(AggregatorError):
+    """The aggregator's disk is full: nothing of the request was kept."""
+
+    status = 507
+
+
+DISK_FULL_MESSAGE = (
+    "The aggregator's disk is full: the request was not stored (nothing of it was kept). "
+    "Free space in its data directory, then send it again."
+)
+
+log = logging.getLogger("gateway.aggregator")
+
+
 def error_response(
     status: int, message: str, code: str | None = None, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
@@ -145,7 +163,15 @@ def add_exception_handlers(app: FastAPI) -> None:
             headers = {**(exc.headers or {}), "Allow": _allowed(request, given)}
         return error_response(exc.status_code, message, headers=headers)
 
+    async def storage_error(_: Request, exc: Exception) -> JSONResponse:
+        if not disk_full(exc):
+            raise exc  # any other failure stays a 500 with its traceback in the log
+        log.warning("refused a request: the disk is full (%s: %s)", type(exc).__name__, exc)
+        return error_response(InsufficientStorageError.status, DISK_FULL_MESSAGE)
+
     app.add_exception_handler(AggregatorError, aggregator_error)
+    app.add_exception_handler(OSError, storage_error)
+    app.add_exception_handler(sqlite3.Error, storage_error)
     app.add_exception_handler(MultipartError, multipart_error)
     app.add_exception_handler(WeightsError, weights_error)
     app.add_exception_handler(RequestValidationError, validation_error)

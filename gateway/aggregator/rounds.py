@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 from anyio import to_thread
 
-from gateway._io import sha256_file
+from gateway._io import disk_full, sha256_file
 from gateway.aggregator.analytics import combine_analytics
 from gateway.aggregator.errors import NotFoundError
 from gateway.aggregator.records import Branch, Upload
@@ -78,11 +78,19 @@ async def _aggregate(
             state.store.finish_aggregation, aggregation_id, result, size, digest, None
         )
     except Exception as exc:  # a failed round is recorded, never fatal to the server
+        await to_thread.run_sync(lambda: result.unlink(missing_ok=True))
         message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        if disk_full(exc):
+            message = "the aggregator's disk is full; free space in its data directory"
         log.warning("aggregation %s of branch %s failed: %s", aggregation_id, branch_id, message)
-        await to_thread.run_sync(
-            state.store.finish_aggregation, aggregation_id, None, None, None, message
-        )
+        try:
+            await to_thread.run_sync(
+                state.store.finish_aggregation, aggregation_id, None, None, None, message
+            )
+        except Exception as again:
+            if not disk_full(again):
+                raise
+            log.warning("aggregation %s: its failure could not be recorded either", aggregation_id)
     else:
         log.info(
             "aggregation %s of branch %s: %d leaves in %.2f s",

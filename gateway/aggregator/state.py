@@ -71,8 +71,6 @@ class Launch:
     admin_token: str
     admin_token_generated: bool = False
     """True when this start generated the token (and wrote it to `<data_dir>/admin-token`)."""
-    startup_error: str | None = None
-    """Why the lifespan failed, when it did (uvicorn only logs a traceback)."""
 
 
 def attach_launch(app: FastAPI, launch: Launch) -> None:

@@ -16,8 +16,11 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.cache import Format
 from gateway.errors import ConflictError, NotFoundError
 from gateway.events import Event
+from gateway.names import DownloadFormat, Names, Plain, wants_names
 from gateway.problems import (
+    DISK_FULL,
     MALFORMED,
+    NAMED_DOWNLOAD,
     NO_SESSION,
     UNAUTHORIZED,
     UPSTREAM,
@@ -119,7 +122,7 @@ _FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     206: {"description": "Partial Content: the byte range asked for with Range."},
     304: {"description": "Not Modified: If-None-Match holds the current ETag (or *)."},
     416: {"description": "Range Not Satisfiable: the Range lies outside the file."},
-    **problem_responses(UNAUTHORIZED, MALFORMED, NO_SESSION, UPSTREAM),
+    **problem_responses(UNAUTHORIZED, MALFORMED, NO_SESSION, UPSTREAM, NAMED_DOWNLOAD, DISK_FULL),
 }
 
 
@@ -142,30 +145,55 @@ async def stream_aggregation(
     state: StateDep,
     metrics: MetricsDep,
     fmt: Annotated[
-        Format,
-        Query(alias="format", description="npz: plain layer_0.. arrays; npy: the v1 object array."),
-    ] = Format.npz,
+        DownloadFormat,
+        Query(
+            alias="format",
+            description="npz: an NPZ of plain arrays; npy: the v1 object array; safetensors: "
+            "safetensors in the trainer's own names and dtypes.",
+        ),
+    ] = DownloadFormat.npz,
+    names: Annotated[
+        Names | None,
+        Query(
+            description="original: the tensor names and dtypes of this leaf's last safetensors "
+            "or named-NPZ upload (the default for safetensors); layer: layer_0 .. (the default "
+            "for npz and npy)."
+        ),
+    ] = None,
     if_none_match: Annotated[
         str | None,
         Header(description="ETags the client holds (or *): a match is answered 304 Not Modified."),
     ] = None,
 ) -> Response:
     """The aggregated model: `layer_0 ..` as an NPZ of plain arrays, or (`?format=npy`) the v1 object
-    array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples)."""
-    served = await state.cache.open(state.session.require, aggregation_id, fmt)
+    array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples), or in the
+    trainer's own tensor names (`?format=safetensors`, `?format=npz&names=original`): 409 when no
+    names are remembered or they do not fit this aggregation's layers."""
+    if wants_names(fmt, names):
+        plain = await state.cache.open(state.session.require, aggregation_id, Format.npz)
+        try:
+            served = await state.names.open(
+                Plain(plain.path, plain.sha256), aggregation_id, fmt, names
+            )
+        finally:
+            await to_thread.run_sync(functools.partial(plain.path.unlink, missing_ok=True))
+        path, sha256, suffix = served.path, served.sha256, served.suffix
+    else:
+        cached = await state.cache.open(state.session.require, aggregation_id, Format(fmt.value))
+        path, sha256, suffix = cached.path, cached.sha256, fmt.value
     headers = {
-        "ETag": f'"{served.sha256}"',
+        "ETag": f'"{sha256}"',
         "Cache-Control": "private, max-age=31536000, immutable",
     }
     if etag_matches(if_none_match, headers["ETag"]):
-        await to_thread.run_sync(functools.partial(served.path.unlink, missing_ok=True))
+        await to_thread.run_sync(functools.partial(path.unlink, missing_ok=True))
         return Response(status_code=304, headers=headers)
     return SentFileResponse(
-        served.path,
+        path,
         media_type="application/octet-stream",
-        filename=f"{aggregation_id}.{fmt.value}",
+        filename=f"{aggregation_id}.{suffix}",
         headers=headers,
-        cleanup=lambda: served.path.unlink(missing_ok=True),
+        cleanup=lambda: path.unlink(missing_ok=True),
         on_sent=metrics.record_download,
     )
 

@@ -34,6 +34,10 @@ class LayerInfo(BaseModel):
     key: str
     dtype: str
     shape: list[int]
+    name: str | None = Field(
+        None,
+        description="The tensor's own name in a safetensors file or named NPZ (sent as `key`).",
+    )
 
 
 class UploadResult(BaseModel):
@@ -74,9 +78,11 @@ async def create_upload(
         str | None, Query(description="Aggregation weight; overrides the file's.")
     ] = None,
 ) -> UploadResult:
-    """Upload weights: a multipart `file` part (NPZ, v1 object .npy, a plain .npy array or a list of
-    arrays saved with np.save), `layer_<n>` .npy parts plus `weighting`, or a raw
-    `application/octet-stream` body. A file without a weighting gets `weighting`, else 1.0."""
+    """Upload weights: a multipart `file` part (NPZ, v1 object .npy, a plain .npy array, a list of
+    arrays saved with np.save, a safetensors file or an NPZ in your own array names), `layer_<n>`
+    .npy parts plus `weighting`, or a raw `application/octet-stream` body. A file without a
+    weighting gets `weighting`, else 1.0. Named tensors are sent as `layer_0 ..` in the file's
+    order; their names are kept for `GET /aggregations/{id}?format=safetensors`."""
     options = UploadOptions(wait=wait, wait_timeout_s=wait_timeout, weighting=weighting)
     length = request.headers.get("content-length")
     received = int(length) if length is not None and length.isdigit() else None
@@ -110,6 +116,12 @@ def _refused(error: Exception, received: int | None) -> UploadRecord:
     return UploadRecord(time.time(), "refused", received, problem_type=kind, detail=detail)
 
 
+def _names(forwarded: Forwarded, count: int) -> list[str | None]:
+    if forwarded.names is None:
+        return [None] * count
+    return [tensor.name for tensor in forwarded.names.tensors]
+
+
 def _result(forwarded: Forwarded) -> UploadResult:
     payload = forwarded.payload
     return UploadResult(
@@ -119,5 +131,8 @@ def _result(forwarded: Forwarded) -> UploadResult:
         kind=payload.kind,
         weighting=payload.weighting,
         weighting_source=forwarded.weighting_source,
-        layers=[LayerInfo(key=a.key, dtype=a.dtype, shape=list(a.shape)) for a in payload.arrays],
+        layers=[
+            LayerInfo(key=a.key, dtype=a.dtype, shape=list(a.shape), name=name)
+            for a, name in zip(payload.arrays, _names(forwarded, len(payload.arrays)), strict=True)
+        ],
     )

@@ -61,6 +61,14 @@ class DownloadFormat(StrEnum):
 
     npz = "npz"
     npy = "npy"
+    safetensors = "safetensors"
+
+
+class NameStyle(StrEnum):
+    """Tensor names of `download`."""
+
+    layer = "layer"
+    original = "original"
 
 
 # ---------------------------------------------------------------- upload
@@ -74,16 +82,16 @@ def upload(
             exists=True,
             dir_okay=False,
             readable=True,
-            help="Weights file: an NPZ (weighting + layer_0..), the v1 client's object .npy, "
-            "a plain .npy array (one layer) or a list of arrays saved with np.save; "
-            "the gateway recognises it by its content.",
+            help="Weights file: an NPZ (weighting + layer_0.., or your own array names), the v1 "
+            "client's object .npy, a plain .npy array (one layer), a list of arrays saved with "
+            "np.save, or a safetensors file; the gateway recognises it by its content.",
         ),
     ],
     weighting: Annotated[
         str | None,
         typer.Option(
             help="Aggregation weight (number of samples); overrides the file's "
-            "(a plain .npy without it gets 1.0)."
+            "(a .npy or safetensors file without it gets 1.0)."
         ),
     ] = None,
     wait: Annotated[
@@ -172,8 +180,7 @@ def download(
         typer.Option(
             "--output",
             "-o",
-            help="Where to write it (default: <id>.npz, or <id>.npy with --format npy); "
-            "'-' writes to stdout.",
+            help="Where to write it (default: <id>.<format>); '-' writes to stdout.",
             show_default=False,
         ),
     ] = None,
@@ -181,9 +188,18 @@ def download(
         DownloadFormat,
         typer.Option(
             "--format",
-            help="npz: plain layer_0.. arrays, any .npy reader; npy: the v1 client's object array.",
+            help="npz: plain layer_0.. arrays, any .npy reader; npy: the v1 client's object "
+            "array; safetensors: the tensor names and dtypes of your last named upload.",
         ),
     ] = DownloadFormat.npz,
+    names: Annotated[
+        NameStyle | None,
+        typer.Option(
+            help="original: the names of your last safetensors or named-NPZ upload (the default "
+            "for safetensors); layer: layer_0.. (the default for npz).",
+            show_default=False,
+        ),
+    ] = None,
     gateway: GatewayOption = DEFAULT_GATEWAY,
     token: TokenOption = None,
 ) -> None:
@@ -194,6 +210,7 @@ def download(
     bar is shown on stderr when it is a terminal.
 
     Example: branchkey-gateway download latest -o aggregated.npz
+    (or --format safetensors -o model.safetensors for your own tensor names)
     """
     console = stderr_console()
     to_stdout = output is not None and str(output) == "-"
@@ -207,6 +224,7 @@ def download(
             if aggregation_id == "latest":
                 aggregation_id = _latest(client)
             target = output or Path(f"{aggregation_id}.{fmt.value}")
+            params = {"format": fmt.value, **({"names": names.value} if names else {})}
             url = f"aggregations/{quote(aggregation_id, safe='')}"
             with contextlib.ExitStack() as files:
                 if to_stdout:
@@ -215,7 +233,7 @@ def download(
                     partial = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
                     sink = files.enter_context(partial.open("xb"))
                 with (
-                    client.stream("GET", url, params={"format": fmt.value}) as response,
+                    client.stream("GET", url, params=params) as response,
                     transfer_progress(console) as progress,
                 ):
                     if response.status_code != 200:

@@ -7,6 +7,7 @@ class's default.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -21,7 +22,12 @@ from pydantic import ValidationError
 from gateway.aggregator.leaves import LeavesFileError
 from gateway.aggregator.settings import AggregatorSettings
 from gateway.http_limits import bounded_http_options
-from gateway.logs import configure_logging, register_secret
+from gateway.logs import (
+    OneLineStartupFailure,
+    configure_logging,
+    register_secret,
+    startup_failure,
+)
 from gateway.settings import Settings
 
 _log = logging.getLogger("gateway.aggregator")
@@ -45,12 +51,10 @@ _DEFAULT_LOG_FORMAT = LogFormat(_gateway_default("gateway_log_format"))
 
 
 def _aggregator_help(text: str, field: str) -> str:
-    """`text`, then the field's variable and default as typer shows them (`\\[` is not a rich tag)."""
-    help_text = (
-        f"{text} \\[env var: {AggregatorSettings.model_config['env_prefix']}{field.upper()}]"
-    )
+    """`text`, then the field's variable and default as typer shows them."""
+    help_text = f"{text}  [env var: {AggregatorSettings.model_config['env_prefix']}{field.upper()}"
     default = AggregatorSettings.model_fields[field].default
-    return help_text if default is None else f"{help_text} \\[default: {default}]"
+    return f"{help_text}]" if default is None else f"{help_text}; default: {default}]"
 
 
 # --------------------------------------------------------------------------- serve
@@ -103,7 +107,7 @@ def serve(
         register_secret(secret.get_secret_value() if secret else None)
     gateway = create_app(settings)
     config = uvicorn.Config(
-        gateway,
+        OneLineStartupFailure(gateway),
         host=host or settings.gateway_host,
         port=settings.gateway_port if port is None else port,
         timeout_graceful_shutdown=10,
@@ -221,8 +225,8 @@ def aggregator(
     configure_logging(log_format)
     try:
         server = create_aggregator_app(settings)
-    except LeavesFileError as error:
-        typer.echo(str(error), err=True)
+    except (LeavesFileError, OSError) as error:
+        typer.echo(f"cannot start: {startup_failure(error)}", err=True)
         raise typer.Exit(code=2) from None
     register_secret(launch_of(server).admin_token)
     data = settings.data_dir
@@ -235,7 +239,7 @@ def aggregator(
     ).admin_token_generated:  # a log line, JSON too; the token itself is never logged
         _log.info("admin token generated: read it from %s (mode 0600)", data / "admin-token")
     config = uvicorn.Config(
-        server,
+        OneLineStartupFailure(server),
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=10,
@@ -243,12 +247,7 @@ def aggregator(
         **uvicorn_ws_options(settings.ping_interval_s, settings.ping_timeout_s),
         **bounded_http_options(int(settings.max_header_bytes), settings.header_timeout_s),
     )
-    runner = uvicorn.Server(config)
-    try:
-        runner.run()  # exits with status 3 itself when the lifespan fails
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is the normal way to stop (uvicorn re-raises the signal after shutting down)
-    finally:
-        failure = launch_of(server).startup_error
-        if not runner.started and failure:  # repeated after uvicorn's traceback
-            typer.echo(failure, err=True)
+    # Ctrl-C is the normal way to stop (uvicorn re-raises the signal after shutting down); a failed
+    # lifespan makes uvicorn exit with status 3 itself, after one line naming the error.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run()

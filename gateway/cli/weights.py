@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from gateway.settings import WeightsSettings
 from gateway.weights import (
+    Payload,
     ValidationPolicy,
     WeightsError,
-    inspect_payload,
     layers_to_npz,
     normalize_aggregate,
     npz_to_object_npy,
-    to_npz,
+    upload_to_npz,
 )
+from gateway.weights.describe import describe_upload
+from gateway.weights.renamed import aggregate_to_safetensors
 
 app = typer.Typer()
 """The weights commands; `gateway.cli` adds them to `branchkey-gateway`."""
@@ -32,6 +35,7 @@ class Target(StrEnum):
     npz = "npz"
     npy = "npy"
     plain = "plain"
+    safetensors = "safetensors"
 
 
 def _policy(deep: bool, lenient: bool) -> ValidationPolicy:
@@ -51,16 +55,39 @@ def _fail(error: WeightsError) -> NoReturn:
 
 @app.command()
 def inspect(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="NPZ or v1 .npy file.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="Any upload form: NPZ (layer_0.. or your own names), v1 or list-of-arrays .npy, "
+            "plain .npy, safetensors.",
+        ),
+    ],
     deep: Annotated[bool, typer.Option(help="Also read all data (CRC, NaN/Inf).")] = False,
     lenient: Annotated[bool, typer.Option(help="Only the protocol's own rules.")] = False,
 ) -> None:
-    """Validate a weights file as an upload would be, and describe it as JSON."""
+    """Validate a weights file as an upload would be, and describe it as JSON: the layers as they
+    would be sent, and for safetensors or a named NPZ the tensor names they stand for."""
+    policy = _policy(deep, lenient)
     try:
-        payload = inspect_payload(file, _policy(deep, lenient))
+        described = describe_upload(file, policy)
+        if deep and described.payload.format != "npz":
+            with tempfile.TemporaryDirectory(dir=file.parent) as scratch:  # deep reads all data
+                upload_to_npz(file, Path(scratch) / "deep.npz", policy)
     except WeightsError as error:
         _fail(error)
-    typer.echo(json.dumps(asdict(payload), indent=2))
+    report: dict[str, Any] = asdict(described.payload)
+    if described.names is not None:
+        report["names"] = {
+            "source": described.names.source,
+            "tensors": [
+                {"layer": f"layer_{index}", "name": t.name, "dtype": t.dtype, "shape": t.shape}
+                for index, t in enumerate(described.names.tensors)
+            ],
+            "metadata": described.names.metadata,
+        }
+    typer.echo(json.dumps(report, indent=2))
 
 
 @app.command()
@@ -70,24 +97,64 @@ def convert(
     to: Annotated[
         Target,
         typer.Option(
-            help="npz: protocol v3 payload; npy: v1 object array; plain: aggregate layers."
+            help="npz: the BranchKey payload (from any upload form); npy: v1 object array; "
+            "plain: aggregate layers; safetensors: an aggregate or payload as safetensors."
         ),
     ] = Target.npz,
+    weighting: Annotated[
+        str | None,
+        typer.Option(help="Weighting for a file without one (.npy, safetensors); else 1.0."),
+    ] = None,
+    names: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="With --to safetensors: a safetensors file or named NPZ whose tensor names and "
+            "dtypes to give the layers (default: layer_0..).",
+        ),
+    ] = None,
 ) -> None:
-    """Convert a weights file between the protocol dialects, layer by layer."""
+    """Convert a weights file between the upload forms and the protocol dialects, layer by layer."""
     policy = _policy(False, False)
     try:
-        if to is Target.npz:
-            payload, converted = to_npz(src, dst, policy)
-            if not converted:  # already a valid NPZ: copied as it is
-                shutil.copyfile(src, dst)
-        elif to is Target.npy:
-            payload = npz_to_object_npy(src, dst, policy)
-        else:
-            payload = normalize_aggregate(src, dst, policy.limits)
+        with tempfile.TemporaryDirectory(dir=dst.parent) as scratch:
+            payload = _convert(src, dst, to, weighting, names, policy, Path(scratch))
     except WeightsError as error:
         _fail(error)
     typer.echo(f"wrote {dst} ({payload.layer_count} arrays)")
+
+
+def _convert(
+    src: Path,
+    dst: Path,
+    to: Target,
+    weighting: str | None,
+    names: Path | None,
+    policy: ValidationPolicy,
+    scratch: Path,
+) -> Payload:
+    if to is Target.plain:
+        return normalize_aggregate(src, dst, policy.limits)
+    if to is Target.safetensors:
+        plain = scratch / "plain.npz"
+        payload = normalize_aggregate(src, plain, policy.limits)
+        name_map = describe_upload(names, policy).names if names is not None else None
+        if names is not None and name_map is None:
+            raise WeightsError(
+                "names-mismatch",
+                f"{names} holds layer_0.. arrays, not tensor names: pass a safetensors file or "
+                "an NPZ of your own array names.",
+            )
+        aggregate_to_safetensors(plain, dst, name_map, policy.limits, src.name)
+        return payload
+    target = dst if to is Target.npz else scratch / "payload.npz"
+    incoming = upload_to_npz(src, target, policy, weighting=weighting)
+    if not incoming.converted:  # already a valid BranchKey NPZ: used as it is
+        shutil.copyfile(src, target)
+    if to is Target.npz:
+        return incoming.payload
+    return npz_to_object_npy(target, dst, policy)
 
 
 @app.command("pack")

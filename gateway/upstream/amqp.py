@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -18,6 +19,9 @@ from gateway.upstream.session import Session
 from gateway.upstream.v1 import V1Upstream
 
 log = logging.getLogger("gateway.consumer")
+
+_CLEAN_CLOSES = (aiormq.exceptions.ConnectionClosed, aiormq.exceptions.ChannelClosed)
+"""Closes the broker announced (a close frame), as opposed to a connection found dead."""
 
 
 @dataclass(frozen=True)
@@ -114,21 +118,28 @@ class AmqpConsumer(NotificationConsumer):
         """Consume until the connection or channel closes or the broker cancels the consumer (a
         deleted or failed-over queue): a queue iterator notices none of these by itself."""
         lost: str | None = None
+        told = False
         error: Exception | None = None
         ended = anyio.Event()
 
-        def end(reason: str) -> None:
-            nonlocal lost
-            lost = lost or reason
+        def end(reason: str, exc: object = None, *, said: bool = False) -> None:
+            nonlocal lost, told
+            if lost is None:
+                lost = reason
+                told = said or isinstance(exc, _CLEAN_CLOSES)
             ended.set()
 
         # A close by the broker runs the close callbacks (connection.closed() only resolves on
-        # a close we asked for).
-        connection.close_callbacks.add(lambda *_: end("the broker closed the connection"))
-        channel.close_callbacks.add(lambda *_: end("the broker closed the channel"))
+        # a close we asked for); a close the broker announced means it was up until then.
+        connection.close_callbacks.add(
+            lambda _, exc=None, *__: end("the broker closed the connection", exc)
+        )
+        channel.close_callbacks.add(
+            lambda _, exc=None, *__: end("the broker closed the channel", exc)
+        )
         underlay = await channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(
-            lambda *_: end("the broker cancelled the consumer (queue deleted or moved)")
+            lambda *_: end("the broker cancelled the consumer (queue deleted or moved)", said=True)
         )
         async with anyio.create_task_group() as group:
 
@@ -136,12 +147,20 @@ class AmqpConsumer(NotificationConsumer):
                 await ended.wait()
                 group.cancel_scope.cancel()
 
+            async def keepalive() -> None:
+                # basic.qos is a round trip that needs no permission: proof the broker is there.
+                probe = functools.partial(channel.set_qos, prefetch_count=self.amqp.prefetch)
+                end(await self._keep_proving(probe))
+
             group.start_soon(watch)
+            group.start_soon(keepalive)
             try:
                 await self._consume(upstream, queue)
             except Exception as exc:  # kept out of the task group, which would wrap it in a group
                 error = exc
             group.cancel_scope.cancel()
+        if told:
+            await self._proved_up()
         if error is not None:
             raise error
         raise AmqpConnectionLostError(lost or "the broker ended the consumer")

@@ -10,20 +10,20 @@ from gateway.events import Events
 from gateway.settings import Settings
 from gateway.upstream.amqp import AmqpConsumer, AmqpSettings
 from gateway.upstream.channel import ConsumerSettings, NotificationConsumer
+from gateway.upstream.policy import Policy
 from gateway.upstream.protocol import Connect
 from gateway.upstream.session import Session
-from gateway.upstream.transport import RetryPolicy
 from gateway.upstream.v1 import V1Upstream
 from gateway.upstream.v3 import V3Upstream
 from gateway.upstream.websocket import WebSocketConsumer
 
 
 def connector(
-    dialect: str, client: httpx.AsyncClient, host: str, retry: RetryPolicy | None = None
+    dialect: str, client: httpx.AsyncClient, host: str, policy: Policy | None = None
 ) -> Connect:
     """Makes a leaf's upstream in `dialect` (`v1`, else `v3`) over the shared `client`."""
     kind = V1Upstream if dialect == "v1" else V3Upstream
-    return functools.partial(kind, client, host, retry=retry)
+    return functools.partial(kind, client, host, policy=policy)
 
 
 def channel(settings: Settings, session: Session, events: Events) -> NotificationConsumer:

@@ -6,21 +6,27 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sqlite3
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
 
 from gateway._io import cancel_on
-from gateway.clock import now_iso
+from gateway.clock import iso_at, now_iso
 from gateway.errors import GatewayError
-from gateway.events import Events
+from gateway.events import EVENT_TYPES, Events
 from gateway.upstream.protocol import Upstream
 from gateway.upstream.session import Session
 
 log = logging.getLogger("gateway.consumer")
+
+_KNOWN_UP = "channel-known-up"
+_STORE_EVERY_S = 1.0
+"""Write the known-up moment at most this often (and once more when the consumer stops)."""
 
 ChannelState = Literal["starting", "connecting", "connected", "down", "stopped"]
 
@@ -68,9 +74,13 @@ class NotificationConsumer(ABC):
         self.events = events
         self.settings = settings or ConsumerSettings()
         self.status = ChannelStatus(since=time.time())
-        self._down_since: str | None = None
+        self._gap_since: float | None = None
+        """Where the gap not yet announced starts (epoch seconds), or None."""
         self._restarted = False
         self._announced: tuple[str, Any] | None = None
+        self._known_up: float | None = None
+        """The last moment (epoch seconds) the channel was known up: opened, a message, a probe."""
+        self._stored_up = 0.0
 
     async def run(self) -> None:
         """Supervise the channel until cancelled: reconnect with capped, jittered exponential backoff."""
@@ -78,10 +88,14 @@ class NotificationConsumer(ABC):
             await self._supervise()
         finally:
             self._set("stopped")
+            with anyio.CancelScope(shield=True):
+                await self._store_known_up(force=True)
 
     async def _supervise(self) -> None:
         attempt = 0
-        self._restarted = await anyio.to_thread.run_sync(self._log_has_events)
+        self._restarted, self._known_up = await anyio.to_thread.run_sync(self._last_run_facts)
+        if self._restarted:  # the log's events came before this process: say what may be missing
+            self._gap_since = self._known_up if self._known_up is not None else time.time()
         while True:
             changed = self.session.changed.armed()
             if self.session.upstream is None:
@@ -100,13 +114,15 @@ class NotificationConsumer(ABC):
                     if not isinstance(exc, self.transient_errors):
                         log.exception("notification channel failed unexpectedly")
                 group.cancel_scope.cancel()
+            self.session.channel_up(None)
             if changed.is_set():  # a new session: connect again at once, nothing was missed
                 attempt = 0
-                self._down_since = None
+                if not self._restarted:
+                    self._gap_since = None
                 continue
             self._set("down", reason)
-            if self._down_since is None:
-                self._down_since = now_iso()
+            if self._gap_since is None:
+                self._gap_since = self._known_up or time.time()
             healthy = time.monotonic() - opened_at >= self.settings.healthy_after_s
             attempt = 1 if healthy else attempt + 1
             self.status.reconnects += 1
@@ -128,21 +144,26 @@ class NotificationConsumer(ABC):
         self._set("connected")
         log.info("notification channel connected (protocol %s)", upstream.dialect)
         info = await self.session.refresh_run()
-        if self._down_since is not None or self._restarted:
-            reason = "channel-reconnected" if self._down_since is not None else "gateway-restarted"
-            await self.events.emit(
-                "gap", {"reason": reason, "since": self._down_since or now_iso()}
-            )
+        self.session.channel_up(upstream)
+        if self._gap_since is not None:
+            reason = "gateway-restarted" if self._restarted else "channel-reconnected"
+            await self.events.emit("gap", {"reason": reason, "since": iso_at(self._gap_since)})
             self._announced = None  # after a gap, say where the run stands now
             await self._announce_run(info.run_status, info.run_number)
         else:
             self._announced = (info.run_status, info.run_number)  # the baseline, not news
-        self._down_since = None
+        self._gap_since = None
         self._restarted = False
+        await self._proved_up()  # only now: the gap is announced, so it may close
 
     async def _handle_raw(self, raw: str | bytes) -> bool:
         """One message as received: True when it was understood and is now in the event log."""
-        self.status.last_message_at = time.time()
+        self.status.last_message_at = self._known_up = time.time()
+        understood = await self._understand(raw)
+        await self._store_known_up()
+        return understood
+
+    async def _understand(self, raw: str | bytes) -> bool:
         try:
             message = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -207,8 +228,46 @@ class NotificationConsumer(ABC):
         if error is not None:
             self.status.last_error = error
 
-    def _log_has_events(self) -> bool:
-        return self.events.log.bounds()[1] > 0
+    async def _proved_up(self) -> None:
+        """The channel is up now (it opened, carried a message or answered a probe): remember it,
+        in the event log too, so a `gap` after a restart starts where the channel was last up."""
+        self._known_up = time.time()
+        await self._store_known_up()
+
+    async def _store_known_up(self, *, force: bool = False) -> None:
+        known = self._known_up
+        if known is None or known == self._stored_up:
+            return
+        if force or known - self._stored_up >= _STORE_EVERY_S:
+            self._stored_up = known
+            try:
+                await anyio.to_thread.run_sync(self.events.log.set_mark, _KNOWN_UP, known)
+            except (OSError, sqlite3.Error) as exc:  # a full disk must not take the channel down
+                log.warning("could not record when the notification channel was last up: %s", exc)
+
+    async def _keep_proving(self, probe: Callable[[], Awaitable[object]]) -> str:
+        """Probe the open channel every ping interval; return why it is dead once a probe gets no
+        answer within the ping timeout (the caller then closes it)."""
+        interval, timeout = self.settings.ping_interval_s, self.settings.ping_timeout_s
+        while True:
+            await anyio.sleep(interval)
+            with anyio.move_on_after(timeout) as waited:
+                await probe()
+            if waited.cancelled_caught:
+                return f"no answer to a keep-alive probe within {timeout:g} s"
+            await self._proved_up()
+
+    def _last_run_facts(self) -> tuple[bool, float | None]:
+        """Whether an earlier process logged events, and when its channel was last known up (its
+        mark, else its newest event)."""
+        log_ = self.events.log
+        if log_.bounds()[1] == 0:
+            return False, None
+        known = log_.mark(_KNOWN_UP)
+        if known is None:
+            newest = [event.created for t in EVENT_TYPES if (event := log_.latest(t)) is not None]
+            known = max(newest, default=None)
+        return True, known
 
 
 def _describe(exc: BaseException) -> str:

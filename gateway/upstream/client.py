@@ -8,7 +8,11 @@ from typing import Any
 
 import httpx
 
+from gateway import __version__
 from gateway.settings import Settings
+
+USER_AGENT = f"branchkey-gateway/{__version__}"
+"""How the gateway names itself upstream (the only place it does: uploads carry the client version)."""
 
 Observe = Callable[[httpx.URL, int | str, float], None]
 """Told each request's URL, its status (`"error"` when no answer came) and the seconds until the
@@ -49,5 +53,11 @@ def upstream_client(settings: Settings, observe: Observe) -> httpx.AsyncClient:
             for scheme, url in settings.bk_proxies.items()
         }
     return TimedClient(
-        observe, timeout=timeout, verify=settings.ssl_verify(), mounts=mounts, trust_env=True
+        observe,
+        timeout=timeout,
+        verify=settings.ssl_verify(),
+        mounts=mounts,
+        trust_env=True,
+        headers={"User-Agent": USER_AGENT},
+        follow_redirects=False,  # the transport follows them, dropping credentials across origins
     )

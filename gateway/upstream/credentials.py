@@ -132,6 +132,37 @@ def _v3_names(data: dict[str, Any]) -> dict[str, Any]:
     return renamed
 
 
+def pick_leaf(leaves: list[Any], name: str | None, leaf_id: str | None) -> Any:
+    """The entry of a list of leaves (the aggregator's leaves.json) that BK_LEAF_NAME or BK_LEAF_ID
+    names; without either, or with no match, one sentence listing the leaves to choose from."""
+    entries = [_v3_names(e) if isinstance(e, dict) else {} for e in leaves]
+    names = [str(e.get("name", "?")) for e in entries]
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    if not leaves:
+        raise CredentialsError("BK_CREDENTIALS_FILE holds an empty list: no leaf to start as.")
+    if not name and not leaf_id:
+        raise CredentialsError(
+            f"BK_CREDENTIALS_FILE lists {len(leaves)} leaves ({shown}): set BK_LEAF_NAME "
+            f"(e.g. BK_LEAF_NAME={names[0]}) or BK_LEAF_ID to pick one."
+        )
+    found = [
+        leaves[i]
+        for i, e in enumerate(entries)
+        if (not name or e.get("name") == name) and (not leaf_id or e.get("id") == leaf_id)
+    ]
+    if len(found) != 1:
+        wanted = " and ".join(
+            f"{var}={value}"
+            for var, value in (("BK_LEAF_NAME", name), ("BK_LEAF_ID", leaf_id))
+            if value
+        )
+        count = "no leaf" if not found else f"{len(found)} leaves"
+        raise CredentialsError(
+            f"BK_CREDENTIALS_FILE has {count} matching {wanted}; its leaves are {shown}."
+        )
+    return found[0]
+
+
 def from_settings(settings: Settings) -> Credentials | None:
     """Credentials from BK_CREDENTIALS_FILE, then BK_* variables filling any gaps; None if none are set."""
     data: dict[str, Any] = {}
@@ -140,8 +171,13 @@ def from_settings(settings: Settings) -> Credentials | None:
             loaded = json.loads(Path(settings.bk_credentials_file).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CredentialsError(f"BK_CREDENTIALS_FILE cannot be read: {exc}.") from None
+        if isinstance(loaded, list):
+            loaded = pick_leaf(loaded, settings.bk_leaf_name, settings.bk_leaf_id)
         if not isinstance(loaded, dict):
-            raise CredentialsError("BK_CREDENTIALS_FILE must hold one JSON object.")
+            raise CredentialsError(
+                "BK_CREDENTIALS_FILE must hold one JSON object (a leaf's credentials) or a list "
+                "of them (the aggregator's leaves.json) with BK_LEAF_NAME or BK_LEAF_ID set."
+            )
         data = dict(loaded)
     overrides = {
         "id": settings.bk_leaf_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import TypeVar, overload
 
@@ -42,6 +43,8 @@ class Session:
         self.changed = Signal()
         """Fired on login, adopt and logout."""
         self._run_changed = Signal()
+        self._channel_up = False
+        self._run_learned_at = -math.inf
 
     @property
     def credentials(self) -> Credentials | None:
@@ -76,6 +79,8 @@ class Session:
         info = await upstream.run()
         self.upstream = upstream
         self.run = info
+        self._channel_up = False
+        self._run_learned_at = time.monotonic()
         log.info(
             "session started for leaf %s on branch %s (protocol %s)",
             credentials.name,
@@ -88,12 +93,14 @@ class Session:
     def adopt(self, credentials: Credentials) -> None:
         """Use `credentials` without checking them now (start-up with an unreachable upstream)."""
         self.upstream = self.connect(credentials)
+        self._channel_up = False
         self.changed.fire()
 
     def logout(self) -> None:
         """End the session: later uploads get 401 problems until a new login."""
         self.upstream = None
         self.run = None
+        self._channel_up = False
         self.changed.fire()
         self._run_changed.fire()
 
@@ -101,19 +108,36 @@ class Session:
         """Ask the upstream for the run status."""
         info = await self.require().run()
         self.run = info
+        self._run_learned_at = time.monotonic()
         return info
+
+    def channel_up(self, upstream: Upstream | None) -> None:
+        """The notification channel of `upstream` is connected and has told the run status (None:
+        it is down). While it is up, `current_run` trusts what it was told."""
+        self._channel_up = upstream is not None and upstream is self.upstream
+
+    async def current_run(self) -> RunInfo:
+        """The run status without a call while the notification channel is up and has told it in
+        the last BK_RUN_CHECK_INTERVAL_S; else fresh from the upstream."""
+        fresh = time.monotonic() - self._run_learned_at < self.run_check_interval_s
+        if self._channel_up and fresh and self.run is not None:
+            return self.run
+        return await self.refresh_run()
 
     def notify_run_status(self, status: str) -> None:
         """A run-status notification arrived (from the notification consumer)."""
         if self.run is not None and self.run.run_status != status:
             self.run = RunInfo(run_status=status, run_number=self.run.run_number)
+        if self.run is not None:
+            self._run_learned_at = time.monotonic()
         self._run_changed.fire()
 
     async def wait_for_start(self, timeout_s: float) -> RunInfo:
-        """Return once the run is started (`timeout_s` 0: check once): polls every interval, woken early by
-        notifications; a run-not-started problem at the deadline."""
+        """Return once the run is started (`timeout_s` 0: check once): asks the upstream only when
+        the notification channel cannot tell (`current_run`), woken early by notifications; a
+        run-not-started problem at the deadline."""
         deadline = time.monotonic() + timeout_s
-        info = await self.refresh_run()
+        info = await self.current_run()
         while info.run_status != "start":
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -127,5 +151,5 @@ class Session:
             changed = self._run_changed.armed()
             with anyio.move_on_after(min(self.run_check_interval_s, remaining)):
                 await changed.wait()
-            info = await self.refresh_run()
+            info = await self.current_run()
         return info

@@ -6,11 +6,8 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,75 +17,103 @@ from anyio import to_thread
 
 from gateway._io import sha256_file
 from gateway.errors import (
+    InsufficientStorageError,
     NotFoundError,
     UpstreamRejectedError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
 from gateway.upstream.credentials import Credentials
+from gateway.upstream.pacing import Clock, Deadline, Pace, PacedStream, UploadBody
+from gateway.upstream.policy import Policy
 from gateway.upstream.protocol import Outgoing
+from gateway.upstream.redirects import MAX_REDIRECTS, Call
 
 log = logging.getLogger("gateway.upstream")
 
-_CHUNK = 1 << 20
 _ERROR_TEXT_LIMIT = 500
-RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently failed upstream calls are repeated."""
-
-    max_retries: int = 3
-    backoff_s: float = 1.0
-    max_delay_s: float = 60.0
-
-    def delay(self, attempt: int, retry_after: str | None) -> float:
-        """Seconds before retry `attempt` (1-based): `Retry-After` when given, else exponential."""
-        if retry_after:
-            seconds = _retry_after_seconds(retry_after)
-            if seconds is not None:
-                return min(max(seconds, 0.0), self.max_delay_s)
-        return float(min(self.backoff_s * 2 ** (attempt - 1), self.max_delay_s))
+_NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 class Transport:
-    """Sends a dialect's requests over a shared `httpx.AsyncClient`: retried, errors mapped."""
+    """Sends a dialect's requests over a shared `httpx.AsyncClient` as the official client does
+    (retries, `Retry-After`, redirects), each operation bounded in time, errors mapped."""
 
-    def __init__(self, client: httpx.AsyncClient, retry: RetryPolicy | None = None) -> None:
+    def __init__(self, client: httpx.AsyncClient, policy: Policy | None = None) -> None:
         self.client = client
-        self.retry = retry or RetryPolicy()
+        self.policy = policy or Policy()
 
     async def send(
         self,
-        build: Callable[[], httpx.Request],
+        call: Call,
         what: str,
         *,
         stream: bool = False,
-        resend_after_body: bool = False,
+        resend: bool = True,
+        clock: Clock | None = None,
     ) -> httpx.Response:
-        """Send with retries: connect failures and 408/429/502/503/504 always; read failures only if
-        `resend_after_body` (v3 uploads: the upstream deduplicates identical bodies)."""
+        """`call` with its redirects and retries, within `clock` (a control call's deadline unless
+        given). `resend`: the request may be repeated after it was sent whole and its answer was
+        lost (idempotent calls; uploads only where the upstream deduplicates them)."""
+        clock = clock or Deadline(self.policy.bounds.deadline_s)
+        with clock.scope:
+            return await self._follow(call, what, stream, resend, clock)
+        raise clock.expired(what)
+
+    async def _follow(
+        self, call: Call, what: str, stream: bool, resend: bool, clock: Clock
+    ) -> httpx.Response:
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._attempts(call, what, stream, resend, clock)
+            following = call.redirected(response)
+            if following is None:
+                return response
+            await response.aclose()
+            log.info("following a %d redirect of %s", response.status_code, what)
+            call = following
+        raise UpstreamUnavailableError(
+            f"BranchKey redirected {what} more than {MAX_REDIRECTS} times."
+        )
+
+    async def _attempts(
+        self, call: Call, what: str, stream: bool, resend: bool, clock: Clock
+    ) -> httpx.Response:
+        """Up to 1 + max_retries attempts of one URL: connect failures, a request cut before its
+        last byte, and the retried statuses always; a lost answer only if `resend`."""
+        retry = self.policy.retry
         attempt = 0
         while True:
             attempt += 1
-            last = attempt > self.retry.max_retries
+            last = attempt > retry.max_retries
+            clock.attempt()
+            request, body = call.build(self.client)
             try:
-                response = await self.client.send(build(), stream=stream)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                if last:
-                    raise _transport_error(exc, what) from None
-                delay = self.retry.delay(attempt, None)
+                response = await self.client.send(request, stream=stream)
             except httpx.TransportError as exc:
-                if last or not resend_after_body:
+                await _close(body)
+                whole = not isinstance(exc, _NOTHING_SENT) and getattr(body, "complete", True)
+                if last or (whole and not resend):
                     raise _transport_error(exc, what) from None
-                delay = self.retry.delay(attempt, None)
+                delay = retry.delay(attempt, None)
+            except BaseException:
+                await _close(body)
+                raise
             else:
-                if response.status_code not in RETRY_STATUSES or last:
+                await _close(body)
+                retry_after = response.headers.get("retry-after")
+                if last or not retry.retries(response.status_code, retry_after):
                     return response
-                delay = self.retry.delay(attempt, response.headers.get("retry-after"))
+                delay = retry.delay(attempt, retry_after)
+                if delay > clock.remaining():
+                    log.warning(
+                        "not retrying %s: BranchKey asked to wait %.1f s, beyond its time bound",
+                        what,
+                        delay,
+                    )
+                    return response
                 await response.aclose()
             log.info("retrying %s in %.1f s (attempt %d)", what, delay, attempt + 1)
+            clock.attempt()
             await anyio.sleep(delay)
 
     async def call_json(
@@ -98,12 +123,14 @@ class Transport:
         headers: dict[str, str],
         what: str,
         expected: int,
-        **kwargs: Any,
+        *,
+        content: bytes | str | None = None,
+        resend: bool = True,
     ) -> Any:
         """One JSON API call; returns the parsed body."""
-        response = await self.send(
-            lambda: self.client.build_request(method, url, headers=headers, **kwargs), what
-        )
+        body = content.encode() if isinstance(content, str) else content
+        call = Call.of(method, url, headers, None if body is None else lambda: body)
+        response = await self.send(call, what, resend=resend)
         raise_for_status(response, expected, what)
         try:
             return response.json()
@@ -119,10 +146,12 @@ class Transport:
         data: str,
         outgoing: Outgoing,
         *,
-        resend_after_body: bool,
+        resend: bool,
     ) -> str:
         """The upload call of both dialects: a `data` field, then the `file` part, streamed with an
-        exact Content-Length; 201 + data.file_id."""
+        exact Content-Length and paced; 201 + data.file_id. It is sent again whenever BranchKey
+        cannot have stored it (the connection failed before its last byte), and after a lost
+        answer only if `resend`."""
         boundary = secrets.token_hex(16)
         head = (
             f'--{boundary}\r\nContent-Disposition: form-data; name="data"\r\n\r\n{data}\r\n'
@@ -135,12 +164,11 @@ class Transport:
             "Content-Type": f"multipart/form-data; boundary={boundary}",
             "Content-Length": str(len(head) + outgoing.size + len(tail)),
         }
-
-        def build() -> httpx.Request:
-            body = _body(head, outgoing.path, outgoing.size, tail)
-            return self.client.build_request("POST", url, headers=sent, content=body)
-
-        response = await self.send(build, "the upload", resend_after_body=resend_after_body)
+        pace = Pace(self.policy.bounds)
+        call = Call.of(
+            "POST", url, sent, lambda: UploadBody(head, outgoing.path, outgoing.size, tail, pace)
+        )
+        response = await self.send(call, "the upload", resend=resend, clock=pace)
         raise_for_status(response, 201, "the upload")
         file_id = _data_field(response, "file_id")
         if not isinstance(file_id, str) or not file_id:
@@ -149,9 +177,7 @@ class Transport:
 
     async def download_url(self, url: str, headers: dict[str, str]) -> str:
         """The download call of both dialects -> the absolute blob URL in data.download_url."""
-        response = await self.send(
-            lambda: self.client.build_request("GET", url, headers=headers), "the download call"
-        )
+        response = await self.send(Call.of("GET", url, headers), "the download call")
         raise_for_status(response, 200, "the download call")
         blob_url = _data_field(response, "download_url")
         if not isinstance(blob_url, str) or not blob_url.startswith(("http://", "https://")):
@@ -162,16 +188,27 @@ class Transport:
 
     @asynccontextmanager
     async def blob(self, url: str) -> AsyncIterator[httpx.Response]:
-        """The blob behind a download URL, streamed, without credentials; a non-200 answer is an
-        error, never a model."""
-        response = await self.send(
-            lambda: self.client.build_request("GET", url), "the blob download", stream=True
-        )
+        """The blob behind a download URL, streamed and paced, without credentials; a non-200
+        answer is an error, never a model. The pace's scope spans the caller's reading: a stalled
+        blob ends the caller's `async with` with a 504 (a context manager may hold a scope open
+        across its `yield`; the reader's own time is not counted)."""
+        what = "the blob download"
+        pace = Pace(self.policy.bounds)
+        response = await self.send(Call.of("GET", url, {}), what, stream=True, clock=pace)
+        pace.moved(0)  # the clock stops until the body is awaited
+        pace.scope = anyio.CancelScope()
         try:
-            if response.status_code != 200:
-                await response.aread()
-                raise_for_status(response, 200, "the blob download")
-            yield response
+            with pace.scope:
+                if response.status_code != 200:
+                    pace.attempt()
+                    await response.aread()
+                    raise_for_status(response, 200, what)
+                if not isinstance(response.stream, httpx.AsyncByteStream):  # pragma: no cover
+                    raise TypeError("the upstream client must be an httpx.AsyncClient")
+                response.stream = PacedStream(response.stream, pace)
+                yield response
+            if pace.scope.cancelled_caught:
+                raise pace.expired(what)
         finally:
             await response.aclose()
 
@@ -219,6 +256,11 @@ def raise_for_status(response: httpx.Response, expected: int, what: str) -> None
     if response.status_code == expected:
         return
     text = upstream_error_text(response)
+    if response.status_code == InsufficientStorageError.status:  # a full disk: never retried
+        raise InsufficientStorageError(
+            f"BranchKey has no storage for {what} (HTTP 507): {text}",
+            upstream_status=507,
+        )
     if response.status_code >= 500 or response.status_code < 400:
         raise UpstreamUnavailableError(
             f"BranchKey answered {what} with HTTP {response.status_code}: {text}",
@@ -249,29 +291,10 @@ def _data_field(response: httpx.Response, key: str) -> Any:
     return data.get(key) if data is not None else None
 
 
-def _retry_after_seconds(value: str) -> float | None:
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return (when - datetime.now(when.tzinfo)).total_seconds()
-
-
-async def _body(head: bytes, path: Path, size: int, tail: bytes) -> AsyncIterator[bytes]:
-    yield head
-    sent = 0
-    async with await anyio.open_file(path, "rb") as stream:
-        while sent < size:
-            chunk = await stream.read(min(_CHUNK, size - sent))
-            if not chunk:
-                raise UpstreamUnavailableError("The upload file shrank while it was being sent.")
-            sent += len(chunk)
-            yield chunk
-    yield tail
+async def _close(body: Any) -> None:
+    """Close an attempt's body if it holds anything open (an upload's file)."""
+    if isinstance(body, UploadBody):
+        await body.aclose()
 
 
 def _transport_error(

@@ -16,9 +16,9 @@ from anyio import to_thread
 
 from gateway.errors import UpstreamUnavailableError
 from gateway.upstream.credentials import Credentials
+from gateway.upstream.policy import Policy
 from gateway.upstream.protocol import Outgoing, RunInfo, Sent, WeightsFile
 from gateway.upstream.transport import (
-    RetryPolicy,
     Transport,
     data_of,
     metrics_body,
@@ -35,6 +35,9 @@ V1_METADATA = "{'key1':'value1', 'key2':'value2'}"
 
 _ID_KEYS = ("user_id", "tree_id", "branch_id")
 
+CLIENT_VERSION = "2.6.2"
+"""The official client whose dialect this is (its uploads carry no version: the fixed metadata)."""
+
 
 class V1Upstream:
     """One leaf's session with a v1 upstream: the same transport as v3, the v1 wire format.
@@ -50,9 +53,9 @@ class V1Upstream:
         client: httpx.AsyncClient,
         host: str,
         credentials: Credentials,
-        retry: RetryPolicy | None = None,
+        policy: Policy | None = None,
     ) -> None:
-        self.transport = Transport(client, retry)
+        self.transport = Transport(client, policy)
         self.host = host.rstrip("/")
         self.credentials = credentials
         self._authenticated = False
@@ -133,14 +136,15 @@ class V1Upstream:
 
     async def upload(self, outgoing: Outgoing) -> Sent:
         """`POST /v1/file/upload`: the `data` field with the fixed metadata string, then the `.npy`,
-        with neither integrity headers nor a payload kind. Never resent after a lost answer: a v1
-        server may count a resent upload twice in a round, so that is a 504 instead."""
+        with neither integrity headers nor a payload kind. Resent after a lost answer only where the
+        upstream deduplicates uploads: a v1 server may count a resent upload twice in a round, so
+        that is a 504 instead."""
         file_id = await self.transport.post_file(
             self.url("/file/upload"),
             self.headers(),
             upload_data(self.credentials, V1_METADATA),
             outgoing,
-            resend_after_body=False,
+            resend=self.transport.policy.resend_uploads,
         )
         return Sent(file_id=file_id, size=outgoing.size, sha256=outgoing.sha256)
 
@@ -165,4 +169,5 @@ class V1Upstream:
             "the metrics call",
             201,
             content=metrics_body(self.credentials, aggregation_id, mode, data),
+            resend=False,  # a report whose answer was lost may have been counted
         )

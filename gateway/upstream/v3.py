@@ -12,12 +12,11 @@ from urllib.parse import quote
 
 import httpx
 
-from gateway import __version__
 from gateway.errors import UpstreamUnavailableError
 from gateway.upstream.credentials import Credentials
+from gateway.upstream.policy import Policy
 from gateway.upstream.protocol import Outgoing, RunInfo, Sent, WeightsFile
 from gateway.upstream.transport import (
-    RetryPolicy,
     Transport,
     data_of,
     metrics_body,
@@ -26,6 +25,9 @@ from gateway.upstream.transport import (
     upload_data,
 )
 from gateway.weights import ValidationPolicy
+
+CLIENT_VERSION = "3.0.1"
+"""The official client whose dialect this is: `metadata.client_version` of every upload."""
 
 
 class V3Upstream:
@@ -38,9 +40,9 @@ class V3Upstream:
         client: httpx.AsyncClient,
         host: str,
         credentials: Credentials,
-        retry: RetryPolicy | None = None,
+        policy: Policy | None = None,
     ) -> None:
-        self.transport = Transport(client, retry)
+        self.transport = Transport(client, policy)
         self.host = host.rstrip("/")
         self.credentials = credentials
 
@@ -86,10 +88,11 @@ class V3Upstream:
 
     async def upload(self, outgoing: Outgoing) -> Sent:
         """`POST /api/v1/file/upload`, streamed, with the client's JSON metadata and integrity
-        headers (§5.5.1); resent after a lost answer, as the service deduplicates identical bodies."""
+        headers (§5.5.1); resent after a lost answer only where the upstream deduplicates uploads
+        (the policy's `resend_uploads`)."""
         digest = f"sha256={base64.b64encode(outgoing.sha256).decode()}"
         metadata = {
-            "client_version": f"branchkey-gateway/{__version__}",
+            "client_version": CLIENT_VERSION,  # the gateway names itself in User-Agent only
             "timestamp": datetime.now().isoformat(),  # local time without offset, as the client sends
             "file_size": outgoing.size,
             "file_digest": digest,
@@ -102,7 +105,11 @@ class V3Upstream:
         }
         data = upload_data(self.credentials, json.dumps(metadata, ensure_ascii=False))
         file_id = await self.transport.post_file(
-            self.url("/file/upload"), headers, data, outgoing, resend_after_body=True
+            self.url("/file/upload"),
+            headers,
+            data,
+            outgoing,
+            resend=self.transport.policy.resend_uploads,
         )
         return Sent(file_id=file_id, size=outgoing.size, sha256=outgoing.sha256)
 
@@ -125,12 +132,15 @@ class V3Upstream:
             "the metrics call",
             201,
             content=metrics_body(self.credentials, aggregation_id, mode, data),
+            resend=False,  # a report whose answer was lost may have been counted
         )
 
     async def ticket(self) -> dict[str, Any]:
-        """`POST /api/v1/ws/ticket` -> ticket_id, request_id (envelope or not)."""
+        """`POST /api/v1/ws/ticket` -> ticket_id, request_id (envelope or not), with the headers
+        of the client's aiohttp call: an empty `application/octet-stream` body."""
+        headers = {**self.headers(), "Content-Type": "application/octet-stream"}
         body = await self.transport.call_json(
-            "POST", self.url("/ws/ticket"), self.headers(), "the ticket call", 200
+            "POST", self.url("/ws/ticket"), headers, "the ticket call", 200, content=b""
         )
         data = body.get("data", body) if isinstance(body, dict) else None
         if not isinstance(data, dict) or not isinstance(data.get("ticket_id"), str):

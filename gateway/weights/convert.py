@@ -38,20 +38,21 @@ from gateway.weights.objectnpy import (
 )
 from gateway.weights.objectnpy_writer import LayerSource, write_object_npy
 from gateway.weights.policy import Limits, ValidationPolicy
+from gateway.weights.safetensors import looks_like_safetensors
 from gateway.weights.writer import NpzWriter, atomic_path, move_to_front
 
-FileFormat = Literal["npz", "npy-object", "npy", "unknown"]
+FileFormat = Literal["npz", "npy-object", "npy", "safetensors", "unknown"]
 
 
 def detect_format(path: Path, limits: Limits | None = None) -> FileFormat:
     """Which kind of file this is, from its first bytes and (for `.npy`) its header."""
     limits = limits or Limits()
     with path.open("rb") as stream:
-        prefix = stream.read(8)
+        prefix = stream.read(9)
         if is_zip(prefix):
             return "npz"
         if not prefix.startswith(MAGIC):
-            return "unknown"
+            return "safetensors" if looks_like_safetensors(prefix) else "unknown"
         stream.seek(0)
         header = read_header(
             stream.read, limits.max_header_bytes, "The .npy file", allow_object=True
@@ -74,10 +75,18 @@ def inspect_payload(path: Path, policy: ValidationPolicy | None = None) -> Paylo
             "(curl -F file=@w.npy -F weighting=12 localhost:8000/upload), or save an NPZ with "
             'np.savez("w.npz", weighting=12, layer_0=array).',
         )
+    if kind == "safetensors":
+        raise WeightsError(
+            "not-a-payload",
+            "This is a safetensors file, not a BranchKey payload: upload it through the gateway "
+            "(curl -F file=@model.safetensors -F weighting=12 localhost:8000/upload), which "
+            "names its tensors layer_0.. and gives the aggregate back with ?format=safetensors.",
+        )
     raise WeightsError(
         "not-a-payload",
-        "The file is neither an NPZ archive nor a .npy file; save the weights with "
-        'np.savez("w.npz", weighting=n_samples, layer_0=a, layer_1=b) or np.save("w.npy", array).',
+        "The file is neither an NPZ archive, a .npy file nor a safetensors file; save the weights "
+        'with np.savez("w.npz", weighting=n_samples, layer_0=a, layer_1=b), np.save("w.npy", '
+        'array) or safetensors.torch.save_file(model.state_dict(), "model.safetensors").',
     )
 
 

@@ -25,6 +25,10 @@ ErrorCode = Literal[
     "shape-mismatch",
     "unsupported-dtype",
     "pickle-forbidden",
+    # safetensors headers.
+    "bad-safetensors-header",
+    "tensor-offsets",
+    "overlapping-tensors",
     # Protocol v3 rules (L1-L4, A1-A5 and the payload kind).
     "unknown-kind",
     "missing-weighting",
@@ -53,6 +57,8 @@ ErrorCode = Literal[
     "layer-mismatch",
     "zero-weighting",
     "no-inputs",
+    # Names: a remembered name map against an aggregation.
+    "names-mismatch",
 ]
 
 

@@ -14,6 +14,13 @@ from gateway.weights.convert import (
 )
 from gateway.weights.layers import inspect_layer_file, iter_file_data, parse_weighting
 from gateway.weights.model import WEIGHTING_KEY, Payload, layer_key
+from gateway.weights.named import (
+    is_named_npz,
+    named_npz_to_npz,
+    npz_weighting,
+    safetensors_to_npz,
+)
+from gateway.weights.names import NameMap
 from gateway.weights.npz import inspect_npz
 from gateway.weights.objectnpy import ObjectNpy, check_sample_count
 from gateway.weights.policy import ValidationPolicy
@@ -34,6 +41,8 @@ class Incoming:
     """False: the uploaded file itself is the NPZ to send; True: `dst` holds it."""
     weighting_source: WeightingSource | None
     """None only for an analytics payload without a weighting."""
+    names: NameMap | None = None
+    """The trainer's own tensor names, for a safetensors or named-NPZ upload."""
 
 
 def upload_to_npz(
@@ -47,8 +56,10 @@ def upload_to_npz(
     """Validate an upload of any accepted form and make it the BranchKey NPZ.
 
     An NPZ or a v1 `(num_samples, [arrays])` file keeps its own weighting unless `weighting` is
-    given; a plain `.npy` array (one layer) or a list of arrays saved with `np.save` (one layer per
-    item) carries none, so it gets `weighting`, else 1.0.
+    given; a plain `.npy` array (one layer), a list of arrays saved with `np.save` (one layer per
+    item) or a safetensors file carries none, so it gets `weighting`, else 1.0. Tensors in the
+    trainer's own names (safetensors, an NPZ without `layer_<n>` keys) become `layer_0 ..` in the
+    file's order, and `names` keeps their names.
     """
     policy = policy or ValidationPolicy()
     kind = detect_format(src, policy.limits)
@@ -56,6 +67,8 @@ def upload_to_npz(
         return _plain_to_npz(src, dst, policy, weighting, compress)
     if kind == "npy-object":
         return _object_to_npz(src, dst, policy, weighting, compress)
+    if kind == "safetensors" or (kind == "npz" and is_named_npz(src, policy)):
+        return _named_to_npz(src, dst, policy, weighting, safetensors=kind != "npz")
     if weighting is not None and kind == "npz":
         return Incoming(with_weighting(src, weighting, dst, policy), True, "request")
     payload = inspect_payload(src, policy)
@@ -68,6 +81,27 @@ def _chosen(
     if weighting is None:
         return DEFAULT_WEIGHTING, "default"
     return parse_weighting(weighting, policy), "request"
+
+
+def _named_to_npz(
+    src: Path,
+    dst: Path,
+    policy: ValidationPolicy,
+    weighting: str | float | None,
+    *,
+    safetensors: bool,
+) -> Incoming:
+    """Tensors in the trainer's own names become `layer_0 ..` in the file's order; a named NPZ's
+    `weighting` array counts as the file's weighting. The NPZ is stored, not deflated: model tensors
+    barely deflate, and deflating them (~15 MiB/s a core) takes longer than sending them."""
+    value, source = _chosen(weighting, policy)
+    if safetensors:
+        payload, names = safetensors_to_npz(src, dst, policy, value, compress=False)
+        return Incoming(payload, True, source, names)
+    if weighting is None and (found := npz_weighting(src, policy)) is not None:
+        value, source = parse_weighting(found, policy), "file"
+    payload, names = named_npz_to_npz(src, dst, policy, value, compress=False)
+    return Incoming(payload, True, source, names)
 
 
 def _plain_to_npz(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 PayloadKind = Literal["federated_learning", "federated_analytics"]
-PayloadFormat = Literal["npz", "npy-object"]
+PayloadFormat = Literal["npz", "npy-object", "npy", "safetensors"]
 
 LEARNING: PayloadKind = "federated_learning"
 ANALYTICS: PayloadKind = "federated_analytics"

@@ -27,6 +27,8 @@ class Limits:
     """The `weighting` and payload-kind members, which are read whole, may not be larger."""
     max_pickle_bytes: int = 16 * GiB
     """Size of the pickle stream inside a v1 object `.npy`."""
+    max_safetensors_header_bytes: int = 8 * MiB
+    """Bytes of one safetensors JSON header (read whole; ~100 bytes a tensor)."""
 
 
 @dataclass(frozen=True)

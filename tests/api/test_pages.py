@@ -12,19 +12,21 @@ import numpy as np
 
 from gateway.api.pages import PAGES
 from gateway.openapi import OPENAPI_PATH
-from tests.support.gateways import GatewayFactory
+from tests.support.gateways import GatewayFactory, one_leaf_federation
 from tests.support.http import check_problem
 from tests.support.weights import sdk_weights
 
 EXTERNAL = re.compile(r"""(?:src|href|url)\s*[=(]\s*["']?(?:https?:)?//""", re.IGNORECASE)
 
 
-def test_uploads_reports_and_channel_are_listed(
-    gateway_for: GatewayFactory, tmp_path: Path
-) -> None:
+def test_uploads_reports_and_channel_are_listed(tmp_path: Path) -> None:
     """A forwarded upload is listed with its size, layers and weighting, a refused one with its
     problem type, newest first; performance reports sent come back oldest first; /channel is live."""
-    url = gateway_for(0).url
+    with one_leaf_federation(tmp_path) as federation:
+        _check_listings(federation.gateway.url, tmp_path)
+
+
+def _check_listings(url: str, tmp_path: Path) -> None:
     path = sdk_weights(
         tmp_path / "w.npz", 7.0, [np.ones((2, 2), np.float32), np.ones(3, np.float32)]
     )
@@ -48,8 +50,14 @@ def test_uploads_reports_and_channel_are_listed(
         assert client.get(f"{url}/uploads", params={"limit": 1}).json() == uploads[:1]
         check_problem(client.get(f"{url}/uploads", params={"limit": 0}), 400, "bad-request")
 
+        # The one leaf's upload closed its round: the reports are about that aggregation.
+        (aggregation,) = client.get(f"{url}/aggregations", params={"after": 0, "wait": 20}).json()
         for accuracy in (0.5, 0.7):
-            report = {"aggregation_id": "a1", "mode": "test", "data": {"accuracy": accuracy}}
+            report = {
+                "aggregation_id": aggregation["aggregation_id"],
+                "mode": "test",
+                "data": {"accuracy": accuracy},
+            }
             assert client.post(f"{url}/performance", json=report).status_code == 201
         reports = client.get(f"{url}/performance").json()
         assert [r["data"]["accuracy"] for r in reports] == [0.5, 0.7]

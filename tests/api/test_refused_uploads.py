@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
 from gateway.settings import WeightsSettings
 from gateway.weights import ValidationPolicy
@@ -172,3 +174,17 @@ def test_tighter_weights_settings_refuse_their_corpus_cases(
             _nothing_left(gateway, aggregator)
     assert wrong == [], "\n".join(wrong)
     assert checked >= 5
+
+
+def test_a_refused_upload_logs_its_problem(
+    gateway_for: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gateway's log says which request was refused, with the problem type and its detail."""
+    gateway = gateway_for(0)
+    caplog.set_level(logging.INFO, logger="gateway.requests")
+    with httpx.Client() as client:
+        answer = client.post(f"{gateway.url}/upload", files={"file": ("w.npz", b"not weights")})
+    body = answer.json()
+    assert answer.status_code == 422, body
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.requests"]
+    assert f"POST /upload refused: 422 {body['type']}: {body['detail']}" in lines

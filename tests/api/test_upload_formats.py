@@ -22,8 +22,8 @@ LAYERS = [
     np.linspace(-1.0, 1.0, 5),
 ]
 EXPECTED_LAYERS = [
-    {"key": "layer_0", "dtype": "<f4", "shape": [3, 4]},
-    {"key": "layer_1", "dtype": "<f8", "shape": [5]},
+    {"key": "layer_0", "dtype": "<f4", "shape": [3, 4], "name": None},
+    {"key": "layer_1", "dtype": "<f8", "shape": [5], "name": None},
 ]
 
 

@@ -5,20 +5,19 @@ from __future__ import annotations
 import base64
 import gc
 import hashlib
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 
 from gateway.weights.writer import NpzWriter
 from tests.support.aggregator import ADMIN, Running
 from tests.support.gateways import GatewayFactory
 from tests.support.http import admin_get
+from tests.support.memory import PeakRss
 
 MiB = 1 << 20
 LAYER_BYTES = 300 * MiB
@@ -43,32 +42,6 @@ def _write_model(path: Path) -> str:
         while block := stream.read(8 * MiB):
             digest.update(block)
     return digest.hexdigest()
-
-
-class PeakRss:
-    """Samples this process's resident set size in a thread; `peak` is the largest seen."""
-
-    def __init__(self, interval_s: float = 0.01) -> None:
-        self._process = psutil.Process()
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
-        self.baseline = self._process.memory_info().rss
-        self.peak = self.baseline
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss)
-            self._stop.wait(self._interval_s)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
 
 
 @pytest.mark.memory
@@ -100,7 +73,9 @@ def test_300_mib_upload_streams_with_bounded_memory(
     result = answer.json()
     assert result["sha256"] == sha256
     assert result["size"] == size
-    assert result["layers"] == [{"key": "layer_0", "dtype": "<f4", "shape": [LAYER_BYTES // 4]}]
+    assert result["layers"] == [
+        {"key": "layer_0", "dtype": "<f4", "shape": [LAYER_BYTES // 4], "name": None}
+    ]
     growth = rss.peak - rss.baseline
     assert growth < RSS_BUDGET, f"RSS grew {growth / MiB:.0f} MiB during the upload"
     assert elapsed < 30

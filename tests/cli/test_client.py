@@ -204,7 +204,7 @@ def test_upload_prints_the_file_id_the_aggregator_received(
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert answer["weighting"] == 7.0
-    assert answer["layers"] == [{"key": "layer_0", "dtype": "<f4", "shape": [2, 3]}]
+    assert answer["layers"] == [{"key": "layer_0", "dtype": "<f4", "shape": [2, 3], "name": None}]
     stored = {u["file_id"]: u for u in admin_get(upstream.url, ADMIN, "uploads", client)}
     assert set(stored) == {file_id, answer["file_id"]}
     assert stored[answer["file_id"]]["weighting"] == 7.0

@@ -135,9 +135,10 @@ def test_aggregator_help_shows_the_settings_defaults(
     """`aggregator --help` shows each option's variable and the AggregatorSettings default."""
     result = run("aggregator", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    line = next(line for line in result.stdout.splitlines() if f" {option} " in line)
+    text = " ".join(result.stdout.split())  # click wraps help at 80 columns
+    entry = text.split(f" {option} ", 1)[1].split(" --", 1)[0]
     default = AggregatorSettings.model_fields[field].default
-    assert f"[env var: BK_AGGREGATOR_{field.upper()}] [default: {default}]" in line
+    assert f"[env var: BK_AGGREGATOR_{field.upper()}; default: {default}]" in entry
 
 
 def test_serve_help_shows_the_settings_defaults(tmp_path: Path) -> None:
@@ -214,3 +215,65 @@ def test_serve_command_bounds_request_headers(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
+
+
+def _serve(cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m gateway serve` on a free port with `env`, until it exits."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=clean_env(**{"GATEWAY_DATA_DIR": str(cwd / "data"), **env}),
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_serve_with_a_list_of_leaves_and_no_pick_says_so_in_one_line(tmp_path: Path) -> None:
+    """BK_CREDENTIALS_FILE=leaves.json without BK_LEAF_NAME: exit 3 and one line naming the leaves."""
+    leaf = {
+        "id": "l1",
+        "name": "leaf-1",
+        "session_token": "t" * 8,
+        "tree_id": "t",
+        "branch_id": "b",
+    }
+    leaves = tmp_path / "leaves.json"
+    leaves.write_text(json.dumps([leaf, {**leaf, "id": "l2", "name": "leaf-2"}]))
+    result = _serve(tmp_path, BK_HOST="http://127.0.0.1:9", BK_CREDENTIALS_FILE=str(leaves))
+    assert result.returncode == 3
+    assert "Traceback" not in result.stderr
+    failures = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert len(failures) == 1, result.stderr
+    assert failures[0].endswith(
+        "cannot start: BK_CREDENTIALS_FILE lists 2 leaves (leaf-1, leaf-2): set BK_LEAF_NAME "
+        "(e.g. BK_LEAF_NAME=leaf-1) or BK_LEAF_ID to pick one."
+    )
+
+
+def test_serve_with_an_unusable_data_dir_says_so_in_one_line(tmp_path: Path) -> None:
+    """GATEWAY_DATA_DIR under a file: exit 3, one line naming the path, no traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = _serve(tmp_path, GATEWAY_DATA_DIR=str(blocker / "data"))
+    assert result.returncode == 3
+    assert "Traceback" not in result.stderr
+    assert f"cannot start: {blocker / 'data' / 'tmp'}: Not a directory" in result.stderr
+
+
+def test_aggregator_start_up_failures_are_one_line(tmp_path: Path) -> None:
+    """A data dir that is a file (exit 2) and an unreachable broker (exit 3): one line each, no traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run("aggregator", "--port", str(free_port()), "--data-dir", blocker, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"cannot start: {blocker}: File exists"
+    broker = "amqp://guest:guest@127.0.0.1:1/"
+    args = ["--port", str(free_port()), "--data-dir", "data", "--amqp-url", broker]
+    result = run("aggregator", *args, cwd=tmp_path)
+    assert result.returncode == 3
+    assert "Traceback" not in result.stderr
+    failures = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert len(failures) == 1, result.stderr
+    assert "Cannot connect to RabbitMQ at 127.0.0.1:1" in failures[0]

@@ -66,7 +66,8 @@ def test_upload_event_download(program: Path, tmp_path: Path) -> None:
         line = _run(NODE, str(program), env=env, timeout=90).strip().splitlines()[-1]
         report = json.loads(line)
         assert gateway.event_of(report["aggregation_id"]) == report["event"]
-    assert report["layers"] == [{"key": "layer_0", "dtype": "<f4", "shape": [4, 2]}]
+    (layer,) = report["layers"]
+    assert (layer["key"], layer["dtype"], layer["shape"]) == ("layer_0", "<f4", [4, 2])
     assert report["bytes"] == out.stat().st_size
     assert report["etag"].strip('"') == hashlib.sha256(out.read_bytes()).hexdigest()
     with np.load(out) as aggregated:

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from safetensors import safe_open
+from safetensors.numpy import load_file
 
 from gateway.app import create_app
 from gateway.settings import Settings
@@ -42,6 +44,8 @@ class Trainer:
 
     stdout: str
     work_dir: Path
+    samples: int
+    """The SAMPLES (weighting) it was given."""
 
     @property
     def aggregation_ids(self) -> list[str]:
@@ -96,9 +100,10 @@ def run_trainers(
             command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         processes.append((process, work_dir))
-    trainers, failures = [], []
+    trainers: list[Trainer] = []
+    failures: list[str] = []
     deadline = time.monotonic() + TRAINER_TIMEOUT_S
-    for process, work_dir in processes:
+    for samples, (process, work_dir) in zip(SAMPLES, processes, strict=False):
         try:
             stdout, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -108,7 +113,7 @@ def run_trainers(
             continue
         if process.returncode != 0:
             failures.append(f"exit {process.returncode}:\n{stdout}\n{stderr}")
-        trainers.append(Trainer(stdout, work_dir))
+        trainers.append(Trainer(stdout, work_dir, samples))
     assert not failures, "\n\n".join(failures)
     return trainers
 
@@ -119,19 +124,46 @@ def load(path: Path) -> dict[str, NDArray[Any]]:
         return {key: arrays[key] for key in arrays.files}
 
 
+NODE_NAMES = {"dense.weight": "layer_0", "dense.bias": "layer_1"}
+"""The Node trainer's tensor names and the layers they travel as."""
+
+
+def uploaded(trainer: Trainer) -> dict[str, NDArray[Any]]:
+    """A trainer's last upload as layers and weighting: its NPZ, or the Node trainer's safetensors
+    (whose weighting is the form field, its SAMPLES)."""
+    if (trainer.work_dir / "weights.npz").exists():
+        return load(trainer.work_dir / "weights.npz")
+    tensors = load_file(str(trainer.work_dir / "weights.safetensors"))
+    assert sorted(tensors) == sorted(NODE_NAMES)
+    layers = {NODE_NAMES[name]: array for name, array in tensors.items()}
+    return {**layers, "weighting": np.array(float(trainer.samples))}
+
+
+def aggregated(trainer: Trainer) -> dict[str, NDArray[Any]]:
+    """The last aggregate a trainer downloaded, as layers (the Node trainer's in its own names)."""
+    if (trainer.work_dir / "aggregated.npz").exists():
+        return load(trainer.work_dir / "aggregated.npz")
+    tensors = load_file(str(trainer.work_dir / "aggregated.safetensors"))
+    assert sorted(tensors) == sorted(NODE_NAMES), (
+        "the aggregate comes back in the Node trainer's names"
+    )
+    return {NODE_NAMES[name]: array for name, array in tensors.items()}
+
+
 def check_federation(trainers: list[Trainer]) -> None:
     """Every trainer saw the same aggregation each round, and the last one is the weighted mean."""
     ids = [trainer.aggregation_ids for trainer in trainers]
     assert len(ids[0]) == ROUNDS, trainers[0].stdout
     assert all(theirs == ids[0] for theirs in ids), ids
     assert len(set(ids[0])) == ROUNDS, "each round has its own aggregation"
-    uploads = [load(trainer.work_dir / "weights.npz") for trainer in trainers]
-    result = load(trainers[0].work_dir / "aggregated.npz")
+    uploads = [uploaded(trainer) for trainer in trainers]
+    result = aggregated(trainers[0])
     assert sorted(result) == ["layer_0", "layer_1"]
     for trainer in trainers[1:]:
-        assert (trainer.work_dir / "aggregated.npz").read_bytes() == (
-            trainers[0].work_dir / "aggregated.npz"
-        ).read_bytes()
+        theirs = aggregated(trainer)
+        for key, array in result.items():
+            assert theirs[key].dtype == array.dtype
+            np.testing.assert_array_equal(theirs[key], array)
     weights = [float(upload["weighting"]) for upload in uploads]
     assert weights == [float(s) for s in SAMPLES]
     for key in ("layer_0", "layer_1"):
@@ -175,17 +207,20 @@ def node_trainer(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 def check_node_files(trainer: Trainer, samples: int) -> None:
-    """numpy reads the NPZ the Node trainer wrote, and the values it printed are numpy's."""
-    written = load(trainer.work_dir / "weights.npz")  # its own .npy writer and zip
-    assert sorted(written) == ["layer_0", "layer_1", "weighting"]
-    assert written["weighting"].shape == ()
-    assert float(written["weighting"]) == samples
-    assert written["layer_0"].shape == (16, 8)
-    assert written["layer_0"].dtype == np.dtype("<f4")
-    assert written["layer_1"].shape == (8,)
+    """The official safetensors reader opens the file the Node trainer wrote (weight first, so it is
+    layer_0), and the values it printed are those of the aggregate it downloaded in its names."""
+    path = str(trainer.work_dir / "weights.safetensors")
+    with safe_open(path, "np") as written:  # its own writer, read by the official one
+        assert list(written.keys()) == ["dense.bias", "dense.weight"]  # the reader sorts names
+        assert written.get_tensor("dense.weight").shape == (16, 8)
+        assert written.get_tensor("dense.weight").dtype == np.dtype("<f4")
+        assert written.get_tensor("dense.bias").shape == (8,)
+    header = (trainer.work_dir / "weights.safetensors").read_bytes()
+    assert header.index(b"dense.weight") < header.index(b"dense.bias"), "the file's own order"
+    assert trainer.samples == samples
     last = trainer.stdout.strip().splitlines()[-1]
     printed = [float(v) for v in last.rpartition("starts ")[2].split()]
-    first = load(trainer.work_dir / "aggregated.npz")["layer_0"].ravel()[:4]
+    first = aggregated(trainer)["layer_0"].ravel()[:4]
     assert len(printed) == 4, last
     np.testing.assert_allclose(printed, first, rtol=1e-6, atol=1e-9)
 
@@ -200,7 +235,8 @@ def test_bash_trainers_federate(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_node_trainers_federate(tmp_path: Path, node_trainer: list[str]) -> None:
-    """Two Node.js trainers (NPZ written by hand, fetch, SSE) federate for two rounds after `npm ci`."""
+    """Two Node.js trainers (safetensors written by hand, fetch, SSE, the aggregate by name) federate
+    for two rounds after `npm ci`."""
     with federation(tmp_path, leaves=2) as urls:
         trainers = run_trainers([node_trainer, node_trainer], urls, tmp_path)
     check_federation(trainers)

@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 import httpx
 
 from gateway.upstream.credentials import Credentials
+from gateway.upstream.policy import Policy, RetryPolicy
 from gateway.upstream.session import Session
-from gateway.upstream.transport import RetryPolicy
 from gateway.upstream.v3 import V3Upstream
 
 HOST = "https://bk.example"
 CREDENTIALS = Credentials(
     id="leaf-1", name="leaf", session_token="token-1", tree_id="t", branch_id="b", owner_id="o"
 )
-FAST = RetryPolicy(max_retries=1, backoff_s=0.01, max_delay_s=0.05)
+FAST = Policy(retry=RetryPolicy(max_retries=1, backoff_s=0.01, max_delay_s=0.05))
 
 _FILENAME = re.compile(rb'name="file"; filename="([^"]*)"')
 
@@ -78,7 +78,7 @@ async def session_with(
 ) -> AsyncIterator[Session]:
     """A logged-in v3 session whose upstream is `fake`."""
     async with httpx.AsyncClient(transport=httpx.MockTransport(fake)) as client:
-        connect = functools.partial(V3Upstream, client, HOST, retry=FAST)
+        connect = functools.partial(V3Upstream, client, HOST, policy=FAST)
         session = Session(connect, HOST, run_check_interval_s)
         session.adopt(CREDENTIALS)
         yield session

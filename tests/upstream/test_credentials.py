@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,3 +130,56 @@ def test_v3_credentials_that_the_bearer_header_cannot_carry_are_refused(
     """A v3 id or token outside visible ASCII is refused, naming the key, instead of failing the login."""
     with pytest.raises(CredentialsError, match=f"{key} must be visible ASCII"):
         from_mapping({**V3, key: value}, "The request body")
+
+
+def _leaves_file(tmp_path: Path, count: int) -> Path:
+    """An aggregator's leaves.json with `count` leaves named leaf-1 ..."""
+    leaves = [{**V3, "id": f"l{i}", "name": f"leaf-{i}"} for i in range(1, count + 1)]
+    path = tmp_path / "leaves.json"
+    path.write_text(json.dumps(leaves))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("pick", "expected"), [({"bk_leaf_name": "leaf-2"}, "l2"), ({"bk_leaf_id": "l3"}, "l3")]
+)
+def test_a_list_of_leaves_with_a_pick(tmp_path: Path, pick: dict[str, Any], expected: str) -> None:
+    """BK_CREDENTIALS_FILE may be the aggregator's leaves.json: BK_LEAF_NAME or BK_LEAF_ID picks one."""
+    path = _leaves_file(tmp_path, 3)
+    creds = from_settings(Settings(_env_file=None, bk_credentials_file=path, **pick))
+    assert creds is not None
+    assert creds.id == expected
+    assert creds.name == f"leaf-{expected[1:]}"
+
+
+@pytest.mark.parametrize(
+    ("count", "pick", "message"),
+    [
+        (
+            3,
+            {},
+            "BK_CREDENTIALS_FILE lists 3 leaves (leaf-1, leaf-2, leaf-3): set BK_LEAF_NAME "
+            "(e.g. BK_LEAF_NAME=leaf-1) or BK_LEAF_ID to pick one.",
+        ),
+        (
+            2,
+            {"bk_leaf_name": "leaf-9"},
+            "BK_CREDENTIALS_FILE has no leaf matching BK_LEAF_NAME=leaf-9; its leaves are leaf-1, leaf-2.",
+        ),
+        (0, {}, "BK_CREDENTIALS_FILE holds an empty list: no leaf to start as."),
+        (
+            12,
+            {},
+            "(leaf-1, leaf-2, leaf-3, leaf-4, leaf-5, leaf-6, leaf-7, leaf-8, leaf-9, leaf-10 and 2 more)",
+        ),
+    ],
+)
+def test_a_list_of_leaves_without_a_pick(
+    tmp_path: Path, count: int, pick: dict[str, Any], message: str
+) -> None:
+    """A list without a pick (or a pick that matches nothing) is one sentence naming the leaves."""
+    path = _leaves_file(tmp_path, count)
+    with pytest.raises(CredentialsError) as raised:
+        from_settings(Settings(_env_file=None, bk_credentials_file=path, **pick))
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,15 +15,16 @@ import pytest
 
 from gateway.errors import GatewayError, UpstreamTimeoutError
 from gateway.upstream.credentials import Credentials
+from gateway.upstream.policy import Policy, RetryPolicy
 from gateway.upstream.protocol import Upstream, WeightsFile
-from gateway.upstream.transport import RetryPolicy, Transport
+from gateway.upstream.transport import Transport
 from gateway.upstream.v1 import V1Upstream
 from gateway.upstream.v3 import V3Upstream
 from gateway.weights import ValidationPolicy
 from gateway.weights.objectnpy import read_object_npy
 
 CREDS = Credentials(id="leaf-1", name="leaf", session_token="tok", tree_id="t-1", branch_id="b-1")
-FAST = RetryPolicy(max_retries=2, backoff_s=0.01, max_delay_s=0.02)
+FAST = Policy(retry=RetryPolicy(max_retries=2, backoff_s=0.01, max_delay_s=0.02))
 IDS = {"user_id": "u-1", "tree_id": "t-1", "branch_id": "b-1"}
 DIALECTS = [V3Upstream, V1Upstream]
 
@@ -30,7 +32,10 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def _talk(
-    kind: Callable[..., Upstream], handler: Handler, action: Callable[[Upstream], Awaitable[Any]]
+    kind: Callable[..., Upstream],
+    handler: Handler,
+    action: Callable[[Upstream], Awaitable[Any]],
+    policy: Policy = FAST,
 ) -> Any:
     """Run `action` on a `kind` upstream whose server is `handler` (which also answers v1's
     authenticate); return its result or the gateway error it raised."""
@@ -44,7 +49,7 @@ def _talk(
     async def main() -> Any:
         async with httpx.AsyncClient(transport=httpx.MockTransport(serve)) as client:
             try:
-                return await action(kind(client, "https://bk.example", CREDS, FAST))
+                return await action(kind(client, "https://bk.example", CREDS, policy))
             except GatewayError as error:
                 return error
 
@@ -92,12 +97,14 @@ def test_transport_retries_connect_failures_up_to_the_policy() -> None:
     assert len(tries) == 3
 
 
-@pytest.mark.parametrize(("kind", "posts"), [(V3Upstream, 3), (V1Upstream, 1)])
-def test_a_lost_upload_answer_is_resent_by_v3_only(
-    kind: Callable[..., Upstream], posts: int, tmp_path: Path
+@pytest.mark.parametrize("kind", DIALECTS)
+@pytest.mark.parametrize(("deduplicates", "posts"), [(False, 1), (True, 3)])
+def test_a_lost_upload_answer_is_resent_only_where_the_upstream_deduplicates(
+    kind: Callable[..., Upstream], deduplicates: bool, posts: int, tmp_path: Path
 ) -> None:
-    """A read timeout on the upload: v3 resends (its service deduplicates), v1 posts once; both
-    end in a 504."""
+    """A read timeout after the whole upload was sent (its outcome unknown): posted once, unless
+    the upstream deduplicates identical uploads (the local aggregator, BK_UPSTREAM_DEDUPLICATES);
+    either way a 504 in the end."""
     npz = tmp_path / "w.npz"
     np.savez(npz, weighting=np.array(2), layer_0=np.ones(3, dtype=np.float32))
     seen: list[httpx.Request] = []
@@ -110,7 +117,8 @@ def test_a_lost_upload_answer_is_resent_by_v3_only(
         weights = WeightsFile(npz, "federated_learning", "w.npz")
         return await up.upload(await up.prepare(weights, tmp_path / "out", ValidationPolicy()))
 
-    assert isinstance(_talk(kind, lose, upload), UpstreamTimeoutError)
+    policy = dataclasses.replace(FAST, resend_uploads=deduplicates)
+    assert isinstance(_talk(kind, lose, upload, policy), UpstreamTimeoutError)
     assert len(seen) == posts
 
 

@@ -20,8 +20,8 @@ from gateway.errors import (
     UpstreamUnavailableError,
 )
 from gateway.upstream.credentials import Credentials
+from gateway.upstream.policy import Policy, RetryPolicy
 from gateway.upstream.protocol import Outgoing, WeightsFile
-from gateway.upstream.transport import RetryPolicy
 from gateway.upstream.v1 import V1_METADATA, V1Upstream
 from gateway.weights import ValidationPolicy, npz_to_object_npy
 from gateway.weights.objectnpy import read_object_npy
@@ -29,7 +29,7 @@ from gateway.weights.objectnpy import read_object_npy
 CREDS = Credentials(
     id="leaf-1", name="leaf one", session_token="tok:en", tree_id="", branch_id="", owner_id=""
 )
-FAST = RetryPolicy(max_retries=1, backoff_s=0.01, max_delay_s=0.02)
+FAST = Policy(retry=RetryPolicy(max_retries=1, backoff_s=0.01, max_delay_s=0.02))
 IDS = {"user_id": "u-1", "tree_id": "t-1", "branch_id": "b-1"}
 BASIC = "Basic " + base64.b64encode(b"leaf-1:tok:en").decode()
 

@@ -70,7 +70,9 @@ export interface paths {
         /**
          * Download an aggregation
          * @description The aggregated model: `layer_0 ..` as an NPZ of plain arrays, or (`?format=npy`) the v1 object
-         *     array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples).
+         *     array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples), or in the
+         *     trainer's own tensor names (`?format=safetensors`, `?format=npz&names=original`): 409 when no
+         *     names are remembered or they do not fit this aggregation's layers.
          */
         get: operations["stream_aggregation"];
         put?: never;
@@ -80,7 +82,9 @@ export interface paths {
         /**
          * An aggregation's headers (size, ETag) without the file
          * @description The aggregated model: `layer_0 ..` as an NPZ of plain arrays, or (`?format=npy`) the v1 object
-         *     array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples).
+         *     array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples), or in the
+         *     trainer's own tensor names (`?format=safetensors`, `?format=npz&names=original`): 409 when no
+         *     names are remembered or they do not fit this aggregation's layers.
          */
         head: operations["head_aggregation"];
         patch?: never;
@@ -249,9 +253,11 @@ export interface paths {
         put?: never;
         /**
          * Upload this leaf's weights
-         * @description Upload weights: a multipart `file` part (NPZ, v1 object .npy, a plain .npy array or a list of
-         *     arrays saved with np.save), `layer_<n>` .npy parts plus `weighting`, or a raw
-         *     `application/octet-stream` body. A file without a weighting gets `weighting`, else 1.0.
+         * @description Upload weights: a multipart `file` part (NPZ, v1 object .npy, a plain .npy array, a list of
+         *     arrays saved with np.save, a safetensors file or an NPZ in your own array names), `layer_<n>`
+         *     .npy parts plus `weighting`, or a raw `application/octet-stream` body. A file without a
+         *     weighting gets `weighting`, else 1.0. Named tensors are sent as `layer_0 ..` in the file's
+         *     order; their names are kept for `GET /aggregations/{id}?format=safetensors`.
          */
         post: operations["create_upload"];
         delete?: never;
@@ -342,11 +348,11 @@ export interface components {
             state: "starting" | "connecting" | "connected" | "down" | "stopped";
         };
         /**
-         * Format
-         * @description Download formats.
+         * DownloadFormat
+         * @description Download formats: the cache's two and safetensors.
          * @enum {string}
          */
-        Format: "npz" | "npy";
+        DownloadFormat: "npz" | "npy" | "safetensors";
         /**
          * LayerInfo
          * @description One layer of the uploaded payload.
@@ -356,9 +362,20 @@ export interface components {
             dtype: string;
             /** Key */
             key: string;
+            /**
+             * Name
+             * @description The tensor's own name in a safetensors file or named NPZ (sent as `key`).
+             */
+            name?: string | null;
             /** Shape */
             shape: number[];
         };
+        /**
+         * Names
+         * @description Which names a download uses.
+         * @enum {string}
+         */
+        Names: "layer" | "original";
         /**
          * PerformanceReport
          * @description A performance report for an aggregation.
@@ -654,8 +671,10 @@ export interface operations {
     stream_aggregation: {
         parameters: {
             query?: {
-                /** @description npz: plain layer_0.. arrays; npy: the v1 object array. */
-                format?: components["schemas"]["Format"];
+                /** @description npz: an NPZ of plain arrays; npy: the v1 object array; safetensors: safetensors in the trainer's own names and dtypes. */
+                format?: components["schemas"]["DownloadFormat"];
+                /** @description original: the tensor names and dtypes of this leaf's last safetensors or named-NPZ upload (the default for safetensors); layer: layer_0 .. (the default for npz and npy). */
+                names?: components["schemas"]["Names"] | null;
             };
             header?: {
                 /** @description ETags the client holds (or *): a match is answered 304 Not Modified. */
@@ -727,7 +746,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Problem types: /problems/upstream-rejected */
+            /** @description Problem types: /problems/names/mismatch, /problems/names/no-map, /problems/upstream-rejected */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -772,6 +791,15 @@ export interface operations {
             };
             /** @description Problem types: /problems/upstream-timeout */
             504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/insufficient-storage */
+            507: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -784,8 +812,10 @@ export interface operations {
     head_aggregation: {
         parameters: {
             query?: {
-                /** @description npz: plain layer_0.. arrays; npy: the v1 object array. */
-                format?: components["schemas"]["Format"];
+                /** @description npz: an NPZ of plain arrays; npy: the v1 object array; safetensors: safetensors in the trainer's own names and dtypes. */
+                format?: components["schemas"]["DownloadFormat"];
+                /** @description original: the tensor names and dtypes of this leaf's last safetensors or named-NPZ upload (the default for safetensors); layer: layer_0 .. (the default for npz and npy). */
+                names?: components["schemas"]["Names"] | null;
             };
             header?: {
                 /** @description ETags the client holds (or *): a match is answered 304 Not Modified. */
@@ -857,7 +887,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Problem types: /problems/upstream-rejected */
+            /** @description Problem types: /problems/names/mismatch, /problems/names/no-map, /problems/upstream-rejected */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -902,6 +932,15 @@ export interface operations {
             };
             /** @description Problem types: /problems/upstream-timeout */
             504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/insufficient-storage */
+            507: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1554,7 +1593,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Problem types: /problems/run-not-started, /problems/upstream-rejected */
+            /** @description Problem types: /problems/run-not-started, /problems/session-changed, /problems/upstream-rejected */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1581,7 +1620,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Problem types: /problems/upstream-rejected, /problems/weights/bad-member-name, /problems/weights/bad-npy-header, /problems/weights/bad-weighting, /problems/weights/bare-scalar, /problems/weights/crc-mismatch, /problems/weights/duplicate-member, /problems/weights/encrypted-member, /problems/weights/header-too-large, /problems/weights/invalid-archive, /problems/weights/layer-mismatch, /problems/weights/layer-numbering, /problems/weights/missing-weighting, /problems/weights/no-fields, /problems/weights/no-inputs, /problems/weights/no-layers, /problems/weights/non-finite, /problems/weights/not-a-payload, /problems/weights/not-an-array, /problems/weights/not-integer, /problems/weights/not-list, /problems/weights/not-ndarray, /problems/weights/not-numeric, /problems/weights/not-object-pair, /problems/weights/overlapping-members, /problems/weights/pickle-forbidden, /problems/weights/reserved-field-name, /problems/weights/shape-mismatch, /problems/weights/shape-overflow, /problems/weights/too-many-members, /problems/weights/truncated, /problems/weights/unexpected-key, /problems/weights/unknown-kind, /problems/weights/unsupported-compression, /problems/weights/unsupported-dtype, /problems/weights/unsupported-kind, /problems/weights/unsupported-pickle, /problems/weights/weighting-not-integer, /problems/weights/weighting-not-single, /problems/weights/zero-weighting */
+            /** @description Problem types: /problems/upstream-rejected, /problems/weights/bad-member-name, /problems/weights/bad-npy-header, /problems/weights/bad-safetensors-header, /problems/weights/bad-weighting, /problems/weights/bare-scalar, /problems/weights/crc-mismatch, /problems/weights/duplicate-member, /problems/weights/encrypted-member, /problems/weights/header-too-large, /problems/weights/invalid-archive, /problems/weights/layer-mismatch, /problems/weights/layer-numbering, /problems/weights/missing-weighting, /problems/weights/names-mismatch, /problems/weights/no-fields, /problems/weights/no-inputs, /problems/weights/no-layers, /problems/weights/non-finite, /problems/weights/not-a-payload, /problems/weights/not-an-array, /problems/weights/not-integer, /problems/weights/not-list, /problems/weights/not-ndarray, /problems/weights/not-numeric, /problems/weights/not-object-pair, /problems/weights/overlapping-members, /problems/weights/overlapping-tensors, /problems/weights/pickle-forbidden, /problems/weights/reserved-field-name, /problems/weights/shape-mismatch, /problems/weights/shape-overflow, /problems/weights/tensor-offsets, /problems/weights/too-many-members, /problems/weights/truncated, /problems/weights/unexpected-key, /problems/weights/unknown-kind, /problems/weights/unsupported-compression, /problems/weights/unsupported-dtype, /problems/weights/unsupported-kind, /problems/weights/unsupported-pickle, /problems/weights/weighting-not-integer, /problems/weights/weighting-not-single, /problems/weights/zero-weighting */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1601,6 +1640,15 @@ export interface operations {
             };
             /** @description Problem types: /problems/upstream-timeout */
             504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/insufficient-storage */
+            507: {
                 headers: {
                     [name: string]: unknown;
                 };
