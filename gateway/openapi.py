@@ -35,8 +35,9 @@ WEIGHTS_FORM: Final[dict[str, Any]] = {
     "properties": {
         "file": {
             **_BINARY,
-            "description": "The weights: an NPZ (weighting + layer_0..), the v1 client's object "
-            ".npy, a plain np.save .npy array, or a list of arrays saved with np.save.",
+            "description": "The weights: an NPZ (weighting + layer_0.., or arrays in your own "
+            "names), the v1 client's object .npy, a plain np.save .npy array, a list of arrays "
+            "saved with np.save, or a safetensors file.",
         },
         "weighting": {
             "type": "string",
@@ -52,6 +53,7 @@ WEIGHTS_FORM: Final[dict[str, Any]] = {
 """The multipart form of a weights upload (`curl -F file=@w.npz`, or `-F layer_0=@l0.npy -F weighting=12`)."""
 
 RAW_WEIGHTS_TYPES: Final = ("application/octet-stream", "application/zip", "application/x-npy")
+"""The raw-body media types an upload route reads (forwarding.RAW_TYPES; a test keeps them equal)."""
 
 
 def weights_body(description: str) -> dict[str, Any]:

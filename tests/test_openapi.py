@@ -9,6 +9,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.errors import PROBLEM_TYPES
+from gateway.forwarding import RAW_TYPES
 from gateway.openapi import BEARER_SCHEME, OPENAPI_PATH, RAW_WEIGHTS_TYPES, render
 from gateway.settings import Settings
 
@@ -49,6 +50,7 @@ def test_upload_declares_its_request_bodies(document: dict[str, Any]) -> None:
     }
     assert form["properties"]["weighting"]["type"] == "string"
     assert list(form["patternProperties"]) == ["^layer_(0|[1-9][0-9]*)$"]
+    assert RAW_WEIGHTS_TYPES == RAW_TYPES
     for media_type in RAW_WEIGHTS_TYPES:
         assert body["content"][media_type]["schema"]["format"] == "binary"
 

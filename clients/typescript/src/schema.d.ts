@@ -1534,7 +1534,7 @@ export interface operations {
                 "multipart/form-data": {
                     /**
                      * Format: binary
-                     * @description The weights: an NPZ (weighting + layer_0..), the v1 client's object .npy, a plain np.save .npy array, or a list of arrays saved with np.save.
+                     * @description The weights: an NPZ (weighting + layer_0.., or arrays in your own names), the v1 client's object .npy, a plain np.save .npy array, a list of arrays saved with np.save, or a safetensors file.
                      */
                     file?: Blob;
                     /**
