@@ -91,6 +91,10 @@ GATEWAY_MAX_RSS = 100 * MiB
 MAX_FLOOR_RATIO = 1.5
 """(a) may take at most this many times (b)."""
 MIN_CLIENT_SPEEDUP = 3.0
+MAX_COLD_RATIO = 1.3
+"""(d) cold may take at most this many times (e), the direct blob download."""
+MAX_CACHED_RATIO = 1.2
+"""(d) cached may take at most this many times (e)."""
 """(c) must take at least this many times (a) at ANCHOR_BYTES."""
 ANCHOR_BYTES = 512 * MiB
 
@@ -836,6 +840,19 @@ class Bench:
 
     def ratio_rows(self) -> None:
         walls = self.walls
+        for key, limit in (("d-cold", MAX_COLD_RATIO), ("d-cached", MAX_CACHED_RATIO)):
+            if key in walls and walls.get("e", 0) > 0:
+                ratio = walls[key] / walls["e"]
+                row = Row(self.label, f"(d) {key[2:]} / (e) wall", wall=f"{ratio:.2f}x")
+                row.target = f"<= {limit:g}x"
+                row.result = "PASS" if ratio <= limit else "FAIL"
+                self.report.rows.append(row)
+        if "d-cold" in walls and walls.get("f", 0) > 0:
+            speedup = walls["f"] / walls["d-cold"]
+            row = Row(self.label, "(f) / (d) cold wall: speedup", wall=f"{speedup:.2f}x")
+            row.target = f">= {MIN_CLIENT_SPEEDUP:g}x"
+            row.result = "PASS" if speedup >= MIN_CLIENT_SPEEDUP else "FAIL"
+            self.report.rows.append(row)
         if "a" in walls and "b" in walls and walls["b"] > 0:
             ratio = walls["a"] / walls["b"]
             row = Row(self.label, "(a) / (b) wall", wall=f"{ratio:.2f}x")

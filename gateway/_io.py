@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import queue
 import sqlite3
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 import anyio
+from anyio import to_thread
 
 FLUSH_BYTES = 1 << 20
 """Bytes gathered before one worker-thread hop writes them (one hop per ~1 MiB, not per chunk)."""
@@ -36,8 +40,23 @@ def disk_full(error: BaseException | None) -> bool:
 class Digest(Protocol):
     """What `hashlib` digests offer (and all this module needs of them)."""
 
-    def update(self, data: bytes, /) -> None:
+    def update(self, data: bytes | memoryview, /) -> None:
         """Feed `data`."""
+
+
+class Tee:
+    """Feeds two digests (or checks that read like one) with the same bytes."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: Digest, second: Digest) -> None:
+        self.first = first
+        self.second = second
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        """Feed `data` to both."""
+        self.first.update(data)
+        self.second.update(data)
 
 
 def write_hashed(stream: BinaryIO, digest: Digest, chunks: Iterable[bytes]) -> None:
@@ -54,6 +73,81 @@ def sha256_file(path: Path) -> bytes:
         while chunk := stream.read(FLUSH_BYTES):
             digest.update(chunk)
     return digest.digest()
+
+
+class Spool:
+    """A file arriving in batches, its size capped: a thread of its own writes and hashes each
+    batch while the caller receives the next (two batches queued at most: memory stays flat)."""
+
+    def __init__(self, path: Path, limit: int, too_large: Callable[[], Exception]) -> None:
+        self.path = path
+        self.limit = limit
+        self.too_large = too_large
+        self.size = 0
+        self.digest = hashlib.sha256()
+        self.feed: Digest = self.digest
+        """What each batch is fed to: the digest, or a `Tee` of it and a check reading beside it."""
+        self.failure: Exception | None = None
+        self.queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=2)
+        self.writer: threading.Thread | None = None
+        self.closed = False
+
+    async def open(self) -> None:
+        """Create the file and start its writer thread."""
+        stream = await to_thread.run_sync(self.path.open, "wb")
+        self.writer = threading.Thread(target=self._drain, args=(stream,), daemon=True)
+        self.writer.start()
+
+    def _drain(self, stream: BinaryIO) -> None:
+        with stream:
+            while (batch := self.queue.get()) is not None:
+                if self.failure is None:
+                    try:
+                        write_hashed(stream, self.feed, batch)
+                    except Exception as exc:  # reported by the next `write`, `sync` or `close`
+                        self.failure = exc
+                self.queue.task_done()
+
+    async def _put(self, item: list[bytes] | None) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except queue.Full:
+            await to_thread.run_sync(self.queue.put, item)
+
+    async def write(self, batch: list[bytes]) -> None:
+        """Queue `batch`; raises `too_large()` past the limit, or the writer's failure."""
+        self.size += sum(len(chunk) for chunk in batch)
+        if self.size > self.limit:
+            raise self.too_large()
+        if self.failure is not None:
+            raise self.failure
+        await self._put(batch)
+
+    async def sync(self) -> None:
+        """Wait until every batch queued so far is written; raises the writer's failure."""
+        await to_thread.run_sync(self.queue.join)
+        if self.failure is not None:
+            raise self.failure
+
+    async def close(self) -> None:
+        """Wait until every batch is written and the file closed."""
+        if not self.closed and self.writer is not None:
+            await self._put(None)
+            self.closed = True
+            await to_thread.run_sync(self.writer.join)
+        if self.failure is not None:
+            raise self.failure
+
+    def hexdigest(self) -> str:
+        """The sha256 of the bytes written (after `close`)."""
+        return self.digest.hexdigest()
+
+    async def discard(self) -> None:
+        """Stop the writer and remove the file (also when cancelled)."""
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                await self.close()
+            await to_thread.run_sync(lambda: self.path.unlink(missing_ok=True))
 
 
 class KeyedLocks:

@@ -23,7 +23,17 @@ from starlette.types import Scope
 
 from gateway import __version__, logs, state
 from gateway.access import AccessSigner
-from gateway.api import access, activity, aggregations, events, health, pages, session, uploads
+from gateway.api import (
+    access,
+    activity,
+    aggregations,
+    events,
+    exchange,
+    health,
+    pages,
+    session,
+    uploads,
+)
 from gateway.api.auth import RequireToken
 from gateway.api.cors import cors_options
 from gateway.api.hosts import SingleHostOrigin
@@ -32,6 +42,7 @@ from gateway.embedded import EmbeddedAggregator
 from gateway.errors import GatewayError
 from gateway.events import EventHub, EventLog, Events
 from gateway.forwarding import Forwarder
+from gateway.layouts import LayoutBook
 from gateway.metrics import LiveFacts, Metrics
 from gateway.names import NamedDownloads
 from gateway.openapi import document, operation_id
@@ -43,6 +54,7 @@ from gateway.upstream.client import upstream_client
 from gateway.upstream.credentials import Credentials, from_settings
 from gateway.upstream.policy import Policy
 from gateway.upstream.session import Session
+from gateway.weights import Payload
 
 log = logging.getLogger("gateway")
 
@@ -175,6 +187,9 @@ def create_app(settings: Settings) -> FastAPI:
             session_ = await stack.enter_async_context(_session(settings, client, upstream))
             events_ = await stack.enter_async_context(_events(settings))
             consumer = auto.channel(settings, session_, events_)
+            layouts = await to_thread.run_sync(
+                LayoutBook, settings.gateway_data_dir / "layouts.json"
+            )
             limits = settings.weights.policy().limits
             names = NamedDownloads(
                 settings.gateway_data_dir, tmp_dir, limits, settings.gateway_cache_keep
@@ -188,9 +203,20 @@ def create_app(settings: Settings) -> FastAPI:
                     session=session_,
                     events=events_,
                     consumer=consumer,
-                    cache=AggregationCache(cache_dir, tmp_dir, limits, settings.gateway_cache_keep),
+                    cache=AggregationCache(
+                        cache_dir,
+                        tmp_dir,
+                        limits,
+                        settings.gateway_cache_keep,
+                        functools.partial(_saw_aggregation, layouts, session_, events_),
+                    ),
                     forwarder=Forwarder(
-                        session_, settings, tmp_dir, metrics.record_upload, names.remember
+                        session_,
+                        settings,
+                        tmp_dir,
+                        metrics.record_upload,
+                        names.remember,
+                        layouts=layouts,
                     ),
                     names=names,
                     embedded=upstream.embedded,
@@ -230,9 +256,31 @@ def create_app(settings: Settings) -> FastAPI:
     add_exception_handlers(app, count_problem)
     state.attach_metrics(app, metrics)
     state.attach_access(app, signer)
-    for module in (health, session, uploads, events, aggregations, access, activity, pages):
+    for module in (
+        health,
+        session,
+        uploads,
+        exchange,
+        events,
+        aggregations,
+        access,
+        activity,
+        pages,
+    ):
         app.include_router(module.router)
     return app
+
+
+def _saw_aggregation(
+    layouts: LayoutBook, session: Session, events: Events, aggregation_id: str, payload: Payload
+) -> None:
+    """An aggregation fetched from upstream becomes its branch's reference layout when it is the
+    latest one announced (an older one fetched later must not undo a newer model)."""
+    latest = events.log.latest("aggregation")
+    credentials = session.credentials
+    if credentials and latest and latest.data.get("aggregation_id") == aggregation_id:
+        source = f"the latest aggregation ({aggregation_id})"
+        layouts.record(credentials.branch_id, payload, source)
 
 
 def _clear(folder: Path) -> None:

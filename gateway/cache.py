@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+import anyio
 import httpx
 from anyio import to_thread
 
-from gateway._io import FLUSH_BYTES, KeyedLocks, sha256_file, write_hashed
-from gateway.errors import BadRequestError, UpstreamUnavailableError
-from gateway.weights import Limits, aggregate_to_object_npy, detect_format, normalize_aggregate
+from gateway._io import FLUSH_BYTES, KeyedLocks, Spool, sha256_file
+from gateway.errors import BadRequestError, GatewayError, UpstreamUnavailableError
+from gateway.weights import (
+    Limits,
+    Payload,
+    WeightsError,
+    aggregate_to_object_npy,
+    detect_format,
+    normalize_aggregate,
+    starts_plain,
+)
 from gateway.weights.objectnpy import read_object_npy
 
 MAX_ID_LENGTH = 200
+MAX_REFUSED = 256
 
 
 class Format(StrEnum):
@@ -50,6 +59,17 @@ class Served:
     sha256: str
 
 
+@dataclass(frozen=True)
+class Passing:
+    """An aggregation passed on while it arrives from BranchKey, cache file and digest written in
+    the same pass. `chunks` ends only once the whole file is published in the cache unchanged;
+    otherwise it raises before its last chunk, so a cut-off answer is never a complete model."""
+
+    length: int | None
+    """The body's size, when BranchKey declared it (its bytes are passed on unchanged)."""
+    chunks: AsyncIterator[bytes]
+
+
 def check_id(aggregation_id: str) -> None:
     """Ids are URL-safe names, never paths (§5.12): they name the cache's files."""
     if (
@@ -73,12 +93,23 @@ class AggregationCache:
     with their digest recorded; scratch names start with '.', which no id may.
     """
 
-    def __init__(self, folder: Path, scratch: Path, limits: Limits, keep: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        scratch: Path,
+        limits: Limits,
+        keep: int,
+        on_fetched: Callable[[str, Payload], None] | None = None,
+    ) -> None:
         self.folder = folder
         self.scratch = scratch
         self.limits = limits
         self.keep = keep
         self.locks = KeyedLocks()
+        self.refused: dict[str, None] = {}
+        """Ids whose last cut-through download failed (at most MAX_REFUSED, oldest dropped)."""
+        self.on_fetched = on_fetched
+        """Told (in a worker thread) each aggregation fetched from upstream and what it holds."""
 
     async def open(
         self, source: Callable[[], AggregateSource], aggregation_id: str, fmt: Format
@@ -86,15 +117,50 @@ class AggregationCache:
         """The file for (id, format), fetched from `source()` on first use (asked only then: a cached
         file needs no session), as a private hard link that stays readable even if the entry is
         evicted while it is being sent."""
+        async with self.deliver(source, aggregation_id, fmt, through=False) as got:
+            assert isinstance(got, Served)  # noqa: S101 - `through=False` always stores first
+            return got
+
+    @asynccontextmanager
+    async def deliver(
+        self,
+        source: Callable[[], AggregateSource],
+        aggregation_id: str,
+        fmt: Format,
+        *,
+        through: bool,
+    ) -> AsyncIterator[Served | Passing]:
+        """The file for (id, format) as `open` gives it, or with `through` (an NPZ not cached yet,
+        whose first bytes show BranchKey's file already in the served layout) a `Passing`: its
+        bytes while they arrive, the id's lock held until this context ends. Leaving the context
+        early (the trainer went away) cancels the fetch and releases the lock; a follower waiting
+        for the lock then finds the id cached, or fetches it itself."""
         check_id(aggregation_id)
         lock = self.locks.get(aggregation_id)
+        served: Served | None = None
+        stack = AsyncExitStack()
         try:
-            async with lock:
+            await stack.enter_async_context(lock)
+            passing = None
+            plain = self.folder / f"{aggregation_id}.npz"
+            if aggregation_id in self.refused:  # failed last time: store first, for a clear answer
+                del self.refused[aggregation_id]
+                through = False
+            if through and fmt is Format.npz and not await to_thread.run_sync(plain.exists):
+                passing = await self._pass(source(), aggregation_id, stack)
+            if passing is None:
                 served = await self._open_locked(source, aggregation_id, fmt)
+            else:
+                yield passing
         finally:
+            # Not shielded as a whole: the blob's context holds its own cancel scope. What must
+            # finish after a cancel (the spool's thread, the scratch file) shields itself.
+            await stack.aclose()
             self.locks.discard(aggregation_id, lock)
-        await self.evict()
-        return served
+        if served is not None:
+            yield served
+        with anyio.CancelScope(shield=True):
+            await self.evict()
 
     async def _open_locked(
         self, source: Callable[[], AggregateSource], aggregation_id: str, fmt: Format
@@ -103,7 +169,11 @@ class AggregationCache:
         if not await to_thread.run_sync(target.exists):
             plain = self.folder / f"{aggregation_id}.npz"
             if not await to_thread.run_sync(plain.exists):
-                await self._fetch(source(), aggregation_id, plain)
+                stack = AsyncExitStack()
+                try:
+                    await self._fetch(source(), aggregation_id, stack)
+                finally:
+                    await stack.aclose()
             if fmt is Format.npy and not await to_thread.run_sync(target.exists):
                 await self._publish(
                     target, lambda tmp: aggregate_to_object_npy(plain, tmp, self.limits)
@@ -113,61 +183,116 @@ class AggregationCache:
         await to_thread.run_sync(os.link, target, served)
         return Served(served, digest)
 
-    async def _fetch(self, source: AggregateSource, aggregation_id: str, plain: Path) -> None:
+    async def _start(
+        self, source: AggregateSource, aggregation_id: str, stack: AsyncExitStack
+    ) -> tuple[httpx.Response, Spool]:
+        """The blob's response, and the scratch file it is written to (both closed by `stack`)."""
         url = await source.download_url(aggregation_id)
-        raw = self.scratch / f".download-{secrets.token_hex(8)}"
-        try:
-            digest = await self._download(source, url, aggregation_id, raw)
-            # An upstream file already in the served layout is moved into the cache, not copied,
-            # and keeps the digest computed while it arrived: no extra pass over the data.
-            await self._publish(
-                plain,
-                lambda tmp: normalize_aggregate(raw, tmp, self.limits, move=True),
-                lambda: None if raw.exists() else digest,
-            )
-            moved = not await to_thread.run_sync(raw.exists)  # then it was an NPZ already
-            if not moved and await to_thread.run_sync(detect_format, raw, self.limits) == (
-                "npy-object"
-            ):
-                # A v1 upstream's file: ?format=npy serves it with its own sample count, re-written
-                # by our writer (the upstream's pickle bytes are never handed on).
-                samples = (await to_thread.run_sync(read_object_npy, raw, self.limits)).num_samples
-                await self._publish(
-                    self.folder / f"{aggregation_id}.npy",
-                    lambda tmp: aggregate_to_object_npy(
-                        plain, tmp, self.limits, num_samples=samples
-                    ),
-                )
-        finally:
-            await to_thread.run_sync(lambda: raw.unlink(missing_ok=True))
-
-    async def _download(
-        self, source: AggregateSource, url: str, aggregation_id: str, raw: Path
-    ) -> str:
-        """Stream the blob into `raw`; the sha256 of the bytes as stored."""
-        digest = hashlib.sha256()
+        response = await stack.enter_async_context(source.blob(url))
         limit = self.limits.max_total_uncompressed_bytes
-        async with source.blob(url) as response:
-            stream = await to_thread.run_sync(raw.open, "wb")
+
+        def too_large() -> Exception:
+            return UpstreamUnavailableError(
+                f"BranchKey's file for {aggregation_id} is larger than {limit} bytes "
+                "(GATEWAY_MAX_UNCOMPRESSED_BYTES); refusing to store it."
+            )
+
+        raw = Spool(self.scratch / f".download-{secrets.token_hex(8)}", limit, too_large)
+        stack.push_async_callback(raw.discard)
+        await raw.open()
+        return response, raw
+
+    async def _fetch(
+        self, source: AggregateSource, aggregation_id: str, stack: AsyncExitStack
+    ) -> None:
+        """Download the blob whole, then publish it (store and forward)."""
+        response, raw = await self._start(source, aggregation_id, stack)
+        async for batch in _batches(response):
+            await raw.write(batch)
+        await raw.close()
+        await self._settle(raw, aggregation_id)
+
+    async def _pass(
+        self, source: AggregateSource, aggregation_id: str, stack: AsyncExitStack
+    ) -> Passing | None:
+        """Start the download; a `Passing` when its first MiB looks like the served layout, else
+        (None) the whole file downloaded and published first."""
+        response, raw = await self._start(source, aggregation_id, stack)
+        batches = _batches(response)
+        stack.push_async_callback(batches.aclose)
+        prefix: list[bytes] = []
+        async for batch in batches:
+            prefix.extend(batch)
+            await raw.write(batch)
+            if raw.size >= FLUSH_BYTES:
+                break
+        await raw.sync()  # a full disk is a problem answer, not a cut-off one
+        if not starts_plain(b"".join(prefix)[:FLUSH_BYTES], self.limits):
+            async for batch in batches:
+                await raw.write(batch)
+            await raw.close()
+            await self._settle(raw, aggregation_id)
+            return None
+
+        async def chunks() -> AsyncGenerator[bytes, None]:
+            # One batch is held back until the whole file is checked: a file that is not kept
+            # byte for byte (invalid, or not in the served layout after all) is never complete.
+            held = prefix
             try:
-                pending: list[bytes] = []
-                pending_size = total = 0
-                async for chunk in response.aiter_bytes():
-                    pending.append(chunk)
-                    pending_size += len(chunk)
-                    total += len(chunk)
-                    if total > limit:
-                        raise UpstreamUnavailableError(
-                            f"BranchKey's file for {aggregation_id} is larger than {limit} bytes "
-                            "(GATEWAY_MAX_UNCOMPRESSED_BYTES); refusing to store it."
-                        )
-                    if pending_size >= FLUSH_BYTES:
-                        await to_thread.run_sync(write_hashed, stream, digest, pending)
-                        pending, pending_size = [], 0
-                await to_thread.run_sync(write_hashed, stream, digest, pending)
-            finally:
-                await to_thread.run_sync(stream.close)
-        return digest.hexdigest()
+                async for batch in batches:
+                    await raw.write(batch)
+                    for chunk in held:
+                        yield chunk
+                    held = batch
+                await raw.close()
+                kept = await self._settle(raw, aggregation_id)
+            except (GatewayError, WeightsError, OSError):
+                # The next GET of this id stores first, to answer the precise problem.
+                self.refused[aggregation_id] = None
+                while len(self.refused) > MAX_REFUSED:
+                    del self.refused[next(iter(self.refused))]
+                raise
+            if not kept:
+                raise UpstreamUnavailableError(
+                    f"BranchKey's file for {aggregation_id} is not in the served layout after all "
+                    "(only its first member was); the answer was cut off. Download it again: it "
+                    "is served from the cache now."
+                )
+            for chunk in held:
+                yield chunk
+
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        length = response.headers.get("content-length") if encoding == "identity" else None
+        passed = chunks()
+        stack.push_async_callback(passed.aclose)
+        return Passing(int(length) if length and length.isdigit() else None, passed)
+
+    async def _settle(self, raw: Spool, aggregation_id: str) -> bool:
+        """Publish `<id>.npz` from a complete download (and `<id>.npy` from a v1 upstream's file);
+        whether the `.npz` holds the downloaded bytes unchanged."""
+        plain = self.folder / f"{aggregation_id}.npz"
+        digest = raw.hexdigest()
+        # An upstream file already in the served layout is moved into the cache, not copied,
+        # and keeps the digest computed while it arrived: no extra pass over the data.
+        fetched: list[Payload] = []
+        await self._publish(
+            plain,
+            lambda tmp: fetched.append(normalize_aggregate(raw.path, tmp, self.limits, move=True)),
+            lambda: None if raw.path.exists() else digest,
+        )
+        if self.on_fetched is not None:
+            await to_thread.run_sync(self.on_fetched, aggregation_id, fetched[0])
+        if not await to_thread.run_sync(raw.path.exists):
+            return True  # moved: an NPZ in the served layout already
+        if await to_thread.run_sync(detect_format, raw.path, self.limits) == "npy-object":
+            # A v1 upstream's file: ?format=npy serves it with its own sample count, re-written
+            # by our writer (the upstream's pickle bytes are never handed on).
+            samples = (await to_thread.run_sync(read_object_npy, raw.path, self.limits)).num_samples
+            await self._publish(
+                self.folder / f"{aggregation_id}.npy",
+                lambda tmp: aggregate_to_object_npy(plain, tmp, self.limits, num_samples=samples),
+            )
+        return await to_thread.run_sync(_digest_of, plain) == digest
 
     async def _publish(
         self,
@@ -205,6 +330,20 @@ class AggregationCache:
                     await to_thread.run_sync(_remove_id, self.folder, stale)
             finally:
                 self.locks.discard(stale, lock)
+
+
+async def _batches(response: httpx.Response) -> AsyncGenerator[list[bytes], None]:
+    """The body in batches of about FLUSH_BYTES (one worker-thread hop each)."""
+    pending: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= FLUSH_BYTES:
+            yield pending
+            pending, size = [], 0
+    if pending:
+        yield pending
 
 
 def remove_partials(cache: Path) -> None:

@@ -130,6 +130,18 @@ class UpstreamTimeoutError(GatewayError):
     status, type, title = 504, "upstream-timeout", "BranchKey timed out"
 
 
+class AggregationTimeoutError(GatewayError):
+    """`/exchange` sent the upload, but no aggregation was announced within the wait."""
+
+    status, type, title = 504, "aggregation-timeout", "No aggregation in time"
+
+
+class ShuttingDownError(GatewayError):
+    """The gateway is stopping; a wait it held was given up."""
+
+    status, type, title = 503, "shutting-down", "The gateway is shutting down"
+
+
 class InsufficientStorageError(GatewayError):
     """The gateway's disk (GATEWAY_DATA_DIR) is full; nothing was kept or forwarded."""
 
@@ -152,6 +164,8 @@ PROBLEM_TYPES: tuple[type[GatewayError], ...] = (
     UpstreamUnavailableError,
     NotReadyError,
     UpstreamTimeoutError,
+    AggregationTimeoutError,
+    ShuttingDownError,
     InsufficientStorageError,
 )
 """Every gateway problem type, for the OpenAPI description."""

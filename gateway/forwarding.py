@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -11,10 +10,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 from anyio import to_thread
 from starlette.requests import ClientDisconnect, Request
 
-from gateway._io import FLUSH_BYTES, write_hashed
+from gateway._io import FLUSH_BYTES, Spool, Tee
 from gateway.errors import (
     BadRequestError,
     NoSessionError,
@@ -22,17 +22,26 @@ from gateway.errors import (
     SessionChangedError,
     UnsupportedMediaTypeError,
 )
+from gateway.layouts import LayoutBook, check_layout
 from gateway.multipart import FormData, MultipartLimits, read_multipart
 from gateway.settings import Settings
 from gateway.upstream.protocol import Upstream, WeightsFile
 from gateway.upstream.session import Session
-from gateway.weights import Incoming, Payload, WeightingSource, layers_to_npz, upload_to_npz
+from gateway.weights import (
+    Incoming,
+    Payload,
+    StreamScan,
+    WeightingSource,
+    layers_to_npz,
+    upload_to_npz,
+)
 from gateway.weights.names import NameMap
 
 LAYER_PART = re.compile(r"layer_(0|[1-9][0-9]*)", re.ASCII)
 MAX_PARTS = 10_050
 """Multipart parts one upload may have: up to 10 000 `layer_<n>` parts, and a few fields."""
 RAW_TYPES = ("application/octet-stream", "application/zip", "application/x-npy")
+BeforeSend = Callable[[], Awaitable[object]]
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,8 @@ class ReceivedFile:
     path: Path
     sha256: bytes
     filename: str
+    scan: StreamScan | None = None
+    """What the NaN/Inf scan saw while the file arrived (None when the check is off)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,7 @@ class Forwarder:
         scratch_dir: Path,
         on_forwarded: Callable[[int], None] = lambda _size: None,
         on_names: Callable[[NameMap | None], Awaitable[None]] | None = None,
+        layouts: LayoutBook | None = None,
     ) -> None:
         self.session = session
         self.settings = settings
@@ -117,6 +129,8 @@ class Forwarder:
         self.on_forwarded = on_forwarded
         self.on_names = on_names
         """Told the tensor names of every upload BranchKey accepted (None: `layer_<n>` names)."""
+        self.layouts = layouts
+        """The architecture check's reference per branch (None: no check)."""
 
     @asynccontextmanager
     async def scratch(self) -> AsyncIterator[Scratch]:
@@ -127,13 +141,18 @@ class Forwarder:
         finally:
             await to_thread.run_sync(scratch.cleanup)
 
-    async def handle(self, request: Request, options: UploadOptions) -> Forwarded:
-        """The whole upload: the run is checked before the body is read, unless the trainer waits."""
+    async def handle(
+        self, request: Request, options: UploadOptions, before_send: BeforeSend | None = None
+    ) -> Forwarded:
+        """The whole upload: the run is checked before the body is read, unless the trainer waits;
+        `before_send` runs right before the upload goes upstream (after every check and wait)."""
         started_with = await self.check_run(options)
         async with self.scratch() as scratch:
             limit = int(self.settings.gateway_max_upload_bytes)
-            received = await receive(request, scratch, limit)
-            return await self.forward(received, options, scratch, started_with)
+            policy = self.settings.weights.policy()
+            scan = StreamScan(policy.limits) if policy.finite and not policy.deep else None
+            received = await receive(request, scratch, limit, scan)
+            return await self.forward(received, options, scratch, started_with, before_send)
 
     async def check_run(self, options: UploadOptions) -> Upstream:
         """Refuse at once, before the body is read, when the run is not started and the trainer
@@ -151,12 +170,15 @@ class Forwarder:
         options: UploadOptions,
         scratch: Scratch,
         started_with: Upstream | None = None,
+        before_send: BeforeSend | None = None,
     ) -> Forwarded:
         """Validate and convert what was received, wait for the run if asked, then send it, for the
         leaf of `started_with` only (the session when the upload began; None: the current one)."""
         npz, sha256, incoming = await self.branchkey_npz(received, options.weighting, scratch)
         payload = incoming.payload
         upstream = self._same_leaf(started_with)
+        branch = upstream.credentials.branch_id
+        await self.check_architecture(branch, payload)
         filename = npz_name(received.file.filename if received.file else "weights.npz")
         # The dialect's file (v1: the object .npy), made before any wait: a payload the dialect
         # cannot carry is refused at once, not after the run starts.
@@ -167,11 +189,13 @@ class Forwarder:
         )
         if self._waits(options):
             try:
-                await self.session.wait_for_start(self._wait_timeout(options))
+                await self.session.wait_for_start(self.wait_timeout(options))
             except NoSessionError:
                 self._same_leaf(upstream)  # logged out while waiting: say so, as below
                 raise
             upstream = self._same_leaf(upstream)
+        if before_send is not None:
+            await before_send()
         sent = await upstream.upload(outgoing)
         self.on_forwarded(sent.size)
         if self.on_names is not None:
@@ -179,6 +203,14 @@ class Forwarder:
         return Forwarded(
             sent.file_id, sent.sha256, sent.size, payload, incoming.weighting_source, incoming.names
         )
+
+    async def check_architecture(self, branch: str, payload: Payload) -> None:
+        """Refuse a model whose layers differ from the branch's latest (GATEWAY_CHECK_ARCHITECTURE)."""
+        if self.layouts is None or not self.settings.gateway_check_architecture:
+            return
+        reference = await to_thread.run_sync(self.layouts.reference, branch)
+        if reference is not None:
+            check_layout(reference, payload, branch)
 
     async def branchkey_npz(
         self, received: Received, weighting: str | None, scratch: Scratch
@@ -201,7 +233,14 @@ class Forwarder:
             return target, None, Incoming(payload, True, "request")
         assert received.file is not None  # noqa: S101 - a Received holds a file or layers
         incoming = await to_thread.run_sync(
-            functools.partial(upload_to_npz, received.file.path, target, policy, weighting=chosen)
+            functools.partial(
+                upload_to_npz,
+                received.file.path,
+                target,
+                policy,
+                weighting=chosen,
+                scan=received.file.scan,
+            )
         )
         if incoming.converted:
             return target, None, incoming
@@ -239,18 +278,22 @@ class Forwarder:
     def _waits(self, options: UploadOptions) -> bool:
         return self.settings.bk_wait_for_run if options.wait is None else options.wait
 
-    def _wait_timeout(self, options: UploadOptions) -> float:
+    def wait_timeout(self, options: UploadOptions) -> float:
+        """The longest wait the trainer asked for, capped by GATEWAY_WAIT_TIMEOUT_S."""
         cap = self.settings.gateway_wait_timeout_s
         return min(options.wait_timeout_s or cap, cap)
 
 
-async def receive(request: Request, scratch: Scratch, limit: int) -> Received:
-    """The uploaded file (or the layer parts) on disk, and a weighting field if one was sent."""
+async def receive(
+    request: Request, scratch: Scratch, limit: int, scan: StreamScan | None = None
+) -> Received:
+    """The uploaded file (or the layer parts) on disk, and a weighting field if one was sent; `scan`
+    is fed the whole file's bytes beside its digest."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        return await _receive_form(request, scratch, limit)
+        return await _receive_form(request, scratch, limit, scan)
     if content_type in RAW_TYPES:
-        return Received(file=await _receive_raw(request, scratch, limit))
+        return Received(file=await _receive_raw(request, scratch, limit, scan))
     raise UnsupportedMediaTypeError(
         "Send multipart/form-data (curl -F file=@w.npz) or application/octet-stream (curl --data-binary @w.npz "
         "-H 'Content-Type: application/octet-stream')."
@@ -270,9 +313,17 @@ class _FileFields:
         return 1
 
 
-async def _receive_form(request: Request, scratch: Scratch, limit: int) -> Received:
+async def _receive_form(
+    request: Request, scratch: Scratch, limit: int, scan: StreamScan | None
+) -> Received:
     limits = MultipartLimits(max_file_bytes=limit, max_total_file_bytes=limit, max_parts=MAX_PARTS)
-    form = await read_multipart(request, scratch.folder, limits, file_fields=_FileFields())
+    form = await read_multipart(
+        request,
+        scratch.folder,
+        limits,
+        file_fields=_FileFields(),
+        watch=lambda name: scan if name == "file" else None,
+    )
     scratch.form = form
     weighting = form.fields.get("weighting")
     part = form.files.get("file")
@@ -280,7 +331,7 @@ async def _receive_form(request: Request, scratch: Scratch, limit: int) -> Recei
     if part is not None and layers:
         raise BadRequestError("Send either a 'file' part or 'layer_<n>' parts, not both.")
     if part is not None:
-        file = ReceivedFile(part.path, part.sha256, part.filename or "weights.npz")
+        file = ReceivedFile(part.path, part.sha256, part.filename or "weights.npz", scan)
         return Received(file=file, weighting=weighting)
     if layers:
         if sorted(layers) != list(range(len(layers))):
@@ -299,33 +350,35 @@ async def _receive_form(request: Request, scratch: Scratch, limit: int) -> Recei
     )
 
 
-async def _receive_raw(request: Request, scratch: Scratch, limit: int) -> ReceivedFile:
-    path = scratch.new(".bin")
-    digest = hashlib.sha256()
-    size = 0
-    stream = await to_thread.run_sync(path.open, "wb")
+async def _receive_raw(
+    request: Request, scratch: Scratch, limit: int, scan: StreamScan | None
+) -> ReceivedFile:
+    def too_large() -> Exception:
+        return PayloadTooLargeError(f"The upload is over GATEWAY_MAX_UPLOAD_BYTES ({limit} bytes).")
+
+    # Written and hashed by the spool's thread while the next MiB arrives (as multipart parts are).
+    spool = Spool(scratch.new(".bin"), limit, too_large)
+    if scan is not None:
+        spool.feed = Tee(spool.digest, scan)
+    await spool.open()
     pending: list[bytes] = []
     pending_size = 0
     try:
         async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(
-                    f"The upload is over GATEWAY_MAX_UPLOAD_BYTES ({limit} bytes)."
-                )
             pending.append(chunk)
             pending_size += len(chunk)
-            if pending_size >= FLUSH_BYTES:  # one worker-thread hop per ~1 MiB
-                await to_thread.run_sync(write_hashed, stream, digest, pending)
+            if pending_size >= FLUSH_BYTES:
+                await spool.write(pending)
                 pending, pending_size = [], 0
-        await to_thread.run_sync(write_hashed, stream, digest, pending)
+        await spool.write(pending)
     except ClientDisconnect:
         raise BadRequestError("The client disconnected before the upload was complete.") from None
     finally:
-        await to_thread.run_sync(stream.close)
-    if size == 0:
+        with anyio.CancelScope(shield=True):  # the writer thread always ends
+            await spool.close()
+    if spool.size == 0:
         raise BadRequestError("The request body is empty: send the weights file as the body.")
-    return ReceivedFile(path, digest.digest(), "weights.npz")
+    return ReceivedFile(spool.path, spool.digest.digest(), "weights.npz", scan)
 
 
 def npz_name(filename: str) -> str:

@@ -30,8 +30,11 @@ class WeightsSettings(BaseSettings):
     strict_extra_keys: bool = Field(
         True, description="A learning archive may hold only weighting, the kind key and layers."
     )
-    deep_validation: bool = Field(
-        False, description="Also read all data: CRC of every member, no NaN or Inf."
+    deep_validation: bool = Field(False, description="Also read all data: the CRC of every member.")
+    allow_nonfinite: bool = Field(
+        False,
+        description="Let layers holding NaN or Inf through (refused by default, checked while "
+        "the upload arrives).",
     )
     max_archive_members: int = Field(10_000, ge=1, description="Members of one NPZ archive.")
     max_npy_header_bytes: int = Field(10_000, ge=128, description="Bytes of one .npy header.")
@@ -53,6 +56,7 @@ class WeightsSettings(BaseSettings):
             strict_layer_numbering=self.strict_layer_numbering,
             strict_extra_keys=self.strict_extra_keys,
             deep=self.deep_validation,
+            finite=not self.allow_nonfinite,
             limits=Limits(
                 max_members=self.max_archive_members,
                 max_header_bytes=self.max_npy_header_bytes,
@@ -186,7 +190,16 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest wait between notification-channel reconnects (both dialects).",
     )
-    gateway_wait_timeout_s: float = Field(600.0, gt=0, description="Longest `wait=true` upload.")
+    gateway_wait_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest wait: of a `wait=true` upload for the run, of `/exchange` for its aggregation.",
+    )
+    gateway_check_architecture: bool = Field(
+        True,
+        description="Refuse a model whose layer count, shapes or dtypes differ from the branch's "
+        "latest aggregation the gateway fetched; false for an architecture change.",
+    )
     gateway_max_header_bytes: ByteSize = Field(
         ByteSize(16 * 1024),
         ge=1024,

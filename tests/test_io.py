@@ -1,13 +1,18 @@
-"""`gateway._io.disk_full`: which failures are a full disk (answered 507 by both servers)."""
+"""`gateway._io`: which failures are a full disk (answered 507 by both servers); the spool's
+batches written and hashed by a thread of its own, size capped, failures reported."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import os
 import sqlite3
+from pathlib import Path
 
+import anyio
 import pytest
 
-from gateway._io import disk_full
+from gateway._io import Spool, disk_full
 
 
 def _chained(inner: BaseException) -> BaseException:
@@ -45,3 +50,53 @@ def test_sqlite_reports_a_full_database() -> None:
     with pytest.raises(sqlite3.Error) as raised:
         database.execute("INSERT INTO t VALUES (zeroblob(100000))")
     assert disk_full(raised.value)
+
+
+class TooLarge(Exception):
+    """The test's size-limit error."""
+
+
+def test_the_spool_writes_and_hashes_every_batch_in_order(tmp_path: Path) -> None:
+    """Many batches queued faster than written arrive whole, in order, with their sha256."""
+    batches = [[os.urandom(1000), os.urandom(24)] for _ in range(200)]
+    spool = Spool(tmp_path / "f", 10**9, TooLarge)
+
+    async def main() -> None:
+        await spool.open()
+        for batch in batches:
+            await spool.write(batch)
+        await spool.close()
+
+    anyio.run(main)
+    expected = b"".join(b"".join(batch) for batch in batches)
+    assert (tmp_path / "f").read_bytes() == expected
+    assert spool.size == len(expected)
+    assert spool.hexdigest() == hashlib.sha256(expected).hexdigest()
+
+
+def test_the_spool_refuses_past_its_limit_and_discard_removes_the_file(tmp_path: Path) -> None:
+    """A batch that crosses the limit raises the caller's error; discard removes the file."""
+    spool = Spool(tmp_path / "f", 1500, TooLarge)
+
+    async def main() -> None:
+        await spool.open()
+        await spool.write([b"x" * 1000])
+        with pytest.raises(TooLarge):
+            await spool.write([b"x" * 1000])
+        await spool.discard()
+
+    anyio.run(main)
+    assert not (tmp_path / "f").exists()
+
+
+def test_a_failed_write_is_raised_by_close(tmp_path: Path) -> None:
+    """A write the thread could not do (here: not bytes) surfaces in `close`, as it is."""
+    spool = Spool(tmp_path / "f", 10**9, TooLarge)
+
+    async def main() -> None:
+        await spool.open()
+        spool.queue.put_nowait([42])  # type: ignore[list-item]  # the write raises TypeError
+        with pytest.raises(TypeError):
+            await spool.close()
+
+    anyio.run(main)

@@ -2,14 +2,15 @@
 # A trainer in bash + curl that takes part in a federation through BranchKey Gateway.
 #
 # Each round it fabricates weights (numpy, through python3: a random step away from the last
-# aggregate), uploads them with `curl -F`, waits for the round's aggregation on the gateway's event
-# stream (`curl -N /events`, resuming with Last-Event-ID if the stream drops) and downloads it.
+# aggregate) and makes one call: `curl -F file=@weights.npz /exchange` uploads them, waits for the
+# first aggregation announced after the upload, and answers with that aggregation's file.
 #
 #   GATEWAY_URL     the gateway (default http://127.0.0.1:8000)
 #   ROUNDS          rounds to take part in (default 3)
 #   SAMPLES         this trainer's weighting, the number of samples it trained on (default 128)
 #   WORK_DIR        where weights.npz and aggregated.npz are kept (default: a new temp folder)
-#   WAIT_TIMEOUT_S  longest wait for one round's aggregation (default 600)
+#   WAIT_TIMEOUT_S  longest wait for one round's aggregation (default 600, capped by the
+#                   gateway's GATEWAY_WAIT_TIMEOUT_S)
 #   PYTHON          a Python with numpy (default python3)
 set -euo pipefail
 
@@ -26,8 +27,6 @@ WORK_DIR=${WORK_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/bk-bash-trainer.XXXXXX")}
 
 weights=$WORK_DIR/weights.npz
 aggregated=$WORK_DIR/aggregated.npz
-last_event_id=0 # the newest event seen: a reconnect asks for what came after it
-aggregation_id=""
 
 fail() {
     echo "trainer: $*" >&2
@@ -55,78 +54,29 @@ fabricate() {
     "$PYTHON" -c "$FABRICATE" "$weights" "$aggregated" "$SAMPLES"
 }
 
-upload() { # prints the new file's id
-    local response
-    response=$(curl "${auth[@]}" -sS --fail-with-body -F "file=@$weights" "$GATEWAY_URL/upload") ||
-        fail "upload refused: ${response:-no answer from $GATEWAY_URL}"
-    [[ $response =~ \"file_id\":\ ?\"([^\"]+)\" ]] || fail "unexpected upload answer: $response"
-    echo "${BASH_REMATCH[1]}"
-}
-
-start_after_latest() { # ignore aggregations the gateway announced before this trainer started
-    local latest
-    if latest=$(curl "${auth[@]}" -sf "$GATEWAY_URL/aggregations/latest") && [[ $latest =~ \"id\":\ ?([0-9]+) ]]; then
-        last_event_id=${BASH_REMATCH[1]}
+# One round in one call: upload weights.npz, get the round's aggregation into aggregated.npz.
+# The answer's headers name both files: X-File-Id (the upload), X-Aggregation-Id, X-Event-Id.
+exchange() {
+    local headers=$WORK_DIR/headers next=$WORK_DIR/next.npz
+    if ! curl "${auth[@]}" -sS --fail-with-body -D "$headers" -o "$next" \
+        -F "file=@$weights" "$GATEWAY_URL/exchange?wait_timeout=$WAIT_TIMEOUT_S"; then
+        # A problem (RFC 9457 JSON): a 504 aggregation-timeout means the upload was accepted.
+        fail "exchange refused: $(cat "$next" 2>/dev/null || echo "no answer from $GATEWAY_URL")"
     fi
+    file_id=$(header X-File-Id) aggregation_id=$(header X-Aggregation-Id) event_id=$(header X-Event-Id)
+    mv "$next" "$aggregated"
 }
 
-# Follow GET /events until an `aggregation` event after $last_event_id arrives; sets aggregation_id.
-# A dropped stream (gateway restart, network) is reopened with Last-Event-ID, so no event is missed.
-wait_for_aggregation() {
-    local deadline=$((SECONDS + WAIT_TIMEOUT_S)) retry_ms=1000
-    local sse curl_pid line field value event data id
-    while ((SECONDS < deadline)); do
-        exec {sse}< <(exec curl "${auth[@]}" -sN --max-time "$((deadline - SECONDS))" \
-            -H 'Accept: text/event-stream' -H "Last-Event-ID: $last_event_id" "$GATEWAY_URL/events")
-        curl_pid=$!
-        event="" data="" id=""
-        while IFS= read -r -u "$sse" line; do
-            line=${line%$'\r'}
-            if [[ -z $line ]]; then # a blank line ends an event
-                [[ -n $id ]] && last_event_id=$id
-                if [[ $event == gap ]]; then
-                    echo "trainer: announcements may have been missed upstream ($data)" >&2
-                elif [[ $event == aggregation && $data =~ \"aggregation_id\":\ ?\"([^\"]+)\" ]]; then
-                    aggregation_id=${BASH_REMATCH[1]}
-                    kill "$curl_pid" 2>/dev/null || true
-                    exec {sse}<&-
-                    return 0
-                fi
-                event="" data="" id=""
-                continue
-            fi
-            [[ $line == :* ]] && continue # a comment: the keep-alive
-            field=${line%%:*} value=${line#*:} value=${value# }
-            case $field in
-            id) id=$value ;;
-            event) event=$value ;;
-            data) data=${data:+$data$'\n'}$value ;;
-            retry) [[ $value =~ ^[0-9]+$ ]] && retry_ms=$value ;;
-            esac
-        done
-        exec {sse}<&-
-        wait "$curl_pid" 2>/dev/null || true
-        ((SECONDS < deadline)) || break
-        echo "trainer: event stream ended; reconnecting after event $last_event_id" >&2
-        sleep "$((retry_ms / 1000)).$(printf '%03d' $((retry_ms % 1000)))"
-    done
-    fail "no aggregation within $WAIT_TIMEOUT_S s"
-}
-
-download() {
-    curl "${auth[@]}" -sS --fail-with-body -o "$aggregated" "$GATEWAY_URL/aggregations/$aggregation_id" ||
-        fail "download of $aggregation_id failed: $(cat "$aggregated" 2>/dev/null)"
+header() { # the value of one response header of the last exchange
+    grep -i "^$1:" "$WORK_DIR/headers" | tail -n 1 | sed 's/^[^:]*: *//' | tr -d '\r'
 }
 
 mkdir -p "$WORK_DIR"
 rm -f "$aggregated"
-start_after_latest
 echo "trainer on $GATEWAY_URL: $ROUNDS round(s), weighting $SAMPLES, files in $WORK_DIR"
 for ((round = 1; round <= ROUNDS; round++)); do
     fabricate
-    file_id=$(upload)
-    wait_for_aggregation
-    download
+    exchange
     echo "round $round/$ROUNDS: uploaded $file_id, aggregation $aggregation_id" \
-        "(event $last_event_id), $(wc -c <"$aggregated") bytes in $aggregated"
+        "(event $event_id), $(wc -c <"$aggregated") bytes in $aggregated"
 done

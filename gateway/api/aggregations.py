@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -11,9 +15,10 @@ from anyio import to_thread
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel
+from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.cache import Format
+from gateway.cache import Format, Passing, Served, check_id
 from gateway.errors import ConflictError, NotFoundError
 from gateway.events import Event
 from gateway.names import DownloadFormat, Names, Plain, wants_names
@@ -27,8 +32,9 @@ from gateway.problems import (
     problem_responses,
     problems_of,
 )
-from gateway.state import MetricsDep, StateDep
+from gateway.state import GatewayState, MetricsDep, StateDep
 
+log = logging.getLogger("gateway.aggregations")
 router = APIRouter(tags=["aggregations"])
 
 MAX_LONG_POLL_S = 60.0
@@ -114,6 +120,7 @@ async def get_latest_aggregation(state: StateDep) -> AggregationEvent:
     return _aggregation(event)
 
 
+_CACHE_CONTROL = "private, max-age=31536000, immutable"
 _FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
@@ -168,7 +175,153 @@ async def stream_aggregation(
     """The aggregated model: `layer_0 ..` as an NPZ of plain arrays, or (`?format=npy`) the v1 object
     array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples), or in the
     trainer's own tensor names (`?format=safetensors`, `?format=npz&names=original`): 409 when no
-    names are remembered or they do not fit this aggregation's layers."""
+    names are remembered or they do not fit this aggregation's layers.
+
+    The first GET of an NPZ that BranchKey already holds in this layout is passed on while it
+    arrives (no ETag then: the digest is known only at the end); a file that turns out invalid
+    ends the answer early, never complete. Every later answer comes from the cache, with ETag."""
+    check_id(aggregation_id)
+    if not wants_names(fmt, names):
+        cache_fmt = Format(fmt.value)
+        return AggregationResponse(
+            Delivery(
+                lambda through: state.cache.deliver(
+                    state.session.require, aggregation_id, cache_fmt, through=through
+                ),
+                f"{aggregation_id}.{fmt.value}",
+                if_none_match,
+                metrics.record_download,
+            )
+        )
+    plain = await state.cache.open(state.session.require, aggregation_id, Format.npz)
+    try:
+        served = await state.names.open(Plain(plain.path, plain.sha256), aggregation_id, fmt, names)
+    finally:
+        await to_thread.run_sync(functools.partial(plain.path.unlink, missing_ok=True))
+    path = served.path
+    headers = {"ETag": f'"{served.sha256}"', "Cache-Control": _CACHE_CONTROL}
+    if etag_matches(if_none_match, headers["ETag"]):
+        await to_thread.run_sync(functools.partial(path.unlink, missing_ok=True))
+        return Response(status_code=304, headers=headers)
+    return SentFileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"{aggregation_id}.{served.suffix}",
+        headers=headers,
+        cleanup=lambda: path.unlink(missing_ok=True),
+        on_sent=metrics.record_download,
+    )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one answer sends: the cache's delivery of (id, format), named `filename`."""
+
+    deliver: Callable[[bool], AbstractAsyncContextManager[Served | Passing]]
+    filename: str
+    if_none_match: str | None
+    on_sent: Callable[[int], None]
+
+
+class AggregationResponse(Response):
+    """Answers from the cache (a file: Range, HEAD, ETag) or, for a cold GET, while the file
+    arrives; the trainer going away cancels the fetch at once (and releases the id's lock)."""
+
+    def __init__(self, delivery: Delivery) -> None:
+        super().__init__()
+        self.delivery = delivery
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer, watching for the client's disconnect meanwhile."""
+        failure: Exception | None = None
+        complete = anyio.Event()
+
+        async def sending(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.pathsend" or (
+                message["type"] == "http.response.body" and not message.get("more_body", False)
+            ):
+                complete.set()  # a disconnect from now on is the client being done
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(_cancel_on_disconnect, receive, complete, group.cancel_scope)
+            try:
+                await self._answer(scope, receive, sending)
+            except Exception as exc:  # re-raised outside the group, unwrapped
+                failure = exc
+            group.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        through = (
+            scope["method"] == "GET"
+            and "range" not in headers
+            and self.delivery.if_none_match is None
+        )
+        async with self.delivery.deliver(through) as got:
+            if isinstance(got, Served):
+                await self._served(got, scope, receive, send)
+            else:
+                await self._passed(got, send)
+
+    async def _served(self, served: Served, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {"ETag": f'"{served.sha256}"', "Cache-Control": _CACHE_CONTROL}
+        if etag_matches(self.delivery.if_none_match, headers["ETag"]):
+            await to_thread.run_sync(functools.partial(served.path.unlink, missing_ok=True))
+            await Response(status_code=304, headers=headers)(scope, receive, send)
+            return
+        await SentFileResponse(
+            served.path,
+            media_type="application/octet-stream",
+            filename=self.delivery.filename,
+            headers=headers,
+            cleanup=lambda: served.path.unlink(missing_ok=True),
+            on_sent=self.delivery.on_sent,
+        )(scope, receive, send)
+
+    async def _passed(self, passing: Passing, send: Send) -> None:
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"content-disposition", f'attachment; filename="{self.delivery.filename}"'.encode()),
+            (b"cache-control", _CACHE_CONTROL.encode()),
+        ]
+        if passing.length is not None:
+            headers.append((b"content-length", str(passing.length).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        sent = 0
+        try:
+            async for chunk in passing.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                sent += len(chunk)
+        except Exception:
+            log.warning(
+                "cut off the answer for %s after %d bytes: the file did not check out",
+                self.delivery.filename,
+                sent,
+                exc_info=True,
+            )
+            raise
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.delivery.on_sent(sent)
+
+
+async def _cancel_on_disconnect(
+    receive: Receive, complete: anyio.Event, scope: anyio.CancelScope
+) -> None:
+    """Cancel `scope` once the client has gone before the answer was complete."""
+    while (await receive())["type"] != "http.disconnect":
+        pass  # any request body is skipped
+    if not complete.is_set():
+        scope.cancel()
+
+
+async def aggregation_file(
+    state: GatewayState, aggregation_id: str, fmt: DownloadFormat, names: Names | None
+) -> tuple[Path, str, str]:
+    """A private link to an aggregation's complete file in `fmt` (the caller removes it), its sha256
+    and its file suffix: from the cache (stored first), or in the trainer's names (`/exchange`)."""
     if wants_names(fmt, names):
         plain = await state.cache.open(state.session.require, aggregation_id, Format.npz)
         try:
@@ -177,25 +330,9 @@ async def stream_aggregation(
             )
         finally:
             await to_thread.run_sync(functools.partial(plain.path.unlink, missing_ok=True))
-        path, sha256, suffix = served.path, served.sha256, served.suffix
-    else:
-        cached = await state.cache.open(state.session.require, aggregation_id, Format(fmt.value))
-        path, sha256, suffix = cached.path, cached.sha256, fmt.value
-    headers = {
-        "ETag": f'"{sha256}"',
-        "Cache-Control": "private, max-age=31536000, immutable",
-    }
-    if etag_matches(if_none_match, headers["ETag"]):
-        await to_thread.run_sync(functools.partial(path.unlink, missing_ok=True))
-        return Response(status_code=304, headers=headers)
-    return SentFileResponse(
-        path,
-        media_type="application/octet-stream",
-        filename=f"{aggregation_id}.{suffix}",
-        headers=headers,
-        cleanup=lambda: path.unlink(missing_ok=True),
-        on_sent=metrics.record_download,
-    )
+        return served.path, served.sha256, served.suffix
+    cached = await state.cache.open(state.session.require, aggregation_id, Format(fmt.value))
+    return cached.path, cached.sha256, fmt.value
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -241,7 +378,9 @@ class SentFileResponse(FileResponse):
         try:
             await super().__call__(scope, receive, counting)
         finally:
-            # Also after a refused Range (400/416), where FileResponse skips its background task.
-            await anyio.to_thread.run_sync(self.cleanup)
+            # Also after a refused Range (400/416), where FileResponse skips its background task,
+            # and after a disconnect.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.cleanup)
         if scope.get("method") != "HEAD":
             self.on_sent(sent)

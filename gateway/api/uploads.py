@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from gateway.activity import UploadRecord
 from gateway.errors import PROBLEM_BASE, GatewayError
-from gateway.forwarding import Forwarded, UploadOptions
+from gateway.forwarding import BeforeSend, Forwarded, UploadOptions
 from gateway.multipart import MultipartError
 from gateway.openapi import weights_body
 from gateway.problems import (
@@ -22,8 +22,8 @@ from gateway.problems import (
     problem_body,
     problem_responses,
 )
-from gateway.state import StateDep
-from gateway.weights import WeightingSource, WeightsError
+from gateway.state import GatewayState, StateDep
+from gateway.weights import LEARNING, WeightingSource, WeightsError
 
 router = APIRouter(tags=["uploads"])
 
@@ -54,6 +54,11 @@ class UploadResult(BaseModel):
         "count), 'request' (a 'weighting' form field or ?weighting=), 'default' (neither: 1.0)."
     )
     layers: list[LayerInfo]
+    note: str | None = Field(
+        None,
+        description="Something worth knowing about an accepted upload, e.g. that a weighting of 0 "
+        "leaves the aggregated mean where the other uploads put it.",
+    )
 
 
 @router.post(
@@ -84,13 +89,25 @@ async def create_upload(
     weighting gets `weighting`, else 1.0. Named tensors are sent as `layer_0 ..` in the file's
     order; their names are kept for `GET /aggregations/{id}?format=safetensors`."""
     options = UploadOptions(wait=wait, wait_timeout_s=wait_timeout, weighting=weighting)
+    return _result(await forward_recorded(state, request, options))
+
+
+async def forward_recorded(
+    state: GatewayState,
+    request: Request,
+    options: UploadOptions,
+    before_send: BeforeSend | None = None,
+) -> Forwarded:
+    """The upload through the forwarder, recorded for GET /uploads whether it is sent or refused
+    (`/upload` and `/exchange` alike)."""
     length = request.headers.get("content-length")
     received = int(length) if length is not None and length.isdigit() else None
     try:
-        result = _result(await state.forwarder.handle(request, options))
+        forwarded = await state.forwarder.handle(request, options, before_send)
     except Exception as exc:
         state.activity.record_upload(_refused(exc, received))
         raise
+    result = _result(forwarded)
     state.activity.record_upload(
         UploadRecord(
             time.time(),
@@ -104,7 +121,7 @@ async def create_upload(
             layers=len(result.layers),
         )
     )
-    return result
+    return forwarded
 
 
 def _refused(error: Exception, received: int | None) -> UploadRecord:
@@ -135,4 +152,16 @@ def _result(forwarded: Forwarded) -> UploadResult:
             LayerInfo(key=a.key, dtype=a.dtype, shape=list(a.shape), name=name)
             for a, name in zip(payload.arrays, _names(forwarded, len(payload.arrays)), strict=True)
         ],
+        note=upload_note(forwarded),
     )
+
+
+def upload_note(forwarded: Forwarded) -> str | None:
+    """What the trainer should know about an accepted upload (None: nothing special)."""
+    payload = forwarded.payload
+    if payload.kind == LEARNING and payload.weighting == 0:
+        return (
+            "weighting is 0: the upload is accepted and counts for the round, but it will not "
+            "move the aggregated mean (unless every upload of the round weighs 0)."
+        )
+    return None

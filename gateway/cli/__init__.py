@@ -14,6 +14,7 @@ LISTED = {
     "aggregator": "Run the local BranchKey-compatible aggregator (v3 and v1).",
     "upload": "Upload a weights file through the gateway; print its file id.",
     "download": "Download an aggregated model; print the path written.",
+    "exchange": "Upload weights, then write the round's aggregation.",
     "watch": "Follow the gateway's events: one line per event.",
     "status": "Show the leaf session, the run and the notification channel.",
     "inspect": "Validate a weights file as an upload would be; describe it.",

@@ -1,4 +1,4 @@
-"""Client commands that talk to a running gateway: `upload`, `download`, `watch` and `status`.
+"""Client commands that talk to a running gateway: `upload`, `download`, `exchange`, `watch`, `status`.
 
 They use the gateway's public HTTP API only (the routes in README.md), so they double as a reference
 client. Common options: `--gateway URL` (GATEWAY_URL) and `--token` (GATEWAY_TOKEN, sent as Bearer).
@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 import typer
 
-from gateway.cli import client_monitor
+from gateway.cli import client_exchange, client_monitor
 from gateway.cli.client_http import (
     CONNECT_TIMEOUT_S,
     DEFAULT_GATEWAY,
@@ -34,13 +34,13 @@ from gateway.cli.client_http import (
     MultipartFile,
     TokenOption,
     echo,
-    etag_digest,
     fail,
     label,
     open_client,
+    partial_path,
     problem_line,
     quiet_stdout,
-    receive,
+    save_body,
     stderr_console,
     transfer_progress,
     unreachable,
@@ -230,22 +230,10 @@ def download(
                 if to_stdout:
                     sink: IO[bytes] = sys.stdout.buffer
                 else:  # created before the transfer, so a bad path fails at once
-                    partial = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
+                    partial = partial_path(target)
                     sink = files.enter_context(partial.open("xb"))
-                with (
-                    client.stream("GET", url, params=params) as response,
-                    transfer_progress(console) as progress,
-                ):
-                    if response.status_code != 200:
-                        response.read()
-                        progress.stop()
-                        fail(problem_line(response))
-                    length = response.headers.get("content-length")
-                    total = int(length) if length and length.isdigit() else None
-                    task = progress.add_task(label("download", target.name), total=total)
-                    digest = receive(response, sink, progress, task)
-                    sink.flush()
-                    expected = etag_digest(response)
+                with client.stream("GET", url, params=params) as response:
+                    digest, expected = save_body(response, sink, console, target.name)
             if expected is not None and digest != expected:
                 fail(
                     f"error: the download of {aggregation_id} does not match its ETag "
@@ -271,4 +259,6 @@ def download(
         echo(str(target))
 
 
-app.add_typer(client_monitor.app)  # after upload and download: the order `--help` lists them in
+# After upload and download: the order `--help` lists them in.
+app.add_typer(client_exchange.app)
+app.add_typer(client_monitor.app)

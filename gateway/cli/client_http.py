@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -208,3 +209,26 @@ def receive(response: httpx.Response, sink: IO[bytes], progress: Progress, task:
         digest.update(chunk)
         progress.advance(task, len(chunk))
     return digest.hexdigest()
+
+
+def save_body(
+    response: httpx.Response, sink: IO[bytes], console: Console, name: str
+) -> tuple[str, str | None]:
+    """Copy a 200 response's body into `sink` with a progress bar (an error answer exits 1 with
+    its problem): the sha256 of what was written, and the one its ETag promised (if any)."""
+    with transfer_progress(console) as progress:
+        if response.status_code != 200:
+            response.read()
+            progress.stop()
+            fail(problem_line(response))
+        length = response.headers.get("content-length")
+        total = int(length) if length and length.isdigit() else None
+        task = progress.add_task(label("download", name), total=total)
+        digest = receive(response, sink, progress, task)
+        sink.flush()
+    return digest, etag_digest(response)
+
+
+def partial_path(target: Path) -> Path:
+    """A private name beside `target` for the file while it arrives."""
+    return target.parent / f".{target.name}.{secrets.token_hex(4)}.part"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,8 +10,12 @@ from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 
+from gateway._io import Digest
 from gateway.multipart.model import FilePart, FormData, MultipartError, MultipartLimits
 from gateway.multipart.sinks import FileSink, Op
+
+Watch = Callable[[str], Digest | None]
+"""Given a file part's name, something to feed its bytes to as they arrive (or None)."""
 
 # RFC 7578 section 4.7 deprecates Content-Transfer-Encoding; these are the identity encodings.
 _IDENTITY_ENCODINGS = frozenset({b"7bit", b"8bit", b"binary"})
@@ -47,8 +52,14 @@ class BodyParser:
     """Parser callbacks: they check limits and queue file writes, doing no I/O themselves."""
 
     def __init__(
-        self, boundary: bytes, dest_dir: Path, limits: MultipartLimits, file_fields: frozenset[str]
+        self,
+        boundary: bytes,
+        dest_dir: Path,
+        limits: MultipartLimits,
+        file_fields: frozenset[str],
+        watch: Watch | None = None,
     ) -> None:
+        self.watch = watch
         self.dest_dir = dest_dir
         self.limits = limits
         self.file_fields = file_fields
@@ -141,7 +152,7 @@ class BodyParser:
                 raise MultipartError(
                     413, f"The form has more than {self.limits.max_files} files; send fewer files."
                 )
-            sink = FileSink(self.dest_dir)
+            sink = FileSink(self.dest_dir, self.watch(name) if self.watch else None)
             self.sinks.append(sink)
         self.part = _Part(name=name, filename=filename, sink=sink, value=bytearray())
         if sink is not None:

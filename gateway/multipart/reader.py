@@ -12,7 +12,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from gateway._io import FLUSH_BYTES
 from gateway.multipart.model import FormData, MultipartError, MultipartLimits
-from gateway.multipart.parser import BodyParser, parse_boundary
+from gateway.multipart.parser import BodyParser, Watch, parse_boundary
 from gateway.multipart.sinks import Writer, discard
 
 
@@ -22,6 +22,7 @@ async def read_multipart(
     limits: MultipartLimits,
     *,
     file_fields: Collection[str] | None = None,
+    watch: Watch | None = None,
 ) -> FormData:
     """Stream a multipart/form-data body into temp files under `dest_dir`, hashing as bytes arrive.
 
@@ -30,10 +31,11 @@ async def read_multipart(
     writes and hash updates run in a worker thread, ~1 MiB per call, while the next MiB is read. Raises
     `MultipartError` (400/413/415) as soon as a problem is seen, without reading the rest; on any
     failure, cancellation included, every temp file is deleted first. On success the caller owns the
-    files and must delete (`FormData.cleanup`) or move them.
+    files and must delete (`FormData.cleanup`) or move them. `watch` may give a file part
+    something fed its bytes beside the hash (in the writer's thread).
     """
     boundary = parse_boundary(request.headers.get("content-type"))
-    parser = BodyParser(boundary, dest_dir, limits, frozenset(file_fields or ()))
+    parser = BodyParser(boundary, dest_dir, limits, frozenset(file_fields or ()), watch)
     try:
         try:
             await _read_and_write(request, parser)

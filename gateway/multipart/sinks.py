@@ -13,18 +13,22 @@ from typing import BinaryIO
 import anyio
 import anyio.to_thread
 
+from gateway._io import Digest
+
 
 class FileSink:
     """One file part on its way to disk; after creation it is only touched by worker threads."""
 
-    __slots__ = ("dest_dir", "file", "finished", "hash", "path")
+    __slots__ = ("dest_dir", "file", "finished", "hash", "path", "watch")
 
-    def __init__(self, dest_dir: Path) -> None:
+    def __init__(self, dest_dir: Path, watch: Digest | None = None) -> None:
         self.dest_dir = dest_dir
         self.path: Path | None = None
         self.file: BinaryIO | None = None
         self.finished = False
         self.hash = hashlib.sha256()
+        self.watch = watch
+        """Fed the same bytes as the hash (a check that reads the part as it arrives)."""
 
     def _open(self) -> BinaryIO:
         fd, name = tempfile.mkstemp(dir=self.dest_dir, prefix=".upload-")
@@ -41,6 +45,8 @@ class FileSink:
         file = self.file if self.file is not None else self._open()
         file.write(data)
         self.hash.update(data)
+        if self.watch is not None:
+            self.watch.update(data)
 
     def finish(self) -> None:
         """Close the temp file (creating it if the part was empty)."""

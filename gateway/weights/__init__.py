@@ -17,9 +17,10 @@ from gateway.weights.errors import ErrorCode, WeightsError
 from gateway.weights.incoming import Incoming, WeightingSource, upload_to_npz
 from gateway.weights.layers import parse_weighting
 from gateway.weights.model import ANALYTICS, LEARNING, ArrayInfo, Payload, PayloadKind
-from gateway.weights.npz import inspect_aggregate, inspect_npz
+from gateway.weights.npz import inspect_aggregate, inspect_npz, starts_plain
 from gateway.weights.objectnpy import inspect_object_npy
 from gateway.weights.policy import Limits, ValidationPolicy
+from gateway.weights.scan import StreamScan
 
 __all__ = [
     "ANALYTICS",
@@ -30,6 +31,7 @@ __all__ = [
     "Limits",
     "Payload",
     "PayloadKind",
+    "StreamScan",
     "ValidationPolicy",
     "WeightingSource",
     "WeightsError",
@@ -46,6 +48,7 @@ __all__ = [
     "npz_to_object_npy",
     "object_npy_to_npz",
     "parse_weighting",
+    "starts_plain",
     "to_npz",
     "upload_to_npz",
     "with_weighting",

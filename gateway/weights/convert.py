@@ -39,6 +39,7 @@ from gateway.weights.objectnpy import (
 from gateway.weights.objectnpy_writer import LayerSource, write_object_npy
 from gateway.weights.policy import Limits, ValidationPolicy
 from gateway.weights.safetensors import looks_like_safetensors
+from gateway.weights.values import check_array_bytes, checked_chunks
 from gateway.weights.writer import NpzWriter, atomic_path, move_to_front
 
 FileFormat = Literal["npz", "npy-object", "npy", "safetensors", "unknown"]
@@ -139,12 +140,20 @@ def _write_v1(src: Path, dst: Path, limits: Limits, payload: Payload, num_sample
 
 
 def stream_object_layers(
-    src: Path, writer: NpzWriter, limits: Limits, *, allow_list: bool = False
+    src: Path,
+    writer: NpzWriter,
+    limits: Limits,
+    *,
+    allow_list: bool = False,
+    finite: bool = False,
 ) -> ObjectNpy | ArrayList:
     """Read an object `.npy` (the v1 pair; with `allow_list` also a list of arrays), writing each array
-    into `writer` as `layer_<i>` as soon as it is read: memory stays about one layer."""
+    into `writer` as `layer_<i>` as soon as it is read: memory stays about one layer. With `finite`,
+    an array holding NaN or Inf is refused as it is read."""
 
     def sink(index: int, header: ArrayHeader, data: bytes) -> None:
+        if finite:
+            check_array_bytes(layer_key(index), header, data)
         writer.write_stream(
             layer_key(index), header.dtype, header.shape, header.fortran_order, [data]
         )
@@ -188,12 +197,13 @@ def layers_to_npz(
         with NpzWriter(tmp, compress=compress) as writer:
             writer.write_weighting(value)
             for index, (path, header) in enumerate(zip(paths, headers, strict=True)):
+                key = layer_key(index)
                 writer.write_stream(
-                    layer_key(index),
+                    key,
                     header.dtype,
                     header.shape,
                     header.fortran_order,
-                    iter_file_data(path, header),
+                    checked_chunks(iter_file_data(path, header), key, header, check=policy.finite),
                 )
         payload = inspect_npz(tmp, policy)
     return payload

@@ -43,8 +43,8 @@ ErrorCode = Literal[
     "not-numeric",
     "layer-numbering",
     "unexpected-key",
-    # Deep mode.
-    "non-finite",
+    # Array values (every upload; deep mode for any inspection).
+    "not-finite",
     # Protocol v1 object arrays.
     "not-object-pair",
     "not-integer",
@@ -57,6 +57,8 @@ ErrorCode = Literal[
     "layer-mismatch",
     "zero-weighting",
     "no-inputs",
+    # The gateway's architecture check (against the branch's latest aggregation).
+    "architecture-mismatch",
     # Names: a remembered name map against an aggregation.
     "names-mismatch",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -12,8 +14,9 @@ from gateway.weights.convert import (
     stream_object_layers,
     with_weighting,
 )
+from gateway.weights.errors import WeightsError
 from gateway.weights.layers import inspect_layer_file, iter_file_data, parse_weighting
-from gateway.weights.model import WEIGHTING_KEY, Payload, layer_key
+from gateway.weights.model import LEARNING, WEIGHTING_KEY, Payload, layer_key
 from gateway.weights.named import (
     is_named_npz,
     named_npz_to_npz,
@@ -24,12 +27,15 @@ from gateway.weights.names import NameMap
 from gateway.weights.npz import inspect_npz
 from gateway.weights.objectnpy import ObjectNpy, check_sample_count
 from gateway.weights.policy import ValidationPolicy
+from gateway.weights.scan import StreamScan, check_payload
+from gateway.weights.values import checked_chunks
 from gateway.weights.writer import NpzWriter, atomic_path, move_to_front
 
 WeightingSource = Literal["default", "file", "request"]
 """file: the NPZ's `weighting` or the v1 sample count; request: a form field or `?weighting=`;
 default: neither, so 1.0."""
 DEFAULT_WEIGHTING = 1.0
+_LAYER = re.compile(r"layer_(\d+) ")
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ def upload_to_npz(
     *,
     weighting: str | float | None = None,
     compress: bool = True,
+    scan: StreamScan | None = None,
 ) -> Incoming:
     """Validate an upload of any accepted form and make it the BranchKey NPZ.
 
@@ -59,7 +66,9 @@ def upload_to_npz(
     given; a plain `.npy` array (one layer), a list of arrays saved with `np.save` (one layer per
     item) or a safetensors file carries none, so it gets `weighting`, else 1.0. Tensors in the
     trainer's own names (safetensors, an NPZ without `layer_<n>` keys) become `layer_0 ..` in the
-    file's order, and `names` keeps their names.
+    file's order, and `names` keeps their names. With `policy.finite`, NaN and Inf are refused in
+    the pass that reads every byte: a conversion's, or for an NPZ `scan` (fed the bytes as they
+    arrived), reading back only what it did not see; a named upload's converted NPZ is read back.
     """
     policy = policy or ValidationPolicy()
     kind = detect_format(src, policy.limits)
@@ -70,8 +79,15 @@ def upload_to_npz(
     if kind == "safetensors" or (kind == "npz" and is_named_npz(src, policy)):
         return _named_to_npz(src, dst, policy, weighting, safetensors=kind != "npz")
     if weighting is not None and kind == "npz":
+        if policy.finite:
+            loose = dataclasses.replace(policy, strict_weighting=False)
+            check_payload(src, inspect_npz(src, loose), policy.limits, scan)
         return Incoming(with_weighting(src, weighting, dst, policy), True, "request")
     payload = inspect_payload(src, policy)
+    # Model weights only: an analytics field may hold an infinity on purpose (the min of no data).
+    # Deep mode has read every member already.
+    if policy.finite and not policy.deep and payload.kind == LEARNING and payload.format == "npz":
+        check_payload(src, payload, policy.limits, scan)
     return Incoming(payload, False, None if payload.weighting is None else "file")
 
 
@@ -97,11 +113,26 @@ def _named_to_npz(
     value, source = _chosen(weighting, policy)
     if safetensors:
         payload, names = safetensors_to_npz(src, dst, policy, value, compress=False)
-        return Incoming(payload, True, source, names)
-    if weighting is None and (found := npz_weighting(src, policy)) is not None:
-        value, source = parse_weighting(found, policy), "file"
-    payload, names = named_npz_to_npz(src, dst, policy, value, compress=False)
+    else:
+        if weighting is None and (found := npz_weighting(src, policy)) is not None:
+            value, source = parse_weighting(found, policy), "file"
+        payload, names = named_npz_to_npz(src, dst, policy, value, compress=False)
+    if policy.finite:
+        _check_named(dst, payload, policy, names)
     return Incoming(payload, True, source, names)
+
+
+def _check_named(dst: Path, payload: Payload, policy: ValidationPolicy, names: NameMap) -> None:
+    """NaN and Inf in a named upload, read back from its stored NPZ, named as the trainer names it."""
+    try:
+        check_payload(dst, payload, policy.limits)
+    except WeightsError as error:
+        found = _LAYER.match(error.message)
+        if error.code == "not-finite" and found and int(found[1]) < len(names.tensors):
+            error.message = f"{names.tensors[int(found[1])].name!r} ({error.message})"
+            error.args = (error.message,)
+        dst.unlink(missing_ok=True)
+        raise
 
 
 def _plain_to_npz(
@@ -117,12 +148,13 @@ def _plain_to_npz(
     with atomic_path(dst) as tmp:
         with NpzWriter(tmp, compress=compress) as writer:
             writer.write_weighting(value)
+            key = layer_key(0)
             writer.write_stream(
-                layer_key(0),
+                key,
                 header.dtype,
                 header.shape,
                 header.fortran_order,
-                iter_file_data(src, header),
+                checked_chunks(iter_file_data(src, header), key, header, check=policy.finite),
             )
         payload = inspect_npz(tmp, policy)
     return Incoming(payload, True, source)
@@ -139,7 +171,9 @@ def _object_to_npz(
     value, source = _chosen(weighting, policy)
     with atomic_path(dst) as tmp:
         with NpzWriter(tmp, compress=compress) as writer:
-            parsed = stream_object_layers(src, writer, policy.limits, allow_list=True)
+            parsed = stream_object_layers(
+                src, writer, policy.limits, allow_list=True, finite=policy.finite
+            )
             if isinstance(parsed, ObjectNpy):
                 check_sample_count(parsed.num_samples, policy)
                 if source == "default":

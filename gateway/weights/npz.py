@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import math
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,14 @@ from gateway.weights.model import (
     PayloadKind,
     layer_index,
 )
-from gateway.weights.npy import array_from_bytes, dtype_words
-from gateway.weights.policy import ValidationPolicy
+from gateway.weights.npy import array_from_bytes, dtype_words, read_header
+from gateway.weights.policy import Limits, ValidationPolicy
+from gateway.weights.values import checked_chunks
 
 NUMERIC_KINDS = frozenset("biufc")
 ANALYTICS_KINDS = frozenset("biufcUS")
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+"""A ZIP local file header: signature .. name and extra-field lengths (30 bytes)."""
 
 
 def inspect_npz(path: Path, policy: ValidationPolicy) -> Payload:
@@ -61,7 +66,7 @@ def _inspect(archive: Archive, policy: ValidationPolicy) -> Payload:
         if weighting is not None and weighting.header.count == 1:
             weighting_value = _weighting(archive, weighting, policy)
     if policy.deep:
-        _deep_check(archive, archive.members)
+        _deep_check(archive, archive.members, policy.finite)
     return Payload(
         format="npz",
         kind=kind,
@@ -201,24 +206,12 @@ def _analytics_fields(members: list[Member]) -> list[Member]:
     return fields
 
 
-def _deep_check(archive: Archive, members: Iterable[Member]) -> None:
+def _deep_check(archive: Archive, members: Iterable[Member], finite: bool) -> None:
+    """Read every member (the zip library checks its CRC) and, with `finite`, refuse NaN and Inf."""
     for member in members:
-        dtype = member.header.dtype
-        check_finite = dtype.kind in "fc" and dtype.itemsize > 0
-        carry = b""
-        for chunk in archive.iter_data(member):
-            if not check_finite:
-                continue
-            data = carry + chunk
-            usable = len(data) - len(data) % dtype.itemsize
-            carry = data[usable:]
-            if not np.isfinite(
-                np.frombuffer(data, dtype=dtype, count=usable // dtype.itemsize)
-            ).all():
-                raise WeightsError(
-                    "non-finite",
-                    f"{member.key} contains NaN or infinite values (deep validation).",
-                )
+        header = member.header
+        for _ in checked_chunks(archive.iter_data(member), member.key, header, check=finite):
+            pass
 
 
 def _info(member: Member) -> ArrayInfo:
@@ -252,7 +245,7 @@ def inspect_aggregate(path: Path, policy: ValidationPolicy) -> Payload:
             else [m for m in archive.members if m.key not in RESERVED_KEYS]
         )
         if policy.deep:
-            _deep_check(archive, archive.members)
+            _deep_check(archive, archive.members, policy.finite)
         return Payload(
             format="npz",
             kind=kind,
@@ -274,3 +267,23 @@ def savez_hint(count: int) -> str:
     names = ["layer_0=...", "layer_1=..."][: max(count, 1)]
     more = ", ..." if count > 2 else ""
     return f'np.savez("w.npz", weighting=n_samples, {", ".join(names)}{more})'
+
+
+def starts_plain(prefix: bytes, limits: Limits) -> bool:
+    """Whether a file beginning with `prefix` (its first MiB, or all of it) starts the way an aggregate
+    already in the served layout does: a stored `layer_0.npy` member holding a little-endian,
+    C-order array. Only the whole file decides (`normalize_aggregate`); this lets a download be
+    passed on while it arrives when it will most likely be kept byte for byte."""
+    if len(prefix) < _LOCAL_HEADER.size or not prefix.startswith(b"PK\x03\x04"):
+        return False
+    fields = _LOCAL_HEADER.unpack_from(prefix)
+    method, name_size, extra_size = fields[3], fields[9], fields[10]
+    start = _LOCAL_HEADER.size + name_size + extra_size
+    name = prefix[_LOCAL_HEADER.size : _LOCAL_HEADER.size + name_size]
+    if method != 0 or name != b"layer_0.npy" or len(prefix) <= start:
+        return False
+    try:
+        header = read_header(io.BytesIO(prefix[start:]).read, limits.max_header_bytes, "layer_0")
+    except WeightsError:
+        return False
+    return header.dtype.byteorder != ">" and not header.fortran_order

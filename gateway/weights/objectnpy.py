@@ -22,6 +22,7 @@ from gateway.weights.numpy_pickle import (
 from gateway.weights.objectnpy_writer import LayerSource, write_object_npy
 from gateway.weights.picklevm import run_pickle, unsupported
 from gateway.weights.policy import Limits, ValidationPolicy
+from gateway.weights.values import check_array_bytes
 
 __all__ = [
     "ArrayList",
@@ -194,7 +195,9 @@ def check_sample_count(count: int, policy: ValidationPolicy) -> None:
 
 def inspect_object_npy(path: Path, policy: ValidationPolicy) -> Payload:
     """Validate a v1 object `.npy` and describe it like any other payload."""
-    parsed = read_object_npy(path, policy.limits, _finite_sink if policy.deep else None)
+    parsed = read_object_npy(
+        path, policy.limits, _finite_sink if policy.deep and policy.finite else None
+    )
     check_sample_count(parsed.num_samples, policy)
     return Payload(
         format="npy-object",
@@ -206,12 +209,7 @@ def inspect_object_npy(path: Path, policy: ValidationPolicy) -> Payload:
 
 
 def _finite_sink(index: int, header: ArrayHeader, data: bytes) -> None:
-    if header.dtype.kind in "fc" and header.count:
-        values = np.frombuffer(data, dtype=header.dtype, count=header.count)
-        if not np.isfinite(values).all():
-            raise WeightsError(
-                "non-finite", f"Layer {index} contains NaN or infinite values (deep validation)."
-            )
+    check_array_bytes(layer_key(index), header, data)
 
 
 def _info(ref: ArrayRef) -> ArrayInfo:

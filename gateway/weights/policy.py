@@ -44,7 +44,11 @@ class ValidationPolicy:
     strict_extra_keys: bool = True
     """A learning archive may hold nothing but `weighting`, the kind key and its layers."""
     deep: bool = False
-    """Also read every member's data: CRC check and no NaN or Inf, with bounded memory."""
+    """Also read every member's data: the CRC check (and `finite`), with bounded memory."""
+    finite: bool = True
+    """Float layers must hold no NaN or Inf: checked by the upload conversions (`upload_to_npz`,
+    `layers_to_npz`) in the pass that reads every byte, and by deep mode; header-only inspection
+    (`inspect_npz`) leaves it to them."""
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -55,5 +59,6 @@ class ValidationPolicy:
             strict_layer_dtypes=False,
             strict_layer_numbering=False,
             strict_extra_keys=False,
+            finite=False,
             limits=limits or Limits(),
         )

@@ -52,7 +52,8 @@ def _layers_of(answer: httpx.Response, fmt: str, tmp_path: Path) -> list[np.ndar
     assert answer.status_code == 200, (
         f"{answer.request.url}: {answer.status_code} {answer.text[:300]}"
     )
-    assert answer.headers["etag"] == f'"{hashlib.sha256(answer.content).hexdigest()}"'
+    if "etag" in answer.headers:  # absent on an answer passed on while it arrived
+        assert answer.headers["etag"] == f'"{hashlib.sha256(answer.content).hexdigest()}"'
     if fmt == "npz":
         arrays = load_npz(answer.content)
         return [arrays[f"layer_{i}"] for i in range(len(arrays))]

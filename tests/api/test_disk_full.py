@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway import cache, forwarding
+from gateway import _io
 from gateway.aggregator import store
 from gateway.multipart import sinks
 from tests.support.aggregator import Running
@@ -48,7 +48,7 @@ def test_upload_on_a_full_disk(
     if form == "multipart":
         monkeypatch.setattr(sinks.FileSink, "write", _full)
     else:
-        monkeypatch.setattr(forwarding, "write_hashed", _full)
+        monkeypatch.setattr(_io, "write_hashed", _full)  # the raw body's spool
     with httpx.Client(timeout=30) as client:
         if form == "multipart":
             answer = client.post(
@@ -106,7 +106,7 @@ def test_download_cache_on_a_full_disk(
     with httpx.Client(timeout=30) as client:
         aggregation_id = aggregate(aggregator, client, weights)
         with monkeypatch.context() as patched:
-            patched.setattr(cache, "write_hashed", _full)
+            patched.setattr(_io, "write_hashed", _full)  # the download's spool
             answer = client.get(f"{gateway.url}/aggregations/{aggregation_id}")
         check_problem(answer, 507, "insufficient-storage")
         assert _leftovers(gateway.data_dir / "cache") == []

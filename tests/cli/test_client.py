@@ -1,10 +1,9 @@
-"""The client commands (`upload`, `download`, `watch`, `status`) against a live gateway and aggregator."""
+"""The client commands (`upload`, `download`, `watch`, `status`; `exchange` in test_exchange.py) against a live gateway and aggregator."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,13 +17,12 @@ import numpy as np
 import pytest
 
 from tests.support.aggregator import ADMIN, Running, start
+from tests.support.cli import cli, cli_env
 from tests.support.gateways import Gateway, gateway_settings, run_gateway, write_credentials
 from tests.support.http import admin_get
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 from tests.support.weights import sdk_weights
-
-CLI_TIMEOUT_S = 60.0
 
 
 @contextlib.contextmanager
@@ -59,30 +57,6 @@ def client() -> Iterator[httpx.Client]:
     """An HTTP client for checks made beside the CLI."""
     with httpx.Client(timeout=30) as http:
         yield http
-
-
-def cli_env(url: str, token: str | None = None) -> dict[str, str]:
-    """The environment of a CLI run: GATEWAY_URL set, GATEWAY_TOKEN only when given, wide help."""
-    env = {k: v for k, v in os.environ.items() if k not in ("GATEWAY_TOKEN", "GATEWAY_URL")}
-    env.update(GATEWAY_URL=url, COLUMNS="160", NO_COLOR="1")
-    if token is not None:
-        env["GATEWAY_TOKEN"] = token
-    return env
-
-
-def cli(
-    *args: str | Path, url: str, cwd: Path, token: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run `python -m gateway <args>` as a user does, with GATEWAY_URL=`url`."""
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=cli_env(url, token),
-        timeout=CLI_TIMEOUT_S,
-        check=False,
-    )
 
 
 def weights(folder: Path, value: float, weighting: float = 4.0) -> Path:

@@ -124,7 +124,7 @@ def test_inspect_accepts_every_upload_form(tmp_path: Path) -> None:
     save_file({"bad": np.array([np.nan], np.float32)}, str(tmp_path / "nan.st"))
     refused = run("inspect", "nan.st", "--deep", cwd=tmp_path)
     assert refused.returncode == 1
-    assert json.loads(refused.stderr)["error"] == "non-finite"
+    assert json.loads(refused.stderr)["error"] == "not-finite"
 
 
 def test_convert_takes_plain_npy_and_safetensors(tmp_path: Path) -> None:

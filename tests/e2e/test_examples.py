@@ -226,7 +226,7 @@ def check_node_files(trainer: Trainer, samples: int) -> None:
 
 
 def test_bash_trainers_federate(tmp_path: Path) -> None:
-    """Two bash + curl trainers on two gateways federate for two rounds over the event stream."""
+    """Two bash + curl trainers on two gateways federate for two rounds, one /exchange call each per round."""
     with federation(tmp_path, leaves=2) as urls:
         trainers = run_trainers([BASH_TRAINER, BASH_TRAINER], urls, tmp_path)
     check_federation(trainers)

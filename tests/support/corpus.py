@@ -2013,7 +2013,7 @@ def _ok_nan(folder: Path) -> Built:
     return write_npz(folder / "p.npz", learning({"layer_0": np.array([1.0, np.nan, np.inf])}))
 
 
-@case("deep_nan_layer", "non-finite", "the same NaN layer in deep mode", policy=DEEP)
+@case("deep_nan_layer", "not-finite", "the same NaN layer in deep mode", policy=DEEP)
 def _deep_nan(folder: Path) -> Built:
     return _ok_nan(folder)
 

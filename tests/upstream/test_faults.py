@@ -316,9 +316,9 @@ def test_a_redirected_model_reaches_numpy() -> None:
 
 def test_a_slow_reader_is_not_taken_for_a_stalled_blob() -> None:
     """The gateway's own side pausing between chunks (writing slowly) is not BranchKey's time:
-    a 0.4 s pause after each read of at most 64 KiB, 1.6 s or more in all, against a 1 s
-    BK_TRANSFER_STALL_S."""
-    data = np.random.default_rng(2).bytes(256 * 1024)
+    a 0.4 s pause after each read of at most 256 KiB (upstream.client.READ_BYTES), 1.6 s or more
+    in all, against a 1 s BK_TRANSFER_STALL_S."""
+    data = np.random.default_rng(2).bytes(1024 * 1024)
     with _servers() as [fake]:
         fake.on("GET", "/blob/agg-1", Paced(Reply(200, raw=data), chunk=16 * 1024, every_s=0.01))
 

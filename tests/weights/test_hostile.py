@@ -253,7 +253,7 @@ def test_default_validation_reads_headers_only(tmp_path: Path) -> None:
 
 
 def test_nan_layers_pass_by_default_and_fail_deep(tmp_path: Path) -> None:
-    """A NaN layer (NPZ or v1) is accepted by default and refused as non-finite in deep mode."""
+    """A NaN layer (NPZ or v1) is accepted by default and refused as not-finite in deep mode."""
     layers = [np.array([1.0, np.nan], dtype=np.float32), np.array([np.inf + 0j])]
     npz_path = tmp_path / "nan.npz"
     npz_path.write_bytes(
@@ -265,7 +265,7 @@ def test_nan_layers_pass_by_default_and_fail_deep(tmp_path: Path) -> None:
         assert inspect_payload(path).layer_count == 2
         with pytest.raises(WeightsError) as refused:
             inspect_payload(path, ValidationPolicy(deep=True))
-        assert refused.value.code == "non-finite"
+        assert refused.value.code == "not-finite"
 
 
 # ------------------------------------------------------------------ mutation fuzzing

@@ -20,7 +20,7 @@ from gateway.weights import (
     object_npy_to_npz,
 )
 from gateway.weights.objectnpy import read_object_npy
-from gateway.weights.policy import Limits
+from gateway.weights.policy import Limits, ValidationPolicy
 from tests.support.weights import sdk_weights
 
 NUMERIC = st.one_of(
@@ -103,14 +103,15 @@ def test_numpy_written_object_npy_to_npz(layers: list[np.ndarray[Any, Any]], sam
 @ROUND_TRIP
 @given(layers=LAYERS, weighting=st.floats(min_value=0, max_value=1e12))
 def test_npz_to_layer_files_and_back(layers: list[np.ndarray[Any, Any]], weighting: float) -> None:
-    """NPZ -> one .npy per layer -> NPZ keeps the layers and the weighting exactly."""
+    """NPZ -> one .npy per layer -> NPZ keeps the layers and the weighting exactly (NaN and Inf
+    too, with the finite check off)."""
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         sdk_weights(d / "a.npz", weighting, layers)
         got_weighting, paths = npz_to_layers(d / "a.npz", d / "parts")
         assert got_weighting == weighting
         assert all(same(np.load(p), x) for p, x in zip(paths, layers, strict=True))
-        layers_to_npz(paths, repr(weighting), d / "b.npz")
+        layers_to_npz(paths, repr(weighting), d / "b.npz", ValidationPolicy(finite=False))
         back_weighting, back = loaded(d / "b.npz")
         assert back_weighting == weighting
         assert all(same(x, y) for x, y in zip(layers, back, strict=True))

@@ -235,7 +235,7 @@ def test_deep_mode_rejects_non_finite_layers_only_when_on(tmp_path: Path) -> Non
     ):
         path = write_npz(tmp_path / "p.npz", {"weighting": W, "layer_0": LAYER, "layer_1": bad})
         assert refusal(path, STRICT) is None
-        assert refusal(path, dataclasses.replace(STRICT, deep=True)) == "non-finite"
+        assert refusal(path, dataclasses.replace(STRICT, deep=True)) == "not-finite"
 
 
 def test_deep_mode_finds_nan_across_chunk_boundaries(tmp_path: Path) -> None:
@@ -243,7 +243,7 @@ def test_deep_mode_finds_nan_across_chunk_boundaries(tmp_path: Path) -> None:
     layer = np.zeros((1 << 20) + 3, dtype=np.float64)
     layer[-2] = np.nan
     path = write_npz(tmp_path / "p.npz", {"weighting": W, "layer_0": layer}, compress=False)
-    assert refusal(path, dataclasses.replace(STRICT, deep=True)) == "non-finite"
+    assert refusal(path, dataclasses.replace(STRICT, deep=True)) == "not-finite"
 
 
 def test_deep_mode_checks_crc(tmp_path: Path) -> None:

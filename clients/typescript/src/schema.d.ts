@@ -73,6 +73,10 @@ export interface paths {
          *     array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples), or in the
          *     trainer's own tensor names (`?format=safetensors`, `?format=npz&names=original`): 409 when no
          *     names are remembered or they do not fit this aggregation's layers.
+         *
+         *     The first GET of an NPZ that BranchKey already holds in this layout is passed on while it
+         *     arrives (no ETag then: the digest is known only at the end); a file that turns out invalid
+         *     ends the answer early, never complete. Every later answer comes from the cache, with ETag.
          */
         get: operations["stream_aggregation"];
         put?: never;
@@ -85,6 +89,10 @@ export interface paths {
          *     array (from a v1 upstream with its sample count; from a v3 upstream with 0 samples), or in the
          *     trainer's own tensor names (`?format=safetensors`, `?format=npz&names=original`): 409 when no
          *     names are remembered or they do not fit this aggregation's layers.
+         *
+         *     The first GET of an NPZ that BranchKey already holds in this layout is passed on while it
+         *     arrives (no ETag then: the digest is known only at the end); a file that turns out invalid
+         *     ends the answer early, never complete. Every later answer comes from the cache, with ETag.
          */
         head: operations["head_aggregation"];
         patch?: never;
@@ -124,6 +132,30 @@ export interface paths {
         get: operations["stream_events"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/exchange": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Upload, then download the round's aggregation
+         * @description Upload weights exactly as `POST /upload` takes them, wait for the first aggregation announced
+         *     after the upload was sent, and answer with its file, as `GET /aggregations/{id}` does: a bash
+         *     trainer's round is `curl -F file=@w.npy localhost:8000/exchange -o next.npz`. A 504
+         *     `aggregation-timeout` problem (with `file_id` and the event id to resume `after`) when none comes
+         *     within `wait_timeout`: the upload was accepted then, so do not send it again.
+         */
+        post: operations["exchange_weights"];
         delete?: never;
         options?: never;
         head?: never;
@@ -516,6 +548,11 @@ export interface components {
             kind: string;
             /** Layers */
             layers: components["schemas"]["LayerInfo"][];
+            /**
+             * Note
+             * @description Something worth knowing about an accepted upload, e.g. that a weighting of 0 leaves the aggregated mean where the other uploads put it.
+             */
+            note?: string | null;
             /** Sha256 */
             sha256: string;
             /** Size */
@@ -1016,6 +1053,166 @@ export interface operations {
             };
             /** @description Problem types: /problems/unauthorized */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    exchange_weights: {
+        parameters: {
+            query?: {
+                /** @description Wait for the run to start (default BK_WAIT_FOR_RUN). */
+                wait?: boolean | null;
+                /** @description Longest wait in seconds, for the run and then for the aggregation (default and cap GATEWAY_WAIT_TIMEOUT_S). */
+                wait_timeout?: number | null;
+                /** @description Aggregation weight; overrides the file's. */
+                weighting?: string | null;
+                /** @description npz: an NPZ of plain arrays; npy: the v1 object array; safetensors: safetensors in the trainer's own names and dtypes (as GET /aggregations/{id}). */
+                format?: components["schemas"]["DownloadFormat"];
+                /** @description original: the tensor names and dtypes of this leaf's last named upload (the default for safetensors); layer: layer_0 .. (as GET /aggregations/{id}). */
+                names?: components["schemas"]["Names"] | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description A multipart form (`file`, or `layer_<n>` parts and `weighting`) or the file as the raw body. */
+        requestBody: {
+            content: {
+                "application/octet-stream": Blob;
+                "application/x-npy": Blob;
+                "application/zip": Blob;
+                "multipart/form-data": {
+                    /**
+                     * Format: binary
+                     * @description The weights: an NPZ (weighting + layer_0.., or arrays in your own names), the v1 client's object .npy, a plain np.save .npy array, a list of arrays saved with np.save, or a safetensors file.
+                     */
+                    file?: Blob;
+                    /**
+                     * @description Aggregation weight (the number of samples trained on), as decimal text; required with layer parts, else it overrides the file's.
+                     * @example 128
+                     */
+                    weighting?: string;
+                } & {
+                    [key: `layer_${number}`]: Blob;
+                };
+            };
+        };
+        responses: {
+            /** @description The first aggregation announced after the upload was sent, as GET /aggregations/{id} serves it; X-Aggregation-Id and X-File-Id name both files. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": Blob;
+                };
+            };
+            /** @description Problem types: /problems/bad-request, /problems/upstream-rejected */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/no-session, /problems/unauthorized, /problems/upstream-rejected */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/not-found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/names/mismatch, /problems/names/no-map, /problems/run-not-started, /problems/session-changed, /problems/upstream-rejected */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/payload-too-large, /problems/upstream-rejected, /problems/weights/too-large, /problems/weights/zip-bomb */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/unsupported-media-type */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/upstream-rejected, /problems/weights/architecture-mismatch, /problems/weights/bad-member-name, /problems/weights/bad-npy-header, /problems/weights/bad-safetensors-header, /problems/weights/bad-weighting, /problems/weights/bare-scalar, /problems/weights/crc-mismatch, /problems/weights/duplicate-member, /problems/weights/encrypted-member, /problems/weights/header-too-large, /problems/weights/invalid-archive, /problems/weights/layer-mismatch, /problems/weights/layer-numbering, /problems/weights/missing-weighting, /problems/weights/names-mismatch, /problems/weights/no-fields, /problems/weights/no-inputs, /problems/weights/no-layers, /problems/weights/not-a-payload, /problems/weights/not-an-array, /problems/weights/not-finite, /problems/weights/not-integer, /problems/weights/not-list, /problems/weights/not-ndarray, /problems/weights/not-numeric, /problems/weights/not-object-pair, /problems/weights/overlapping-members, /problems/weights/overlapping-tensors, /problems/weights/pickle-forbidden, /problems/weights/reserved-field-name, /problems/weights/shape-mismatch, /problems/weights/shape-overflow, /problems/weights/tensor-offsets, /problems/weights/too-many-members, /problems/weights/truncated, /problems/weights/unexpected-key, /problems/weights/unknown-kind, /problems/weights/unsupported-compression, /problems/weights/unsupported-dtype, /problems/weights/unsupported-kind, /problems/weights/unsupported-pickle, /problems/weights/weighting-not-integer, /problems/weights/weighting-not-single, /problems/weights/zero-weighting */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/upstream-unavailable */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/shutting-down */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/aggregation-timeout, /problems/upstream-timeout */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Problem types: /problems/insufficient-storage */
+            507: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1620,7 +1817,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Problem types: /problems/upstream-rejected, /problems/weights/bad-member-name, /problems/weights/bad-npy-header, /problems/weights/bad-safetensors-header, /problems/weights/bad-weighting, /problems/weights/bare-scalar, /problems/weights/crc-mismatch, /problems/weights/duplicate-member, /problems/weights/encrypted-member, /problems/weights/header-too-large, /problems/weights/invalid-archive, /problems/weights/layer-mismatch, /problems/weights/layer-numbering, /problems/weights/missing-weighting, /problems/weights/names-mismatch, /problems/weights/no-fields, /problems/weights/no-inputs, /problems/weights/no-layers, /problems/weights/non-finite, /problems/weights/not-a-payload, /problems/weights/not-an-array, /problems/weights/not-integer, /problems/weights/not-list, /problems/weights/not-ndarray, /problems/weights/not-numeric, /problems/weights/not-object-pair, /problems/weights/overlapping-members, /problems/weights/overlapping-tensors, /problems/weights/pickle-forbidden, /problems/weights/reserved-field-name, /problems/weights/shape-mismatch, /problems/weights/shape-overflow, /problems/weights/tensor-offsets, /problems/weights/too-many-members, /problems/weights/truncated, /problems/weights/unexpected-key, /problems/weights/unknown-kind, /problems/weights/unsupported-compression, /problems/weights/unsupported-dtype, /problems/weights/unsupported-kind, /problems/weights/unsupported-pickle, /problems/weights/weighting-not-integer, /problems/weights/weighting-not-single, /problems/weights/zero-weighting */
+            /** @description Problem types: /problems/upstream-rejected, /problems/weights/architecture-mismatch, /problems/weights/bad-member-name, /problems/weights/bad-npy-header, /problems/weights/bad-safetensors-header, /problems/weights/bad-weighting, /problems/weights/bare-scalar, /problems/weights/crc-mismatch, /problems/weights/duplicate-member, /problems/weights/encrypted-member, /problems/weights/header-too-large, /problems/weights/invalid-archive, /problems/weights/layer-mismatch, /problems/weights/layer-numbering, /problems/weights/missing-weighting, /problems/weights/names-mismatch, /problems/weights/no-fields, /problems/weights/no-inputs, /problems/weights/no-layers, /problems/weights/not-a-payload, /problems/weights/not-an-array, /problems/weights/not-finite, /problems/weights/not-integer, /problems/weights/not-list, /problems/weights/not-ndarray, /problems/weights/not-numeric, /problems/weights/not-object-pair, /problems/weights/overlapping-members, /problems/weights/overlapping-tensors, /problems/weights/pickle-forbidden, /problems/weights/reserved-field-name, /problems/weights/shape-mismatch, /problems/weights/shape-overflow, /problems/weights/tensor-offsets, /problems/weights/too-many-members, /problems/weights/truncated, /problems/weights/unexpected-key, /problems/weights/unknown-kind, /problems/weights/unsupported-compression, /problems/weights/unsupported-dtype, /problems/weights/unsupported-kind, /problems/weights/unsupported-pickle, /problems/weights/weighting-not-integer, /problems/weights/weighting-not-single, /problems/weights/zero-weighting */
             422: {
                 headers: {
                     [name: string]: unknown;
