@@ -45,7 +45,8 @@ from gateway.forwarding import Forwarder
 from gateway.layouts import LayoutBook
 from gateway.metrics import LiveFacts, Metrics
 from gateway.names import NamedDownloads
-from gateway.problems import add_exception_handlers, problem_responses
+from gateway.openapi import document, operation_id
+from gateway.problems import PROBLEM_SCHEMA, add_exception_handlers
 from gateway.settings import Settings
 from gateway.upstream import auto
 from gateway.upstream.channel import NotificationConsumer
@@ -233,10 +234,13 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description="Federated learning on BranchKey for any trainer, over localhost HTTP.",
         lifespan=lifespan,
-        responses=problem_responses(),
+        generate_unique_id_function=operation_id,
         docs_url=None,  # api/pages.py serves /docs and /redoc from local assets
         redoc_url=None,
     )
+    # FastAPI's documented way to extend its document (the optional bearer token, which Swagger UI's
+    # Authorize button then sends; no HTTPValidationError).
+    app.openapi = functools.partial(document, app, {"Problem": PROBLEM_SCHEMA})  # type: ignore[method-assign]
     token = settings.gateway_token.get_secret_value() if settings.gateway_token else None
     signer = AccessSigner(token, settings.gateway_access_ttl_s)
     app.add_middleware(
@@ -264,7 +268,6 @@ def create_app(settings: Settings) -> FastAPI:
         pages,
     ):
         app.include_router(module.router)
-    pages.document_bearer(app)
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import typing
 from collections import defaultdict
@@ -19,11 +20,21 @@ from gateway._io import disk_full
 from gateway.errors import (
     PROBLEM_BASE,
     PROBLEM_JSON,
-    PROBLEM_TYPES,
     BadRequestError,
     GatewayError,
     InsufficientStorageError,
+    NameMapConflictError,
+    NoNameMapError,
+    NoSessionError,
     NotAuthenticatedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RunNotStartedError,
+    SessionChangedError,
+    UnsupportedMediaTypeError,
+    UpstreamRejectedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
 )
 from gateway.multipart import MultipartError
 from gateway.weights import ErrorCode, WeightsError
@@ -144,7 +155,9 @@ def add_exception_handlers(app: FastAPI, on_problem: ProblemHook | None = None) 
         if isinstance(error, NotAuthenticatedError):
             headers = {"WWW-Authenticate": "Bearer"}
         elif isinstance(error, StarletteHTTPException) and error.headers:
-            headers = dict(error.headers)  # 405: Starlette's Allow
+            headers = dict(error.headers)
+            if error.status_code == 405:
+                headers["Allow"] = _allowed(request) or headers.get("Allow", "")
         return problem(body, headers)
 
     for kind in (
@@ -160,7 +173,21 @@ def add_exception_handlers(app: FastAPI, on_problem: ProblemHook | None = None) 
         app.add_exception_handler(kind, answer)
 
 
-_PROBLEM_SCHEMA = {
+def _allowed(request: Request) -> str:
+    """Every documented method of the request's path ('' for an undocumented one): Starlette's 405
+    names only the methods of the first route that matched (GET /session, where POST and DELETE
+    /session are routes of their own)."""
+    path = request.url.path
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            return ", ".join(sorted(method.upper() for method in operations))
+    return ""
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "An RFC 9457 problem document: every error the gateway answers itself.",
     "type": "object",
     "required": ["type", "title", "status", "detail"],
     "properties": {
@@ -171,23 +198,74 @@ _PROBLEM_SCHEMA = {
         "title": {"type": "string"},
         "status": {"type": "integer"},
         "detail": {"type": "string", "description": "What was wrong and what to do."},
+        "run_status": {"type": "string", "description": "run-not-started: the run's status."},
+        "run_number": {"description": "run-not-started: the run's number."},
+        "newest": {"type": "integer", "description": "unknown-event-id: the newest event id."},
+        "channel": {
+            "type": "string",
+            "description": "not-ready: the notification channel's state.",
+        },
+        "upstream_status": {
+            "type": "integer",
+            "description": "upstream-unavailable, not-found: BranchKey's HTTP status.",
+        },
     },
 }
 
+"""components/schemas/Problem of the OpenAPI document (`gateway.openapi.document` adds it)."""
 
-def problem_responses() -> dict[int | str, dict[str, Any]]:
-    """One response per status, naming every problem type the gateway can answer with it."""
-    by_status: dict[int, list[str]] = defaultdict(list)
-    for error in PROBLEM_TYPES:
-        by_status[error.status].append(PROBLEM_BASE + error.type)
-    for status in (403, 409, 413, 422):  # BranchKey's 4xx answers are passed through
-        by_status[status].append(PROBLEM_BASE + "upstream-rejected")
-    for code in typing.get_args(ErrorCode):
-        by_status[413 if code in WEIGHTS_TOO_LARGE else 422].append(f"{PROBLEM_BASE}weights/{code}")
+Problem = tuple[int, str]
+"""A status and the problem `type` (after /problems/) answered with it."""
+
+
+def problems_of(*errors: type[GatewayError]) -> tuple[Problem, ...]:
+    """The status and type of each error class."""
+    return tuple((error.status, error.type) for error in errors)
+
+
+UNAUTHORIZED = problems_of(NotAuthenticatedError)
+"""Every route but /healthz: a missing or wrong GATEWAY_TOKEN, or a non-loopback caller without one."""
+MALFORMED = problems_of(BadRequestError)
+"""A query parameter, header or path segment that does not parse."""
+NO_SESSION = problems_of(NoSessionError)
+"""Routes that need the leaf session (logged out with DELETE /session)."""
+JSON_BODY = (*MALFORMED, (413, "payload-too-large"))
+"""The bounded JSON bodies of POST /session and /performance."""
+UPSTREAM_REJECTED_STATUSES = (400, 401, 403, 409, 413, 422)
+"""BranchKey's own 4xx answers, passed through as /problems/upstream-rejected (404 is not-found)."""
+UPSTREAM = (
+    *problems_of(NotFoundError, UpstreamUnavailableError, UpstreamTimeoutError),
+    *((status, UpstreamRejectedError.type) for status in UPSTREAM_REJECTED_STATUSES),
+)
+"""Routes that call BranchKey."""
+WEIGHTS = tuple(
+    (413 if code in WEIGHTS_TOO_LARGE else 422, f"weights/{code}")
+    for code in typing.get_args(ErrorCode)
+)
+"""A weights file the validator refuses."""
+DISK_FULL = problems_of(InsufficientStorageError)
+"""Routes that write files under GATEWAY_DATA_DIR (upload scratch files, the download cache)."""
+UPLOAD = (
+    *problems_of(BadRequestError, RunNotStartedError, PayloadTooLargeError),
+    *problems_of(UnsupportedMediaTypeError, SessionChangedError),
+    *DISK_FULL,
+    *WEIGHTS,
+)
+"""What an upload can be refused for (multipart, size, media type, weights, run status, session)."""
+NAMED_DOWNLOAD = problems_of(NoNameMapError, NameMapConflictError)
+"""A download in the trainer's own tensor names."""
+
+
+def problem_responses(*groups: tuple[Problem, ...]) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses of a route that can answer `groups`: one per status, naming its types."""
+    by_status: dict[int, set[str]] = defaultdict(set)
+    for group in groups:
+        for status, kind in group:
+            by_status[status].add(PROBLEM_BASE + kind)
     return {
         status: {
-            "description": "Problem types: " + ", ".join(sorted(set(types))),
-            "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}},
+            "description": "Problem types: " + ", ".join(sorted(types)),
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
         for status, types in sorted(by_status.items())
     }

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from gateway.access import QUERY_PARAMETER
+from gateway.problems import MALFORMED, UNAUTHORIZED, problem_responses
 from gateway.state import AccessDep
 
-router = APIRouter()
+router = APIRouter(tags=["access"])
 
 
 class AccessGrant(BaseModel):
@@ -23,7 +24,12 @@ class AccessGrant(BaseModel):
     query: str = Field(description="`access_token=<token>`, ready to append to a URL.")
 
 
-@router.post("/access", status_code=201)
+@router.post(
+    "/access",
+    status_code=201,
+    summary="A short-lived access token for links and event streams",
+    responses=problem_responses(UNAUTHORIZED, MALFORMED),
+)
 async def create_access(
     signer: AccessDep,
     ttl: Annotated[

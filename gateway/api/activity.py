@@ -9,10 +9,11 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from gateway.activity import MAX_REPORTS, MAX_UPLOADS, ReportRecord, UploadRecord
+from gateway.problems import MALFORMED, UNAUTHORIZED, problem_responses
 from gateway.state import StateDep
 from gateway.upstream.channel import ChannelState
 
-router = APIRouter()
+router = APIRouter(tags=["status"])
 
 
 class ChannelInfo(BaseModel):
@@ -25,7 +26,11 @@ class ChannelInfo(BaseModel):
     last_message_at: float | None
 
 
-@router.get("/uploads")
+@router.get(
+    "/uploads",
+    summary="The last uploads, forwarded or refused",
+    responses=problem_responses(UNAUTHORIZED, MALFORMED),
+)
 async def list_uploads(
     state: StateDep,
     limit: Annotated[int, Query(ge=1, le=MAX_UPLOADS)] = 20,
@@ -35,7 +40,11 @@ async def list_uploads(
     return state.activity.uploads(limit)
 
 
-@router.get("/performance")
+@router.get(
+    "/performance",
+    summary="The performance reports sent",
+    responses=problem_responses(UNAUTHORIZED, MALFORMED),
+)
 async def list_performance(
     state: StateDep,
     limit: Annotated[int, Query(ge=1, le=MAX_REPORTS)] = MAX_REPORTS,
@@ -44,7 +53,11 @@ async def list_performance(
     return state.activity.reports(limit)
 
 
-@router.get("/channel")
+@router.get(
+    "/channel",
+    summary="The notification channel's state",
+    responses=problem_responses(UNAUTHORIZED),
+)
 async def get_channel(state: StateDep) -> ChannelInfo:
     """The notification channel's state, reconnect count and last error."""
     status = state.consumer.status

@@ -22,10 +22,20 @@ from gateway.cache import Format, Passing, Served, check_id
 from gateway.errors import ConflictError, NotFoundError
 from gateway.events import Event
 from gateway.names import DownloadFormat, Names, Plain, wants_names
+from gateway.problems import (
+    DISK_FULL,
+    MALFORMED,
+    NAMED_DOWNLOAD,
+    NO_SESSION,
+    UNAUTHORIZED,
+    UPSTREAM,
+    problem_responses,
+    problems_of,
+)
 from gateway.state import GatewayState, MetricsDep, StateDep
 
 log = logging.getLogger("gateway.aggregations")
-router = APIRouter()
+router = APIRouter(tags=["aggregations"])
 
 MAX_LONG_POLL_S = 60.0
 _BATCH = 500
@@ -44,7 +54,11 @@ def _aggregation(event: Event) -> AggregationEvent:
     return AggregationEvent(id=event.id, **event.data)
 
 
-@router.get("/aggregations")
+@router.get(
+    "/aggregations",
+    summary="List aggregations after an event id (long poll)",
+    responses=problem_responses(UNAUTHORIZED, MALFORMED, problems_of(ConflictError)),
+)
 async def list_aggregations(
     state: StateDep,
     after: Annotated[
@@ -81,7 +95,23 @@ async def list_aggregations(
                 await anext(subscriber, None)  # an event, a keep-alive tick, or shutdown
 
 
-@router.get("/aggregations/latest")
+_ID = "$response.body#/aggregation_id"
+_LATEST_LINKS = {
+    "download": {"operationId": "stream_aggregation", "parameters": {"aggregation_id": _ID}},
+    "headers": {"operationId": "head_aggregation", "parameters": {"aggregation_id": _ID}},
+    "newer": {"operationId": "list_aggregations", "parameters": {"after": "$response.body#/id"}},
+}
+"""Where the newest aggregation leads (OpenAPI links: generated clients and stateful fuzzers follow them)."""
+
+
+@router.get(
+    "/aggregations/latest",
+    summary="The newest aggregation",
+    responses={
+        200: {"description": "The newest aggregation event.", "links": _LATEST_LINKS},
+        **problem_responses(UNAUTHORIZED, problems_of(NotFoundError)),
+    },
+)
 async def get_latest_aggregation(state: StateDep) -> AggregationEvent:
     """The newest aggregation the gateway has heard of."""
     event = await to_thread.run_sync(state.events.log.latest, "aggregation")
@@ -92,8 +122,14 @@ async def get_latest_aggregation(state: StateDep) -> AggregationEvent:
 
 _CACHE_CONTROL = "private, max-age=31536000, immutable"
 _FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/octet-stream": {}}, "description": "The aggregated model."},
+    200: {
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "The aggregated model.",
+    },
+    206: {"description": "Partial Content: the byte range asked for with Range."},
     304: {"description": "Not Modified: If-None-Match holds the current ETag (or *)."},
+    416: {"description": "Range Not Satisfiable: the Range lies outside the file."},
+    **problem_responses(UNAUTHORIZED, MALFORMED, NO_SESSION, UPSTREAM, NAMED_DOWNLOAD, DISK_FULL),
 }
 
 
@@ -102,12 +138,14 @@ _FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     response_class=FileResponse,
     responses=_FILE_RESPONSES,
     operation_id="head_aggregation",
+    summary="An aggregation's headers (size, ETag) without the file",
 )
 @router.get(
     "/aggregations/{aggregation_id}",
     response_class=FileResponse,
     responses=_FILE_RESPONSES,
     operation_id="stream_aggregation",
+    summary="Download an aggregation",
 )
 async def stream_aggregation(
     aggregation_id: str,

@@ -12,9 +12,10 @@ from fastapi.responses import StreamingResponse
 
 from gateway.errors import BadRequestError
 from gateway.events import EVENT_TYPES, KEEPALIVE, Event, Events
+from gateway.problems import MALFORMED, UNAUTHORIZED, problem_responses
 from gateway.state import StateDep
 
-router = APIRouter()
+router = APIRouter(tags=["events"])
 
 REPLAY_BATCH = 500
 """Stored events read from the log per query while replaying."""
@@ -48,7 +49,14 @@ def _start_id(last_event_id: str | None, after: int | None) -> int | None:
 @router.get(
     "/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events."}},
+    summary="Stream events (Server-Sent Events)",
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "Server-Sent Events: `id`, `event` and one-line JSON `data` per event.",
+        },
+        **problem_responses(UNAUTHORIZED, MALFORMED),
+    },
 )
 async def stream_events(
     state: StateDep,

@@ -22,9 +22,20 @@ from gateway.errors import (
 from gateway.events import Event, Events
 from gateway.forwarding import Forwarded, UploadOptions
 from gateway.names import DownloadFormat, Names
+from gateway.problems import (
+    DISK_FULL,
+    MALFORMED,
+    NAMED_DOWNLOAD,
+    NO_SESSION,
+    UNAUTHORIZED,
+    UPLOAD,
+    UPSTREAM,
+    problem_responses,
+    problems_of,
+)
 from gateway.state import MetricsDep, StateDep
 
-router = APIRouter()
+router = APIRouter(tags=["uploads"])
 
 DISCONNECT_POLL_S = 1.0
 """How often a waiting exchange checks that its client is still there."""
@@ -41,12 +52,25 @@ def _upload_openapi() -> dict[str, Any] | None:
 @router.post(
     "/exchange",
     response_class=FileResponse,
+    summary="Upload, then download the round's aggregation",
     responses={
         200: {
-            "content": {"application/octet-stream": {}},
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
             "description": "The first aggregation announced after the upload was sent, as "
             "GET /aggregations/{id} serves it; X-Aggregation-Id and X-File-Id name both files.",
-        }
+        },
+        **problem_responses(
+            UNAUTHORIZED,
+            MALFORMED,
+            NO_SESSION,
+            UPLOAD,
+            UPSTREAM,
+            NAMED_DOWNLOAD,
+            DISK_FULL,
+            problems_of(AggregationTimeoutError, ShuttingDownError),
+        ),
     },
     openapi_extra=_upload_openapi(),
 )

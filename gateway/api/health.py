@@ -9,18 +9,23 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.errors import GatewayError, NotReadyError
+from gateway.problems import UNAUTHORIZED, problem_responses, problems_of
 from gateway.state import MetricsDep, StateDep
 
-router = APIRouter()
+router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", summary="Liveness: the process answers")
 async def get_health() -> dict[str, str]:
     """The process is alive."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    summary="Readiness: session, upstream and notification channel up",
+    responses=problem_responses(UNAUTHORIZED, problems_of(NotReadyError)),
+)
 async def get_ready(state: StateDep) -> dict[str, Any]:
     """The session is authenticated, the upstream answers, and the notification channel is connected."""
     session = state.session

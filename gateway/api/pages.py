@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter
 from fastapi.openapi.docs import (
     get_redoc_html,
     get_swagger_ui_html,
@@ -83,25 +82,3 @@ async def get_redoc() -> HTMLResponse:
         redoc_favicon_url="/static/favicon.png",
         with_google_fonts=False,
     )
-
-
-def document_bearer(app: FastAPI) -> None:
-    """Declare the optional `Authorization: Bearer <GATEWAY_TOKEN>` in the OpenAPI document, so that
-    Swagger UI's Authorize button sends it (the middleware, not the routes, checks it)."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = generate()  # cached by FastAPI as app.openapi_schema, completed here once
-        schema.setdefault("components", {})["securitySchemes"] = {
-            "bearer": {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "GATEWAY_TOKEN, when the gateway has one (without it: loopback only).",
-            }
-        }
-        schema["security"] = [{}, {"bearer": []}]
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -9,10 +9,13 @@ from pydantic import BaseModel, Field
 
 from gateway.api.bodies import BoundedJSONRoute
 from gateway.errors import BadRequestError
+from gateway.problems import JSON_BODY, NO_SESSION, UNAUTHORIZED, UPSTREAM, problem_responses
 from gateway.state import SessionDep, StateDep
 from gateway.upstream.credentials import CredentialsError, from_mapping
 
-router = APIRouter(route_class=BoundedJSONRoute)  # POST /session, /performance: bounded JSON
+router = APIRouter(
+    route_class=BoundedJSONRoute, tags=["session"]
+)  # POST /session, /performance: bounded JSON
 
 
 class RunStatus(BaseModel):
@@ -45,7 +48,11 @@ class PerformanceReport(BaseModel):
     data: dict[str, Any] | str
 
 
-@router.get("/run")
+@router.get(
+    "/run",
+    summary="The run status, from BranchKey",
+    responses=problem_responses(UNAUTHORIZED, NO_SESSION, UPSTREAM),
+)
 async def get_run(session: SessionDep) -> RunStatus:
     """The run status, fresh from the upstream."""
     info = await session.refresh_run()
@@ -69,13 +76,32 @@ def _session_info(state: StateDep) -> SessionInfo:
     )
 
 
-@router.get("/session")
+@router.get("/session", summary="The current session", responses=problem_responses(UNAUTHORIZED))
 async def get_session_info(state: StateDep) -> SessionInfo:
     """The current leaf, tree and branch, the dialect, the upstream and the session state."""
     return _session_info(state)
 
 
-@router.post("/session")
+_CREDENTIALS = {
+    "description": "The leaf's credentials file as BranchKey issues it: v3 `id`, `name`, "
+    "`session_token`, `tree_id`, `branch_id` (all needed against a v3 upstream), or the v1 client's "
+    "`leaf_id`, `leaf_name`, `leaf_session_token` (+ `response_host`).",
+    "properties": {
+        key: {"type": "string"}
+        for key in (
+            *("id", "name", "session_token", "tree_id", "branch_id", "owner_id", "response_host"),
+            *("leaf_id", "leaf_name", "leaf_session_token"),
+        )
+    },
+}
+
+
+@router.post(
+    "/session",
+    summary="Log in with leaf credentials",
+    responses=problem_responses(UNAUTHORIZED, JSON_BODY, UPSTREAM),
+    openapi_extra={"requestBody": {"content": {"application/json": {"schema": _CREDENTIALS}}}},
+)
 async def create_session(credentials: dict[str, Any], state: StateDep) -> SessionInfo:
     """Log in (or switch leaf) with JSON credentials in the v3 or v1 client shape."""
     try:
@@ -89,14 +115,19 @@ async def create_session(credentials: dict[str, Any], state: StateDep) -> Sessio
     return _session_info(state)
 
 
-@router.delete("/session")
+@router.delete("/session", summary="Log out", responses=problem_responses(UNAUTHORIZED))
 async def delete_session(state: StateDep) -> SessionInfo:
     """Log out: uploads get 401 problems until the next login."""
     state.session.logout()
     return _session_info(state)
 
 
-@router.post("/performance", status_code=201)
+@router.post(
+    "/performance",
+    status_code=201,
+    summary="Send a performance report",
+    responses=problem_responses(UNAUTHORIZED, JSON_BODY, NO_SESSION, UPSTREAM),
+)
 async def create_performance(report: PerformanceReport, state: StateDep) -> dict[str, str]:
     """Send a performance report for an aggregation to BranchKey."""
     await state.session.require().send_metrics(report.aggregation_id, report.mode, report.data)

@@ -12,11 +12,20 @@ from gateway.activity import UploadRecord
 from gateway.errors import PROBLEM_BASE, GatewayError
 from gateway.forwarding import BeforeSend, Forwarded, UploadOptions
 from gateway.multipart import MultipartError
-from gateway.problems import problem_body
+from gateway.openapi import weights_body
+from gateway.problems import (
+    MALFORMED,
+    NO_SESSION,
+    UNAUTHORIZED,
+    UPLOAD,
+    UPSTREAM,
+    problem_body,
+    problem_responses,
+)
 from gateway.state import GatewayState, StateDep
 from gateway.weights import LEARNING, WeightingSource, WeightsError
 
-router = APIRouter()
+router = APIRouter(tags=["uploads"])
 
 
 class LayerInfo(BaseModel):
@@ -52,7 +61,15 @@ class UploadResult(BaseModel):
     )
 
 
-@router.post("/upload", status_code=201)
+@router.post(
+    "/upload",
+    status_code=201,
+    summary="Upload this leaf's weights",
+    responses=problem_responses(UNAUTHORIZED, MALFORMED, NO_SESSION, UPLOAD, UPSTREAM),
+    openapi_extra=weights_body(
+        "A multipart form (`file`, or `layer_<n>` parts and `weighting`) or the file as the raw body."
+    ),
+)
 async def create_upload(
     request: Request,
     state: StateDep,

@@ -66,6 +66,8 @@ def from_mapping(
         raise CredentialsError(f"{origin} lacks {', '.join(missing)}: {hint}")
     if dialect == "v1":
         _check_v1(data, origin)
+    else:
+        _check_v3(data, origin)
     return Credentials(
         id=str(data["id"]),
         name=str(data["name"]),
@@ -79,6 +81,17 @@ def from_mapping(
 
 _V1_TO_V3 = {"leaf_id": "id", "leaf_name": "name", "leaf_session_token": "session_token"}
 _V3_TO_V1 = {new: old for old, new in _V1_TO_V3.items()}
+
+
+def _check_v3(data: dict[str, Any], origin: str) -> None:
+    """What protocol v3 can carry: `Authorization: Bearer <id>:<session_token>`, visible ASCII only."""
+    for key in ("id", "session_token"):
+        value = data[key]
+        if not (value.isascii() and value.isprintable()) or " " in value:
+            raise CredentialsError(
+                f"{origin}: {key} must be visible ASCII without spaces (it is sent in the "
+                "Authorization header); copy it from the credentials file BranchKey issued."
+            )
 
 
 def _check_v1(data: dict[str, Any], origin: str) -> None:

@@ -330,7 +330,8 @@ def test_provisioning_and_least_privilege(tmp_path: Path) -> None:
             line.split("\t")[1] for line in bindings.splitlines()[1:] if line.startswith(branch)
         ) == sorted(ids)
         for leaf in agg.leaves:
-            rabbitmqctl("authenticate_user", leaf["id"], leaf["session_token"])
+            # "--": a random token may start with "-", which rabbitmqctl would take for an option.
+            rabbitmqctl("authenticate_user", "--", leaf["id"], leaf["session_token"])
 
         async def check() -> None:
             own, other = agg.leaves[0], agg.leaves[1]

@@ -120,6 +120,18 @@ def test_v1_credentials_that_the_v1_wire_cannot_carry_are_refused(
         from_mapping(data, "The request body", "v1")
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("id", "é1"), ("id", "l\x01"), ("session_token", "a b"), ("session_token", "t\n")],
+)
+def test_v3_credentials_that_the_bearer_header_cannot_carry_are_refused(
+    key: str, value: str
+) -> None:
+    """A v3 id or token outside visible ASCII is refused, naming the key, instead of failing the login."""
+    with pytest.raises(CredentialsError, match=f"{key} must be visible ASCII"):
+        from_mapping({**V3, key: value}, "The request body")
+
+
 def _leaves_file(tmp_path: Path, count: int) -> Path:
     """An aggregator's leaves.json with `count` leaves named leaf-1 ..."""
     leaves = [{**V3, "id": f"l{i}", "name": f"leaf-{i}"} for i in range(1, count + 1)]
