@@ -13,7 +13,6 @@ import os
 import secrets
 import sys
 from collections.abc import Iterator
-from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated, Any
 from urllib.parse import quote
@@ -30,8 +29,11 @@ from gateway.cli.client_http import (
     EXIT_OK,
     EXIT_UNREACHABLE,
     IDLE_TIMEOUT_S,
+    DownloadFormat,
+    FormatOption,
     GatewayOption,
     MultipartFile,
+    NameStyle,
     TokenOption,
     echo,
     fail,
@@ -44,6 +46,7 @@ from gateway.cli.client_http import (
     stderr_console,
     transfer_progress,
     unreachable,
+    upload_params,
 )
 
 _EXIT_CODES = (
@@ -54,21 +57,6 @@ _EXIT_CODES = (
 
 app = typer.Typer()
 """`upload`, `download`, then `watch` and `status` (client_monitor.py); `gateway.cli` adds them all."""
-
-
-class DownloadFormat(StrEnum):
-    """Formats of `download`."""
-
-    npz = "npz"
-    npy = "npy"
-    safetensors = "safetensors"
-
-
-class NameStyle(StrEnum):
-    """Tensor names of `download`."""
-
-    layer = "layer"
-    original = "original"
 
 
 # ---------------------------------------------------------------- upload
@@ -122,13 +110,7 @@ def upload(
     Example: branchkey-gateway upload weights.npz --wait
     """
     form = MultipartFile(file, secrets.token_hex(16))
-    params: dict[str, str] = {}
-    if weighting is not None:
-        params["weighting"] = weighting
-    if wait is not None:
-        params["wait"] = "true" if wait else "false"
-    if wait_timeout is not None:
-        params["wait_timeout"] = f"{wait_timeout:g}"
+    params = upload_params(weighting, wait, wait_timeout)
     console = stderr_console()
     # Validation, forwarding and ?wait=true take time, but a gateway silent this long is stuck.
     timeout = httpx.Timeout(IDLE_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
@@ -184,14 +166,7 @@ def download(
             show_default=False,
         ),
     ] = None,
-    fmt: Annotated[
-        DownloadFormat,
-        typer.Option(
-            "--format",
-            help="npz: plain layer_0.. arrays, any .npy reader; npy: the v1 client's object "
-            "array; safetensors: the tensor names and dtypes of your last named upload.",
-        ),
-    ] = DownloadFormat.npz,
+    fmt: FormatOption = DownloadFormat.npz,
     names: Annotated[
         NameStyle | None,
         typer.Option(

@@ -8,7 +8,6 @@ import os
 import secrets
 import sys
 from collections.abc import Iterator
-from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated
 
@@ -23,8 +22,11 @@ from gateway.cli.client_http import (
     EXIT_LOCAL,
     EXIT_OK,
     EXIT_UNREACHABLE,
+    DownloadFormat,
+    FormatOption,
     GatewayOption,
     MultipartFile,
+    NameStyle,
     TokenOption,
     echo,
     fail,
@@ -36,24 +38,10 @@ from gateway.cli.client_http import (
     stderr_console,
     transfer_progress,
     unreachable,
+    upload_params,
 )
 
 app = typer.Typer()
-
-
-class ExchangeFormat(StrEnum):
-    """Formats of the model `exchange` writes (those of `download`)."""
-
-    npz = "npz"
-    npy = "npy"
-    safetensors = "safetensors"
-
-
-class ExchangeNames(StrEnum):
-    """Tensor names of the model `exchange` writes."""
-
-    original = "original"
-    layer = "layer"
 
 
 @app.command(
@@ -82,16 +70,9 @@ def exchange(
             show_default=False,
         ),
     ] = None,
-    fmt: Annotated[
-        ExchangeFormat,
-        typer.Option(
-            "--format",
-            help="npz: plain layer_0.. arrays, any .npy reader; npy: the v1 client's object "
-            "array; safetensors: the tensor names and dtypes of your last named upload.",
-        ),
-    ] = ExchangeFormat.npz,
+    fmt: FormatOption = DownloadFormat.npz,
     names: Annotated[
-        ExchangeNames | None,
+        NameStyle | None,
         typer.Option(
             help="original: the names of your last safetensors or named-NPZ upload (the default "
             "for safetensors); layer: layer_0 .. (the default for npz and npy).",
@@ -133,15 +114,9 @@ def exchange(
 
     Example: branchkey-gateway exchange weights.npz -o next.npz
     """
-    params: dict[str, str] = {"format": fmt.value}
+    params = {"format": fmt.value, **upload_params(weighting, wait, wait_timeout)}
     if names is not None:
         params["names"] = names.value
-    if weighting is not None:
-        params["weighting"] = weighting
-    if wait is not None:
-        params["wait"] = "true" if wait else "false"
-    if wait_timeout is not None:
-        params["wait_timeout"] = f"{wait_timeout:g}"
     form = MultipartFile(file, secrets.token_hex(16))
     console = stderr_console()
     to_stdout = output is not None and str(output) == "-"

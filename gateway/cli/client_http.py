@@ -7,6 +7,7 @@ import os
 import secrets
 import sys
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated, Any, NoReturn
 
@@ -55,6 +56,45 @@ TokenOption = Annotated[
         rich_help_panel="Connection",
     ),
 ]
+
+
+class DownloadFormat(StrEnum):
+    """Formats of the models `download` and `exchange` write."""
+
+    npz = "npz"
+    npy = "npy"
+    safetensors = "safetensors"
+
+
+class NameStyle(StrEnum):
+    """Tensor names of the models `download` and `exchange` write."""
+
+    layer = "layer"
+    original = "original"
+
+
+FormatOption = Annotated[
+    DownloadFormat,
+    typer.Option(
+        "--format",
+        help="npz: plain layer_0.. arrays, any .npy reader; npy: the v1 client's object "
+        "array; safetensors: the tensor names and dtypes of your last named upload.",
+    ),
+]
+
+
+def upload_params(
+    weighting: str | None, wait: bool | None, wait_timeout: float | None
+) -> dict[str, str]:
+    """The query of an upload (`upload`, `exchange`): only the options given, as the gateway reads them."""
+    params: dict[str, str] = {}
+    if weighting is not None:
+        params["weighting"] = weighting
+    if wait is not None:
+        params["wait"] = "true" if wait else "false"
+    if wait_timeout is not None:
+        params["wait_timeout"] = f"{wait_timeout:g}"
+    return params
 
 
 def stderr_console() -> Console:
