@@ -21,7 +21,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from gateway.state import running_state
-from tests.support.gateways import Gateway, gateway_settings, run_gateway, write_credentials
+from tests.support.gateways import (
+    Gateway,
+    leaf_gateway,
+)
 from tests.support.http import load_npz
 from tests.support.servers import serve
 from tests.support.waiting import wait_until
@@ -104,11 +107,8 @@ class BlobUpstream:
 
 @contextlib.contextmanager
 def _gateway(tmp_path: Path, upstream: BlobUpstream) -> Iterator[Gateway]:
-    credentials = write_credentials(tmp_path / "leaf.json", CREDENTIALS)
-    with serve(upstream.app()) as host:
-        settings = gateway_settings(tmp_path / "gw", bk_host=host, bk_credentials_file=credentials)
-        with run_gateway(settings) as gateway:
-            yield gateway
+    with serve(upstream.app()) as host, leaf_gateway(tmp_path, host, CREDENTIALS) as gateway:
+        yield gateway
 
 
 def _get(url: str) -> httpx.Response:
