@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from tests.support.aggregator import start
-from tests.support.peers import SCRIPT_PRELUDE, Peer, peer_or_fail, run_script
+from tests.support.peers import (
+    SCRIPT_EPILOGUE,
+    SCRIPT_PRELUDE,
+    SCRIPT_V3_CLIENT,
+    Peer,
+    peer_or_fail,
+    run_script,
+)
 
 # Building the peer virtualenv on the first run takes longer than the suite's 120 s per-test limit.
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(600)]
@@ -23,16 +30,13 @@ _SCRIPT = (
     + r"""
 
 import numpy as np
-from branchkey import APIConfig, Client, Credentials
+"""
+    + SCRIPT_V3_CLIENT
+    + r"""
 
-clients = []
-try:
-    for index, leaf in enumerate(job["leaves"]):
-        clients.append(Client(
-            credentials=Credentials.from_dict(leaf),
-            api_config=APIConfig(host=job["url"], ssl=False),
-            output_dir=os.path.join(job["work_dir"], f"out-{index}"),
-        ))
+def main(clients):
+    for index in range(len(job["leaves"])):
+        clients.append(make_client(index))
     emit("constructed")
     deadline = time.monotonic() + 20
     while not all(c.run_status == "start" for c in clients):
@@ -53,12 +57,8 @@ try:
         aggregation_ids=aggregation_ids,
         download=clients[0].file_download(aggregation_ids[0]),
     )
-except BaseException:
-    emit("error", traceback=traceback.format_exc())
-finally:
-    for client in clients:
-        client.close()
 """
+    + SCRIPT_EPILOGUE
 )
 
 

@@ -16,7 +16,14 @@ import pytest
 
 from tests.support.aggregator import ADMIN, Running, start
 from tests.support.http import admin_get
-from tests.support.peers import SCRIPT_WATCHDOG, Peer, peer_or_fail, run_script
+from tests.support.peers import (
+    SCRIPT_EPILOGUE,
+    SCRIPT_V3_CLIENT,
+    SCRIPT_WATCHDOG,
+    Peer,
+    peer_or_fail,
+    run_script,
+)
 from tests.support.weights import sdk_weights
 
 # Building the peer virtualenv on the first run takes longer than the suite's 120 s per-test limit.
@@ -70,17 +77,11 @@ def emit(event, **fields):
     + r"""
 
 import numpy as np
-from branchkey import APIConfig, Client, Credentials, RunConfig
 
 WORK = job["work_dir"]
-
-def make_client(index, host=None, run_config=None):
-    return Client(
-        credentials=Credentials.from_dict(job["leaves"][index]),
-        api_config=APIConfig(host=host or job["url"], ssl=False),
-        run_config=run_config,
-        output_dir=os.path.join(WORK, f"out-{index}"),
-    )
+"""
+    + SCRIPT_V3_CLIENT
+    + r"""
 
 def wait_until(condition, timeout, what):
     deadline = time.monotonic() + timeout
@@ -94,16 +95,7 @@ def layers(rng):
 """
 )
 
-_EPILOGUE = r"""
-clients = []
-try:
-    main(clients)
-except BaseException:
-    emit("error", traceback=traceback.format_exc())
-finally:
-    for client in clients:
-        client.close()
-"""
+_EPILOGUE = SCRIPT_EPILOGUE
 
 # Scenario 1: three leaves, one round. The test stops the run before this starts.
 #

@@ -8,7 +8,14 @@ import httpx
 import pytest
 
 from tests.support.aggregator import start
-from tests.support.peers import SCRIPT_PRELUDE, Peer, peer_or_fail, run_script
+from tests.support.peers import (
+    SCRIPT_EPILOGUE,
+    SCRIPT_PRELUDE,
+    SCRIPT_V3_CLIENT,
+    Peer,
+    peer_or_fail,
+    run_script,
+)
 
 # Building the peer virtualenv on the first run takes longer than the suite's 120 s per-test limit.
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(600)]
@@ -27,16 +34,13 @@ def wait_until(condition, what):
 
 
 import numpy as np
-from branchkey import APIConfig, Client, Credentials
+"""
+    + SCRIPT_V3_CLIENT
+    + r"""
 
-clients = []
-try:
-    for index, leaf in enumerate(job["leaves"]):
-        clients.append(Client(
-            credentials=Credentials.from_dict(leaf),
-            api_config=APIConfig(host=job["url"], ssl=False),
-            output_dir=os.path.join(job["work_dir"], f"out-{index}"),
-        ))
+def main(clients):
+    for index in range(len(job["leaves"])):
+        clients.append(make_client(index))
     emit("constructed")
     wait_until(lambda: all(c.run_status == "start" for c in clients), "start on every WebSocket")
     rng = np.random.default_rng(5)
@@ -56,12 +60,8 @@ try:
     aggregation_ids = [c.queue.get(timeout=30) for c in clients]
     emit("done", run_numbers=[c.run_number for c in clients], aggregation_ids=aggregation_ids,
          file_ids=[first, *others])
-except BaseException:
-    emit("error", traceback=traceback.format_exc())
-finally:
-    for client in clients:
-        client.close()
 """
+    + SCRIPT_EPILOGUE
 )
 
 

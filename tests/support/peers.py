@@ -229,6 +229,34 @@ def emit(event, **fields):
 print() goes to stderr), then `job` and the watchdog of SCRIPT_WATCHDOG."""
 
 
+SCRIPT_V3_CLIENT = r"""
+from branchkey import APIConfig, Client, Credentials, RunConfig
+
+def make_client(index, host=None, run_config=None):
+    return Client(
+        credentials=Credentials.from_dict(job["leaves"][index]),
+        api_config=APIConfig(host=host or job["url"], ssl=False),
+        run_config=run_config,
+        output_dir=os.path.join(job["work_dir"], f"out-{index}"),
+    )
+"""
+"""Peer-script lines (after SCRIPT_PRELUDE) defining `make_client(index)`: a 3.x client for the job's
+leaf `index`, against the job's `url` unless `host` is given, saving below the work dir."""
+
+SCRIPT_EPILOGUE = r"""
+clients = []
+try:
+    main(clients)
+except BaseException:
+    emit("error", traceback=traceback.format_exc())
+finally:
+    for client in clients:
+        client.close()
+"""
+"""The end of a peer script that defines `main(clients)`: it runs it, sends any failure as an
+`error` event, and closes every client `main` appended, whatever happened."""
+
+
 class PeerScript:
     """A script running in the peer; reads its JSON event lines, keeps the tail of its stderr."""
 
