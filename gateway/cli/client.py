@@ -26,14 +26,13 @@ from gateway.cli.client_http import (
     DEFAULT_GATEWAY,
     EXIT_INTERRUPTED,
     EXIT_LOCAL,
-    EXIT_OK,
     EXIT_UNREACHABLE,
     IDLE_TIMEOUT_S,
     DownloadFormat,
     FormatOption,
     GatewayOption,
     MultipartFile,
-    NameStyle,
+    NamesOption,
     TokenOption,
     echo,
     fail,
@@ -41,9 +40,9 @@ from gateway.cli.client_http import (
     open_client,
     partial_path,
     problem_line,
-    quiet_stdout,
     save_body,
     stderr_console,
+    transfer_failures,
     transfer_progress,
     unreachable,
     upload_params,
@@ -167,14 +166,7 @@ def download(
         ),
     ] = None,
     fmt: FormatOption = DownloadFormat.npz,
-    names: Annotated[
-        NameStyle | None,
-        typer.Option(
-            help="original: the names of your last safetensors or named-NPZ upload (the default "
-            "for safetensors); layer: layer_0.. (the default for npz).",
-            show_default=False,
-        ),
-    ] = None,
+    names: NamesOption = None,
     gateway: GatewayOption = DEFAULT_GATEWAY,
     token: TokenOption = None,
 ) -> None:
@@ -196,37 +188,29 @@ def download(
     partial: Path | None = None
     with open_client(gateway, token, timeout) as client:
         try:
-            if aggregation_id == "latest":
-                aggregation_id = _latest(client)
-            target = output or Path(f"{aggregation_id}.{fmt.value}")
-            params = {"format": fmt.value, **({"names": names.value} if names else {})}
-            url = f"aggregations/{quote(aggregation_id, safe='')}"
-            with contextlib.ExitStack() as files:
-                if to_stdout:
-                    sink: IO[bytes] = sys.stdout.buffer
-                else:  # created before the transfer, so a bad path fails at once
-                    partial = partial_path(target)
-                    sink = files.enter_context(partial.open("xb"))
-                with client.stream("GET", url, params=params) as response:
-                    digest, expected = save_body(response, sink, console, target.name)
-            if expected is not None and digest != expected:
-                fail(
-                    f"error: the download of {aggregation_id} does not match its ETag "
-                    f"(sha256 {digest}, expected {expected})",
-                    EXIT_UNREACHABLE,
-                )
-            if partial is not None:
-                os.replace(partial, target)
-                partial = None
-        except httpx.HTTPError as error:
-            unreachable(str(client.base_url), error)
-        except KeyboardInterrupt:
-            fail("download interrupted", EXIT_INTERRUPTED)
-        except BrokenPipeError:
-            quiet_stdout()
-            raise typer.Exit(code=EXIT_OK) from None
-        except OSError as error:
-            fail(f"error: cannot write {target}: {error.strerror or error}", EXIT_LOCAL)
+            with transfer_failures(client, "download", lambda: f"write {target}"):
+                if aggregation_id == "latest":
+                    aggregation_id = _latest(client)
+                target = output or Path(f"{aggregation_id}.{fmt.value}")
+                params = {"format": fmt.value, **({"names": names.value} if names else {})}
+                url = f"aggregations/{quote(aggregation_id, safe='')}"
+                with contextlib.ExitStack() as files:
+                    if to_stdout:
+                        sink: IO[bytes] = sys.stdout.buffer
+                    else:  # created before the transfer, so a bad path fails at once
+                        partial = partial_path(target)
+                        sink = files.enter_context(partial.open("xb"))
+                    with client.stream("GET", url, params=params) as response:
+                        digest, expected = save_body(response, sink, console, target.name)
+                if expected is not None and digest != expected:
+                    fail(
+                        f"error: the download of {aggregation_id} does not match its ETag "
+                        f"(sha256 {digest}, expected {expected})",
+                        EXIT_UNREACHABLE,
+                    )
+                if partial is not None:
+                    os.replace(partial, target)
+                    partial = None
         finally:
             if partial is not None:
                 partial.unlink(missing_ok=True)

@@ -18,26 +18,22 @@ from rich.console import Console
 from gateway.cli.client_http import (
     CONNECT_TIMEOUT_S,
     DEFAULT_GATEWAY,
-    EXIT_INTERRUPTED,
-    EXIT_LOCAL,
-    EXIT_OK,
     EXIT_UNREACHABLE,
     DownloadFormat,
     FormatOption,
     GatewayOption,
     MultipartFile,
-    NameStyle,
+    NamesOption,
     TokenOption,
     echo,
     fail,
     label,
     open_client,
     partial_path,
-    quiet_stdout,
     save_body,
     stderr_console,
+    transfer_failures,
     transfer_progress,
-    unreachable,
     upload_params,
 )
 
@@ -71,14 +67,7 @@ def exchange(
         ),
     ] = None,
     fmt: FormatOption = DownloadFormat.npz,
-    names: Annotated[
-        NameStyle | None,
-        typer.Option(
-            help="original: the names of your last safetensors or named-NPZ upload (the default "
-            "for safetensors); layer: layer_0 .. (the default for npz and npy).",
-            show_default=False,
-        ),
-    ] = None,
+    names: NamesOption = None,
     weighting: Annotated[
         str | None,
         typer.Option(help="Aggregation weight (number of samples); overrides the file's."),
@@ -127,44 +116,33 @@ def exchange(
     target: Path | None = output
     with open_client(gateway, token, timeout) as client:
         try:
-            with contextlib.ExitStack() as files:
-                if to_stdout:
-                    sink: IO[bytes] = sys.stdout.buffer
-                else:  # created before the upload, so a bad path fails at once
-                    partial = partial_path(folder / (output.name if output else "exchange"))
-                    sink = files.enter_context(partial.open("xb"))
-                with client.stream(
-                    "POST",
-                    "exchange",
-                    params=params,
-                    content=_body(form, console),
-                    headers=form.headers(),
-                ) as response:
-                    aggregation_id = response.headers.get("x-aggregation-id", "aggregation")
-                    if target is None:
-                        target = folder / f"{aggregation_id}.{fmt.value}"
-                    digest, expected = save_body(response, sink, console, target.name)
-            if expected is not None and digest != expected:
-                fail(
-                    f"error: the model of {aggregation_id} does not match its ETag "
-                    f"(sha256 {digest}, expected {expected})",
-                    EXIT_UNREACHABLE,
-                )
-            if partial is not None and target is not None:
-                os.replace(partial, target)
-                partial = None
-        except httpx.HTTPError as error:
-            unreachable(str(client.base_url), error)
-        except KeyboardInterrupt:
-            fail("exchange interrupted", EXIT_INTERRUPTED)
-        except BrokenPipeError:
-            quiet_stdout()
-            raise typer.Exit(code=EXIT_OK) from None
-        except OSError as error:
-            fail(
-                f"error: cannot read {file} or write {target}: {error.strerror or error}",
-                EXIT_LOCAL,
-            )
+            with transfer_failures(client, "exchange", lambda: f"read {file} or write {target}"):
+                with contextlib.ExitStack() as files:
+                    if to_stdout:
+                        sink: IO[bytes] = sys.stdout.buffer
+                    else:  # created before the upload, so a bad path fails at once
+                        partial = partial_path(folder / (output.name if output else "exchange"))
+                        sink = files.enter_context(partial.open("xb"))
+                    with client.stream(
+                        "POST",
+                        "exchange",
+                        params=params,
+                        content=_body(form, console),
+                        headers=form.headers(),
+                    ) as response:
+                        aggregation_id = response.headers.get("x-aggregation-id", "aggregation")
+                        if target is None:
+                            target = folder / f"{aggregation_id}.{fmt.value}"
+                        digest, expected = save_body(response, sink, console, target.name)
+                if expected is not None and digest != expected:
+                    fail(
+                        f"error: the model of {aggregation_id} does not match its ETag "
+                        f"(sha256 {digest}, expected {expected})",
+                        EXIT_UNREACHABLE,
+                    )
+                if partial is not None and target is not None:
+                    os.replace(partial, target)
+                    partial = None
         finally:
             if partial is not None:
                 partial.unlink(missing_ok=True)

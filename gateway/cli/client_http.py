@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -81,6 +82,14 @@ FormatOption = Annotated[
         "array; safetensors: the tensor names and dtypes of your last named upload.",
     ),
 ]
+NamesOption = Annotated[
+    NameStyle | None,
+    typer.Option(
+        help="original: the names of your last safetensors or named-NPZ upload (the default "
+        "for safetensors); layer: layer_0.. (the default for npz and npy).",
+        show_default=False,
+    ),
+]
 
 
 def upload_params(
@@ -144,6 +153,25 @@ def unreachable(url: str, error: httpx.HTTPError) -> NoReturn:
         fail(f"error: the gateway at {url} did not answer in time", EXIT_UNREACHABLE)
     reason = str(error) or type(error).__name__
     fail(f"error: cannot talk to the gateway at {url}: {reason}", EXIT_UNREACHABLE)
+
+
+@contextlib.contextmanager
+def transfer_failures(
+    client: httpx.Client, action: str, local: Callable[[], str]
+) -> Iterator[None]:
+    """What breaks a transfer, as its exit: the gateway unreachable or gone (3), Ctrl-C (130), stdout
+    closed by its reader (0, quietly), a local file (4: "error: cannot <local()>: <why>")."""
+    try:
+        yield
+    except httpx.HTTPError as error:
+        unreachable(str(client.base_url), error)
+    except KeyboardInterrupt:
+        fail(f"{action} interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        quiet_stdout()
+        raise typer.Exit(code=EXIT_OK) from None
+    except OSError as error:
+        fail(f"error: cannot {local()}: {error.strerror or error}", EXIT_LOCAL)
 
 
 def get_json(client: httpx.Client, path: str) -> tuple[bool, dict[str, Any]]:
