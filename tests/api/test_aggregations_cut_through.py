@@ -26,7 +26,7 @@ from tests.support.gateways import (
     leaf_gateway,
 )
 from tests.support.http import load_npz
-from tests.support.servers import serve
+from tests.support.servers import serve, started_upstream
 from tests.support.waiting import wait_until
 
 CREDENTIALS = {
@@ -67,12 +67,7 @@ class BlobUpstream:
 
     def app(self) -> FastAPI:
         """The ASGI app."""
-        app = FastAPI()
-
-        @app.get("/api/v1/run/{branch_id}")
-        async def get_run(branch_id: str) -> dict[str, Any]:
-            assert branch_id == CREDENTIALS["branch_id"]
-            return {"data": {"run_status": "start", "run_number": 1}}
+        app = started_upstream(CREDENTIALS["branch_id"])
 
         @app.get("/api/v1/file/download/{file_id}")
         async def download(file_id: str, request: Request) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from tests.support.gateways import (
 )
 from tests.support.http import check_problem
 from tests.support.ports import free_port
-from tests.support.servers import serve
+from tests.support.servers import serve, started_upstream
 from tests.support.weights import sdk_weights
 
 CREDENTIALS = {
@@ -53,12 +53,7 @@ class FakeUpstream:
 
     def app(self) -> FastAPI:
         """The ASGI app."""
-        app = FastAPI()
-
-        @app.get("/api/v1/run/{branch_id}")
-        async def get_run(branch_id: str) -> dict[str, Any]:
-            assert branch_id == CREDENTIALS["branch_id"]
-            return {"data": {"run_status": "start", "run_number": 1}}
+        app = started_upstream(CREDENTIALS["branch_id"])
 
         @app.post("/api/v1/file/upload")
         async def create_upload(request: Request) -> JSONResponse:
