@@ -26,7 +26,6 @@ from gateway.cli.client_http import (
     DEFAULT_GATEWAY,
     EXIT_INTERRUPTED,
     EXIT_LOCAL,
-    EXIT_UNREACHABLE,
     IDLE_TIMEOUT_S,
     DownloadFormat,
     FormatOption,
@@ -34,6 +33,7 @@ from gateway.cli.client_http import (
     MultipartFile,
     NamesOption,
     TokenOption,
+    check_digest,
     echo,
     fail,
     label,
@@ -202,12 +202,7 @@ def download(
                         sink = files.enter_context(partial.open("xb"))
                     with client.stream("GET", url, params=params) as response:
                         digest, expected = save_body(response, sink, console, target.name)
-                if expected is not None and digest != expected:
-                    fail(
-                        f"error: the download of {aggregation_id} does not match its ETag "
-                        f"(sha256 {digest}, expected {expected})",
-                        EXIT_UNREACHABLE,
-                    )
+                check_digest(f"the download of {aggregation_id}", digest, expected)
                 if partial is not None:
                     os.replace(partial, target)
                     partial = None

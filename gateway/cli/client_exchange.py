@@ -18,15 +18,14 @@ from rich.console import Console
 from gateway.cli.client_http import (
     CONNECT_TIMEOUT_S,
     DEFAULT_GATEWAY,
-    EXIT_UNREACHABLE,
     DownloadFormat,
     FormatOption,
     GatewayOption,
     MultipartFile,
     NamesOption,
     TokenOption,
+    check_digest,
     echo,
-    fail,
     label,
     open_client,
     partial_path,
@@ -134,12 +133,7 @@ def exchange(
                         if target is None:
                             target = folder / f"{aggregation_id}.{fmt.value}"
                         digest, expected = save_body(response, sink, console, target.name)
-                if expected is not None and digest != expected:
-                    fail(
-                        f"error: the model of {aggregation_id} does not match its ETag "
-                        f"(sha256 {digest}, expected {expected})",
-                        EXIT_UNREACHABLE,
-                    )
+                check_digest(f"the model of {aggregation_id}", digest, expected)
                 if partial is not None and target is not None:
                     os.replace(partial, target)
                     partial = None

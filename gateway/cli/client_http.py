@@ -297,6 +297,15 @@ def save_body(
     return digest, etag_digest(response)
 
 
+def check_digest(what: str, digest: str, expected: str | None) -> None:
+    """Exit 3 when a received file's sha256 is not the ETag it came with (`what` names it)."""
+    if expected is not None and digest != expected:
+        fail(
+            f"error: {what} does not match its ETag (sha256 {digest}, expected {expected})",
+            EXIT_UNREACHABLE,
+        )
+
+
 def partial_path(target: Path) -> Path:
     """A private name beside `target` for the file while it arrives."""
     return target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
