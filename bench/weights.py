@@ -1,6 +1,14 @@
 """Benchmark: header-only NPZ validation and streaming FedAvg on 64 MiB .. 2 GiB payloads.
 
     python bench/weights.py [--sizes 64M,512M,2G] [--dir DIR] [--keep] [--compressed] [--profile]
+                            [--only fedavg] [--runs N] [--baseline-tree DIR] [--cold]
+
+`--only fedavg` skips validation and times, in the same run and alternating N times, a plain
+sequential read of the leaf files (`readinto` 8 MiB at a time, no parsing) and FedAvg over the
+same files, then prints FedAvg's time as a multiple of the read (the wire-speed bound). With
+`--baseline-tree DIR` FedAvg also runs from another source tree (e.g. `git archive main | tar -x`)
+on the same files, for a same-run before/after. `--cold` drops the leaf files (only those) from
+the page cache before every timed run (`posix_fadvise(DONTNEED)`), so both read from the disk.
 
 The parent generates leaf payloads in the SDK's layout (`weighting` float64 (1,), `layer_0..`
 float32) with a streaming writer, then measures every operation in a fresh interpreter so that
@@ -51,6 +59,9 @@ WEIGHTINGS = (120.0, 340.0, 540.0)
 VALIDATE_RUNS = 5
 GEN_CHUNK_BYTES = 16 * MiB
 SAMPLE_SECONDS = 0.005
+READ_CHUNK_BYTES = 8 * MiB
+FEDAVG_READ_RATIO = 1.5
+FEDAVG_MIN_RATE = GiB
 
 VALIDATE_MAX_SECONDS = 0.050
 VALIDATE_MAX_RSS = 32 * MiB
@@ -226,6 +237,17 @@ def ru_maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+def plain_read(paths: Sequence[Path]) -> int:
+    """Read the files one after another into one reused buffer: the floor FedAvg is held to."""
+    buffer = bytearray(READ_CHUNK_BYTES)
+    total = 0
+    for path in paths:
+        with path.open("rb", buffering=0) as file:
+            while n := file.readinto(buffer):
+                total += n
+    return total
+
+
 def child_main(op: str, paths: Sequence[str], out: str | None, profile: bool) -> None:
     inputs = [Path(p) for p in paths]
     dst = Path(out) if out else None
@@ -245,6 +267,8 @@ def child_main(op: str, paths: Sequence[str], out: str | None, profile: bool) ->
     if op == "validate":
         payload = inspect_payload(inputs[0], ValidationPolicy())
         detail["arrays"] = len(payload.arrays)
+    elif op == "read":
+        detail["bytes"] = plain_read(inputs)
     elif op == "fedavg" and dst is not None:
         result = fedavg(inputs, dst, ValidationPolicy())
         detail["arrays"] = len(result.arrays)
@@ -324,9 +348,12 @@ class Report:
     profiles: list[tuple[str, str]] = field(default_factory=list)
 
 
-def run_child(args: list[str]) -> dict[str, Any]:
+def run_child(args: list[str], tree: Path | None = None) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
-    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -364,15 +391,95 @@ def fmt_peak(result: dict[str, Any]) -> str:
     return f"{fmt_bytes(result['peak_delta'])} (s {fmt_bytes(sampled)} / k {kernel_text})"
 
 
-def bench_size(
-    label: str,
-    target: int,
-    directory: Path,
-    compressed: bool,
-    keep: bool,
-    profile: bool,
-    report: Report,
+@dataclass(frozen=True)
+class Options:
+    directory: Path
+    compressed: bool
+    keep: bool
+    profile: bool
+    only_fedavg: bool
+    runs: int
+    baseline_tree: Path | None
+    cold: bool
+
+
+def evict(paths: Sequence[Path]) -> None:
+    """Drop the files' pages from the page cache, so that the next read comes from the disk."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def bench_speed(
+    label: str, leaves: list[Path], largest: int, options: Options, report: Report
 ) -> None:
+    """FedAvg against a plain read of the same files, alternating, `runs` times, same run."""
+    out = options.directory / f"fedavg-{label}.npz"
+    read = sum(p.stat().st_size for p in leaves)
+    trees: list[tuple[str, Path | None]] = [("fedavg", None)]
+    if options.baseline_tree is not None:
+        trees.insert(0, (f"fedavg ({options.baseline_tree.name})", options.baseline_tree))
+    results: dict[str, list[dict[str, Any]]] = {"plain read": []}
+    results.update({name: [] for name, _ in trees})
+    for run in range(options.runs):
+        print(f"[{label}] run {run + 1}/{options.runs}: plain read, fedavg ...", flush=True)
+        if options.cold:
+            evict(leaves)
+        results["plain read"].append(run_child(["read", *map(str, leaves)]))
+        for name, tree in trees:
+            if options.cold:
+                evict(leaves)
+            try:
+                args = ["fedavg", *map(str, leaves), "--out", str(out)]
+                results[name].append(run_child(args, tree))
+            finally:
+                out.unlink(missing_ok=True)
+    errors = [r["error"] for rs in results.values() for r in rs if "error" in r]
+    if errors:
+        report.rows.append(Row(label, "fedavg vs read", result=f"ERROR {errors[0]}"))
+        return
+    floor = statistics.median(r["wall"] for r in results["plain read"])
+    limit = 2 * largest + FEDAVG_SLACK
+    for name, runs in results.items():
+        wall = statistics.median(r["wall"] for r in runs)
+        worst = max(runs, key=lambda r: int(r["peak_delta"]))
+        rate = read / wall
+        ratio = wall / floor
+        is_fedavg = name != "plain read"
+        ok = (rate >= FEDAVG_MIN_RATE or ratio <= FEDAVG_READ_RATIO) and (
+            worst["peak_delta"] < limit
+        )
+        cpu = statistics.median(r["user"] + r["system"] for r in runs)
+        report.rows.append(
+            Row(
+                label,
+                f"{name} x{len(runs)} (median)",
+                wall=fmt_seconds(wall),
+                rate=f"{rate / MiB:.0f} MiB/s in, {ratio:.2f}x read, CPU {cpu:.2f} s",
+                peak=fmt_peak(worst),
+                largest=fmt_bytes(largest),
+                target=(
+                    f">= {FEDAVG_MIN_RATE / MiB:.0f} MiB/s or <= {FEDAVG_READ_RATIO}x read, "
+                    f"< {fmt_bytes(limit)}"
+                    if is_fedavg
+                    else "baseline"
+                ),
+                result=("PASS" if ok else "FAIL") if is_fedavg else "-",
+            )
+        )
+
+
+def bench_size(label: str, target: int, options: Options, report: Report) -> None:
+    directory, compressed, keep, profile = (
+        options.directory,
+        options.compressed,
+        options.keep,
+        options.profile,
+    )
     layout = layout_for(label, target)
     largest_index, largest = layout.largest
     leaves = [leaf_path(directory, layout, i, compressed) for i in range(LEAVES)]
@@ -402,6 +509,9 @@ def bench_size(
             took = time.perf_counter() - start
             print(f"{fmt_bytes(path.stat().st_size)} in {took:.1f} s", flush=True)
         file_size = leaves[0].stat().st_size
+        if options.only_fedavg:
+            bench_speed(label, leaves, largest, options, report)
+            return
 
         print(f"[{label}] validating x{VALIDATE_RUNS} ...", flush=True)
         runs = [run_child(["validate", str(leaves[0])]) for _ in range(VALIDATE_RUNS)]
@@ -482,6 +592,7 @@ def print_table(report: Report) -> None:
     print("peak RSS: max(sampler every 5 ms, kernel high-water mark) minus the child's baseline")
     print("  after `import numpy, gateway.weights`; s = sampler, k = VmHWM/ru_maxrss.")
     print("targets are informational; validation's (set for 2 GiB) is applied to every size.")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for note in report.notes:
         print(f"  {note}")
     for label, text in report.profiles:
@@ -502,6 +613,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--compressed", action="store_true", help="deflate payloads like savez_compressed (slow)"
     )
     parser.add_argument("--profile", action="store_true", help="also run fedavg under cProfile")
+    parser.add_argument(
+        "--only",
+        choices=["fedavg"],
+        help="fedavg: skip validation; time FedAvg against a plain read of the same files",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="alternating runs with --only fedavg")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="with --only fedavg: also run FedAvg from this source tree (same files, same run)",
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="with --only fedavg: evict the leaf files from the page cache before every run",
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -521,12 +648,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
         f"{fmt_bytes(psutil.virtual_memory().total)} RAM, dir {directory} "
-        f"({'deflate' if args.compressed else 'stored'} payloads)",
+        f"({'deflate' if args.compressed else 'stored'} payloads"
+        f"{', page cache evicted before each run' if args.cold else ''}), "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         flush=True,
     )
     report = Report()
+    if args.runs < 1:
+        parser.error("--runs takes a count >= 1")
+    options = Options(
+        directory=directory,
+        compressed=args.compressed,
+        keep=args.keep,
+        profile=args.profile,
+        only_fedavg=args.only == "fedavg",
+        runs=args.runs,
+        baseline_tree=args.baseline_tree.resolve() if args.baseline_tree else None,
+        cold=args.cold,
+    )
     for label, size in sizes:
-        bench_size(label, size, directory, args.compressed, args.keep, args.profile, report)
+        bench_size(label, size, options, report)
     print_table(report)
     if not args.keep:
         with contextlib.suppress(OSError):  # not empty: it holds files this run did not make

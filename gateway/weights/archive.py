@@ -85,6 +85,10 @@ class Archive:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def fileno(self) -> int:
+        """The archive's file descriptor, for positioned reads (`os.pread`) of stored members."""
+        return self._file.fileno()
+
     def close(self) -> None:
         """Release the file."""
         self._zip.close()

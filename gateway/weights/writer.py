@@ -8,7 +8,7 @@ import secrets
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import IO, Any, Self
 
 import numpy as np
 
@@ -49,16 +49,23 @@ class NpzWriter:
         chunks: Iterable[bytes | memoryview],
     ) -> None:
         """Write one array member from chunks of its raw data."""
-        expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
-        written = 0
-        with self._zip.open(f"{key}.npy", "w", force_zip64=True) as member:
-            member.write(header_bytes(dtype, shape, fortran_order))
+        with self.open_member(key, dtype, shape, fortran_order) as member:
             for chunk in chunks:
                 member.write(chunk)
-                written += len(chunk)
-        if written != expected:
+
+    @contextlib.contextmanager
+    def open_member(
+        self, key: str, dtype: np.dtype[Any], shape: tuple[int, ...], fortran_order: bool
+    ) -> Iterator[MemberSink]:
+        """One array member, its header written: the caller writes its raw data, all of it."""
+        expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        with self._zip.open(f"{key}.npy", "w", force_zip64=True) as member:
+            member.write(header_bytes(dtype, shape, fortran_order))
+            sink = MemberSink(member)
+            yield sink
+        if sink.written != expected:
             raise WeightsError(
-                "truncated", f"{key} received {written} bytes of data but needs {expected}."
+                "truncated", f"{key} received {sink.written} bytes of data but needs {expected}."
             )
 
     def write_array(self, key: str, array: np.ndarray[Any, Any]) -> None:
@@ -71,6 +78,19 @@ class NpzWriter:
     def write_weighting(self, weighting: float) -> None:
         """`weighting` as the SDK writes it: float64, shape (1,)."""
         self.write_array(WEIGHTING_KEY, np.array([weighting], dtype=np.float64))
+
+
+class MemberSink:
+    """The raw data of one member being written; counts what it is given."""
+
+    def __init__(self, member: IO[bytes]) -> None:
+        self._member = member
+        self.written = 0
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        """Append a chunk (the zip library updates the CRC-32 as it writes)."""
+        self._member.write(chunk)
+        self.written += memoryview(chunk).nbytes
 
 
 @contextlib.contextmanager

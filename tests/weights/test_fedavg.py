@@ -204,3 +204,66 @@ def test_products_are_computed_in_float64() -> None:
             exact += w * x.astype(np.float64)
         exact /= sum(weights)
         np.testing.assert_array_equal(averaged(d / "exact.npz")[0], exact.astype(np.float32))
+
+
+def _leaf(path: Path, weighting: float, layers: list[np.ndarray[Any, Any]], compress: bool) -> Path:
+    members: dict[str, bytes | np.ndarray[Any, Any]] = {"weighting": np.array([weighting])}
+    members.update({f"layer_{i}": layer for i, layer in enumerate(layers)})
+    return write_npz(path, members, compress=compress)
+
+
+@pytest.mark.parametrize("compress", [(False, False), (True, False), (False, True)])
+def test_stored_and_deflated_inputs_across_ragged_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compress: tuple[bool, bool]
+) -> None:
+    """Stored members (read in place) and deflated ones mix; layers end mid-chunk and mid-block."""
+    monkeypatch.setattr(fedavg_module, "_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(fedavg_module, "_BLOCK", 7)
+    rng = np.random.default_rng(11)
+    weights = [2.0, 7.0]
+    models: list[list[np.ndarray[Any, Any]]] = [
+        [
+            rng.standard_normal(3001).astype(np.float32),
+            rng.integers(-1000, 1000, 1001).astype(np.int16),
+            (rng.standard_normal(333) + 1j * rng.standard_normal(333)).astype(np.complex64),
+            np.zeros((0, 4), dtype=np.float32),
+            np.array(rng.standard_normal()),
+            rng.standard_normal(250).astype(np.float32),  # exactly one 1000-byte chunk
+        ]
+        for _ in weights
+    ]
+    paths = [
+        _leaf(tmp_path / f"{k}.npz", w, m, c)
+        for k, (w, m, c) in enumerate(zip(weights, models, compress, strict=True))
+    ]
+    fedavg(paths, tmp_path / "avg.npz")
+    got = averaged(tmp_path / "avg.npz")
+    for index, layer in enumerate(got):
+        dtype = models[0][index].dtype
+        wide = np.complex128 if dtype.kind == "c" else np.float64
+        exact = np.zeros(models[0][index].shape, dtype=wide)
+        for w, m in zip(weights, models, strict=True):
+            exact += m[index].astype(wide) * w
+        exact /= sum(weights)
+        if dtype.kind == "i":
+            exact = np.rint(exact)
+        assert layer.dtype == dtype
+        assert layer.shape == models[0][index].shape
+        np.testing.assert_array_equal(layer, exact.astype(dtype))
+
+
+def test_corrupt_stored_member_found_mid_layer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flipped byte in a stored member's middle chunk fails the CRC after the last chunk."""
+    monkeypatch.setattr(fedavg_module, "_CHUNK_BYTES", 1000)
+    layer = np.arange(5000, dtype=np.float32)
+    good = _leaf(tmp_path / "a.npz", 1, [layer], compress=False)
+    bad = _leaf(tmp_path / "b.npz", 1, [layer], compress=False)
+    raw = bytearray(bad.read_bytes())
+    raw[raw.index(b"layer_0.npy") + 11 + 128 + 9000] ^= 0x01
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(WeightsError) as caught:
+        fedavg([good, bad], tmp_path / "avg.npz")
+    assert caught.value.code == "crc-mismatch"
+    assert not list(tmp_path.glob("*avg.npz*"))
