@@ -115,14 +115,7 @@ class Bench:
     def fresh_run(self) -> None:
         """A new run, once the gateway has heard of it: the converted safetensors upload may be the
         very bytes of the NPZ upload, which the aggregator counts once per run."""
-        number = self.aggregator.new_run()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            run = self.gateway.http.get(f"{self.gateway.base}/run").json()
-            if run.get("run_status") == "start" and run.get("run_number") == number:
-                return
-            time.sleep(0.05)
-        raise BenchError(f"the gateway did not hear of run {number} within 20 s")
+        self.aggregator.fresh_run(self.gateway)
 
     def upload(self, operation: str, form: list[str], baseline: str | None) -> str:
         """One upload (a round): the id of the aggregation it completed, once aggregated."""

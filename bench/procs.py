@@ -320,6 +320,17 @@ class AggregatorService(Service):
             number = int(response.json()["data"]["run_number"])
         return number
 
+    def fresh_run(self, gateway: Service, timeout: float = 20.0) -> None:
+        """A new run (`new_run`), once the gateway in front of this aggregator has heard of it too."""
+        number = self.new_run()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = gateway.http.get(f"{gateway.base}/run").json()
+            if run.get("run_status") == "start" and run.get("run_number") == number:
+                return
+            time.sleep(POLL_SECONDS)
+        raise BenchError(f"the gateway did not hear of run {number} within {timeout:.0f} s")
+
     def wait_new_aggregation(self, known: set[str], timeout: float) -> dict[str, Any]:
         """The first aggregation not in `known`, once it is no longer pending."""
         deadline = time.monotonic() + timeout

@@ -685,14 +685,7 @@ class Bench:
     def fresh_run(self) -> None:
         """A new run (one payload is uploaded many times, and a run counts it once), once the
         gateway has heard of it too."""
-        number = self.agg.new_run()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            run = self.gateway.http.get(f"{self.gateway.base}/run").json()
-            if run.get("run_status") == "start" and run.get("run_number") == number:
-                return
-            time.sleep(0.05)
-        raise BenchError(f"the gateway did not hear of run {number} within 20 s")
+        self.agg.fresh_run(self.gateway)
 
     def upload(self, key: str, operation: str, run: Runner, times: int, gateway: bool) -> None:
         """`times` uploads, each followed by its FedAvg; one row with the median time."""

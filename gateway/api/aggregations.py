@@ -193,24 +193,9 @@ async def stream_aggregation(
                 metrics.record_download,
             )
         )
-    plain = await state.cache.open(state.session.require, aggregation_id, Format.npz)
-    try:
-        served = await state.names.open(Plain(plain.path, plain.sha256), aggregation_id, fmt, names)
-    finally:
-        await to_thread.run_sync(functools.partial(plain.path.unlink, missing_ok=True))
-    path = served.path
-    headers = {"ETag": f'"{served.sha256}"', "Cache-Control": _CACHE_CONTROL}
-    if etag_matches(if_none_match, headers["ETag"]):
-        await to_thread.run_sync(functools.partial(path.unlink, missing_ok=True))
-        return Response(status_code=304, headers=headers)
-    return SentFileResponse(
-        path,
-        media_type="application/octet-stream",
-        filename=f"{aggregation_id}.{served.suffix}",
-        headers=headers,
-        cleanup=lambda: path.unlink(missing_ok=True),
-        on_sent=metrics.record_download,
-    )
+    path, sha256, suffix = await aggregation_file(state, aggregation_id, fmt, names)
+    filename = f"{aggregation_id}.{suffix}"
+    return await cached_answer(path, sha256, filename, if_none_match, metrics.record_download)
 
 
 @dataclass(frozen=True)
@@ -267,19 +252,11 @@ class AggregationResponse(Response):
                 await self._passed(got, send)
 
     async def _served(self, served: Served, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = {"ETag": f'"{served.sha256}"', "Cache-Control": _CACHE_CONTROL}
-        if etag_matches(self.delivery.if_none_match, headers["ETag"]):
-            await to_thread.run_sync(functools.partial(served.path.unlink, missing_ok=True))
-            await Response(status_code=304, headers=headers)(scope, receive, send)
-            return
-        await SentFileResponse(
-            served.path,
-            media_type="application/octet-stream",
-            filename=self.delivery.filename,
-            headers=headers,
-            cleanup=lambda: served.path.unlink(missing_ok=True),
-            on_sent=self.delivery.on_sent,
-        )(scope, receive, send)
+        delivery = self.delivery
+        answer = await cached_answer(
+            served.path, served.sha256, delivery.filename, delivery.if_none_match, delivery.on_sent
+        )
+        await answer(scope, receive, send)
 
     async def _passed(self, passing: Passing, send: Send) -> None:
         headers = [
@@ -333,6 +310,36 @@ async def aggregation_file(
         return served.path, served.sha256, served.suffix
     cached = await state.cache.open(state.session.require, aggregation_id, Format(fmt.value))
     return cached.path, cached.sha256, fmt.value
+
+
+async def cached_answer(
+    path: Path,
+    sha256: str,
+    filename: str,
+    if_none_match: str | None,
+    on_sent: Callable[[int], None],
+) -> Response:
+    """A cached file's answer with its ETag: 304 when the client holds it, else the file (`path`, a
+    private link, is removed either way)."""
+    headers = {"ETag": f'"{sha256}"', "Cache-Control": _CACHE_CONTROL}
+    if etag_matches(if_none_match, headers["ETag"]):
+        await to_thread.run_sync(functools.partial(path.unlink, missing_ok=True))
+        return Response(status_code=304, headers=headers)
+    return model_file(path, filename, headers, on_sent)
+
+
+def model_file(
+    path: Path, filename: str, headers: dict[str, str], on_sent: Callable[[int], None]
+) -> SentFileResponse:
+    """A model sent as the attachment `filename`; `path`, a private link, is removed once sent."""
+    return SentFileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=filename,
+        headers=headers,
+        cleanup=lambda: path.unlink(missing_ok=True),
+        on_sent=on_sent,
+    )
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:

@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.routing import APIRoute
 
 from gateway.api import uploads
-from gateway.api.aggregations import SentFileResponse, aggregation_file
+from gateway.api.aggregations import aggregation_file, model_file
 from gateway.errors import (
     AggregationTimeoutError,
     BadRequestError,
@@ -141,14 +141,7 @@ async def exchange_weights(
     note = uploads.upload_note(forwarded)
     if note is not None:
         headers["X-Upload-Note"] = note
-    return SentFileResponse(
-        path,
-        media_type="application/octet-stream",
-        filename=f"{aggregation_id}.{suffix}",
-        headers=headers,
-        cleanup=lambda: path.unlink(missing_ok=True),
-        on_sent=metrics.record_download,
-    )
+    return model_file(path, f"{aggregation_id}.{suffix}", headers, metrics.record_download)
 
 
 async def _next_aggregation(

@@ -13,7 +13,6 @@ import os
 import secrets
 import sys
 from collections.abc import Iterator
-from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated, Any
 from urllib.parse import quote
@@ -27,23 +26,26 @@ from gateway.cli.client_http import (
     DEFAULT_GATEWAY,
     EXIT_INTERRUPTED,
     EXIT_LOCAL,
-    EXIT_OK,
-    EXIT_UNREACHABLE,
     IDLE_TIMEOUT_S,
+    DownloadFormat,
+    FormatOption,
     GatewayOption,
     MultipartFile,
+    NamesOption,
     TokenOption,
+    check_digest,
     echo,
     fail,
     label,
     open_client,
     partial_path,
     problem_line,
-    quiet_stdout,
     save_body,
     stderr_console,
+    transfer_failures,
     transfer_progress,
     unreachable,
+    upload_params,
 )
 
 _EXIT_CODES = (
@@ -54,21 +56,6 @@ _EXIT_CODES = (
 
 app = typer.Typer()
 """`upload`, `download`, then `watch` and `status` (client_monitor.py); `gateway.cli` adds them all."""
-
-
-class DownloadFormat(StrEnum):
-    """Formats of `download`."""
-
-    npz = "npz"
-    npy = "npy"
-    safetensors = "safetensors"
-
-
-class NameStyle(StrEnum):
-    """Tensor names of `download`."""
-
-    layer = "layer"
-    original = "original"
 
 
 # ---------------------------------------------------------------- upload
@@ -122,13 +109,7 @@ def upload(
     Example: branchkey-gateway upload weights.npz --wait
     """
     form = MultipartFile(file, secrets.token_hex(16))
-    params: dict[str, str] = {}
-    if weighting is not None:
-        params["weighting"] = weighting
-    if wait is not None:
-        params["wait"] = "true" if wait else "false"
-    if wait_timeout is not None:
-        params["wait_timeout"] = f"{wait_timeout:g}"
+    params = upload_params(weighting, wait, wait_timeout)
     console = stderr_console()
     # Validation, forwarding and ?wait=true take time, but a gateway silent this long is stuck.
     timeout = httpx.Timeout(IDLE_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
@@ -184,22 +165,8 @@ def download(
             show_default=False,
         ),
     ] = None,
-    fmt: Annotated[
-        DownloadFormat,
-        typer.Option(
-            "--format",
-            help="npz: plain layer_0.. arrays, any .npy reader; npy: the v1 client's object "
-            "array; safetensors: the tensor names and dtypes of your last named upload.",
-        ),
-    ] = DownloadFormat.npz,
-    names: Annotated[
-        NameStyle | None,
-        typer.Option(
-            help="original: the names of your last safetensors or named-NPZ upload (the default "
-            "for safetensors); layer: layer_0.. (the default for npz).",
-            show_default=False,
-        ),
-    ] = None,
+    fmt: FormatOption = DownloadFormat.npz,
+    names: NamesOption = None,
     gateway: GatewayOption = DEFAULT_GATEWAY,
     token: TokenOption = None,
 ) -> None:
@@ -221,37 +188,24 @@ def download(
     partial: Path | None = None
     with open_client(gateway, token, timeout) as client:
         try:
-            if aggregation_id == "latest":
-                aggregation_id = _latest(client)
-            target = output or Path(f"{aggregation_id}.{fmt.value}")
-            params = {"format": fmt.value, **({"names": names.value} if names else {})}
-            url = f"aggregations/{quote(aggregation_id, safe='')}"
-            with contextlib.ExitStack() as files:
-                if to_stdout:
-                    sink: IO[bytes] = sys.stdout.buffer
-                else:  # created before the transfer, so a bad path fails at once
-                    partial = partial_path(target)
-                    sink = files.enter_context(partial.open("xb"))
-                with client.stream("GET", url, params=params) as response:
-                    digest, expected = save_body(response, sink, console, target.name)
-            if expected is not None and digest != expected:
-                fail(
-                    f"error: the download of {aggregation_id} does not match its ETag "
-                    f"(sha256 {digest}, expected {expected})",
-                    EXIT_UNREACHABLE,
-                )
-            if partial is not None:
-                os.replace(partial, target)
-                partial = None
-        except httpx.HTTPError as error:
-            unreachable(str(client.base_url), error)
-        except KeyboardInterrupt:
-            fail("download interrupted", EXIT_INTERRUPTED)
-        except BrokenPipeError:
-            quiet_stdout()
-            raise typer.Exit(code=EXIT_OK) from None
-        except OSError as error:
-            fail(f"error: cannot write {target}: {error.strerror or error}", EXIT_LOCAL)
+            with transfer_failures(client, "download", lambda: f"write {target}"):
+                if aggregation_id == "latest":
+                    aggregation_id = _latest(client)
+                target = output or Path(f"{aggregation_id}.{fmt.value}")
+                params = {"format": fmt.value, **({"names": names.value} if names else {})}
+                url = f"aggregations/{quote(aggregation_id, safe='')}"
+                with contextlib.ExitStack() as files:
+                    if to_stdout:
+                        sink: IO[bytes] = sys.stdout.buffer
+                    else:  # created before the transfer, so a bad path fails at once
+                        partial = partial_path(target)
+                        sink = files.enter_context(partial.open("xb"))
+                    with client.stream("GET", url, params=params) as response:
+                        digest, expected = save_body(response, sink, console, target.name)
+                check_digest(f"the download of {aggregation_id}", digest, expected)
+                if partial is not None:
+                    os.replace(partial, target)
+                    partial = None
         finally:
             if partial is not None:
                 partial.unlink(missing_ok=True)

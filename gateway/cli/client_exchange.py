@@ -8,7 +8,6 @@ import os
 import secrets
 import sys
 from collections.abc import Iterator
-from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated
 
@@ -19,41 +18,25 @@ from rich.console import Console
 from gateway.cli.client_http import (
     CONNECT_TIMEOUT_S,
     DEFAULT_GATEWAY,
-    EXIT_INTERRUPTED,
-    EXIT_LOCAL,
-    EXIT_OK,
-    EXIT_UNREACHABLE,
+    DownloadFormat,
+    FormatOption,
     GatewayOption,
     MultipartFile,
+    NamesOption,
     TokenOption,
+    check_digest,
     echo,
-    fail,
     label,
     open_client,
     partial_path,
-    quiet_stdout,
     save_body,
     stderr_console,
+    transfer_failures,
     transfer_progress,
-    unreachable,
+    upload_params,
 )
 
 app = typer.Typer()
-
-
-class ExchangeFormat(StrEnum):
-    """Formats of the model `exchange` writes (those of `download`)."""
-
-    npz = "npz"
-    npy = "npy"
-    safetensors = "safetensors"
-
-
-class ExchangeNames(StrEnum):
-    """Tensor names of the model `exchange` writes."""
-
-    original = "original"
-    layer = "layer"
 
 
 @app.command(
@@ -82,22 +65,8 @@ def exchange(
             show_default=False,
         ),
     ] = None,
-    fmt: Annotated[
-        ExchangeFormat,
-        typer.Option(
-            "--format",
-            help="npz: plain layer_0.. arrays, any .npy reader; npy: the v1 client's object "
-            "array; safetensors: the tensor names and dtypes of your last named upload.",
-        ),
-    ] = ExchangeFormat.npz,
-    names: Annotated[
-        ExchangeNames | None,
-        typer.Option(
-            help="original: the names of your last safetensors or named-NPZ upload (the default "
-            "for safetensors); layer: layer_0 .. (the default for npz and npy).",
-            show_default=False,
-        ),
-    ] = None,
+    fmt: FormatOption = DownloadFormat.npz,
+    names: NamesOption = None,
     weighting: Annotated[
         str | None,
         typer.Option(help="Aggregation weight (number of samples); overrides the file's."),
@@ -133,15 +102,9 @@ def exchange(
 
     Example: branchkey-gateway exchange weights.npz -o next.npz
     """
-    params: dict[str, str] = {"format": fmt.value}
+    params = {"format": fmt.value, **upload_params(weighting, wait, wait_timeout)}
     if names is not None:
         params["names"] = names.value
-    if weighting is not None:
-        params["weighting"] = weighting
-    if wait is not None:
-        params["wait"] = "true" if wait else "false"
-    if wait_timeout is not None:
-        params["wait_timeout"] = f"{wait_timeout:g}"
     form = MultipartFile(file, secrets.token_hex(16))
     console = stderr_console()
     to_stdout = output is not None and str(output) == "-"
@@ -152,44 +115,28 @@ def exchange(
     target: Path | None = output
     with open_client(gateway, token, timeout) as client:
         try:
-            with contextlib.ExitStack() as files:
-                if to_stdout:
-                    sink: IO[bytes] = sys.stdout.buffer
-                else:  # created before the upload, so a bad path fails at once
-                    partial = partial_path(folder / (output.name if output else "exchange"))
-                    sink = files.enter_context(partial.open("xb"))
-                with client.stream(
-                    "POST",
-                    "exchange",
-                    params=params,
-                    content=_body(form, console),
-                    headers=form.headers(),
-                ) as response:
-                    aggregation_id = response.headers.get("x-aggregation-id", "aggregation")
-                    if target is None:
-                        target = folder / f"{aggregation_id}.{fmt.value}"
-                    digest, expected = save_body(response, sink, console, target.name)
-            if expected is not None and digest != expected:
-                fail(
-                    f"error: the model of {aggregation_id} does not match its ETag "
-                    f"(sha256 {digest}, expected {expected})",
-                    EXIT_UNREACHABLE,
-                )
-            if partial is not None and target is not None:
-                os.replace(partial, target)
-                partial = None
-        except httpx.HTTPError as error:
-            unreachable(str(client.base_url), error)
-        except KeyboardInterrupt:
-            fail("exchange interrupted", EXIT_INTERRUPTED)
-        except BrokenPipeError:
-            quiet_stdout()
-            raise typer.Exit(code=EXIT_OK) from None
-        except OSError as error:
-            fail(
-                f"error: cannot read {file} or write {target}: {error.strerror or error}",
-                EXIT_LOCAL,
-            )
+            with transfer_failures(client, "exchange", lambda: f"read {file} or write {target}"):
+                with contextlib.ExitStack() as files:
+                    if to_stdout:
+                        sink: IO[bytes] = sys.stdout.buffer
+                    else:  # created before the upload, so a bad path fails at once
+                        partial = partial_path(folder / (output.name if output else "exchange"))
+                        sink = files.enter_context(partial.open("xb"))
+                    with client.stream(
+                        "POST",
+                        "exchange",
+                        params=params,
+                        content=_body(form, console),
+                        headers=form.headers(),
+                    ) as response:
+                        aggregation_id = response.headers.get("x-aggregation-id", "aggregation")
+                        if target is None:
+                            target = folder / f"{aggregation_id}.{fmt.value}"
+                        digest, expected = save_body(response, sink, console, target.name)
+                check_digest(f"the model of {aggregation_id}", digest, expected)
+                if partial is not None and target is not None:
+                    os.replace(partial, target)
+                    partial = None
         finally:
             if partial is not None:
                 partial.unlink(missing_ok=True)

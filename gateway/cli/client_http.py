@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
 import sys
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated, Any, NoReturn
 
@@ -57,6 +59,53 @@ TokenOption = Annotated[
 ]
 
 
+class DownloadFormat(StrEnum):
+    """Formats of the models `download` and `exchange` write."""
+
+    npz = "npz"
+    npy = "npy"
+    safetensors = "safetensors"
+
+
+class NameStyle(StrEnum):
+    """Tensor names of the models `download` and `exchange` write."""
+
+    layer = "layer"
+    original = "original"
+
+
+FormatOption = Annotated[
+    DownloadFormat,
+    typer.Option(
+        "--format",
+        help="npz: plain layer_0.. arrays, any .npy reader; npy: the v1 client's object "
+        "array; safetensors: the tensor names and dtypes of your last named upload.",
+    ),
+]
+NamesOption = Annotated[
+    NameStyle | None,
+    typer.Option(
+        help="original: the names of your last safetensors or named-NPZ upload (the default "
+        "for safetensors); layer: layer_0.. (the default for npz and npy).",
+        show_default=False,
+    ),
+]
+
+
+def upload_params(
+    weighting: str | None, wait: bool | None, wait_timeout: float | None
+) -> dict[str, str]:
+    """The query of an upload (`upload`, `exchange`): only the options given, as the gateway reads them."""
+    params: dict[str, str] = {}
+    if weighting is not None:
+        params["weighting"] = weighting
+    if wait is not None:
+        params["wait"] = "true" if wait else "false"
+    if wait_timeout is not None:
+        params["wait_timeout"] = f"{wait_timeout:g}"
+    return params
+
+
 def stderr_console() -> Console:
     """Where progress bars and notes go."""
     return Console(stderr=True, highlight=False, soft_wrap=True)
@@ -104,6 +153,25 @@ def unreachable(url: str, error: httpx.HTTPError) -> NoReturn:
         fail(f"error: the gateway at {url} did not answer in time", EXIT_UNREACHABLE)
     reason = str(error) or type(error).__name__
     fail(f"error: cannot talk to the gateway at {url}: {reason}", EXIT_UNREACHABLE)
+
+
+@contextlib.contextmanager
+def transfer_failures(
+    client: httpx.Client, action: str, local: Callable[[], str]
+) -> Iterator[None]:
+    """What breaks a transfer, as its exit: the gateway unreachable or gone (3), Ctrl-C (130), stdout
+    closed by its reader (0, quietly), a local file (4: "error: cannot <local()>: <why>")."""
+    try:
+        yield
+    except httpx.HTTPError as error:
+        unreachable(str(client.base_url), error)
+    except KeyboardInterrupt:
+        fail(f"{action} interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        quiet_stdout()
+        raise typer.Exit(code=EXIT_OK) from None
+    except OSError as error:
+        fail(f"error: cannot {local()}: {error.strerror or error}", EXIT_LOCAL)
 
 
 def get_json(client: httpx.Client, path: str) -> tuple[bool, dict[str, Any]]:
@@ -227,6 +295,15 @@ def save_body(
         digest = receive(response, sink, progress, task)
         sink.flush()
     return digest, etag_digest(response)
+
+
+def check_digest(what: str, digest: str, expected: str | None) -> None:
+    """Exit 3 when a received file's sha256 is not the ETag it came with (`what` names it)."""
+    if expected is not None and digest != expected:
+        fail(
+            f"error: {what} does not match its ETag (sha256 {digest}, expected {expected})",
+            EXIT_UNREACHABLE,
+        )
 
 
 def partial_path(target: Path) -> Path:

@@ -11,7 +11,12 @@ from gateway.weights.model import LEARNING, ArrayInfo, Payload, layer_key
 from gateway.weights.named import describe_named_npz, describe_safetensors, is_named_npz
 from gateway.weights.named import npz_weighting as named_npz_weighting
 from gateway.weights.names import NameMap
-from gateway.weights.objectnpy import ArrayList, inspect_object_npy, read_object_arrays
+from gateway.weights.objectnpy import (
+    ArrayList,
+    inspect_object_npy,
+    read_object_arrays,
+    ref_info,
+)
 from gateway.weights.policy import ValidationPolicy
 
 
@@ -50,18 +55,7 @@ def describe_upload(path: Path, policy: ValidationPolicy | None = None) -> Descr
     if kind == "npy-object":
         parsed = read_object_arrays(path, policy.limits)
         if isinstance(parsed, ArrayList):
-            arrays = tuple(
-                ArrayInfo(
-                    key=layer_key(ref.index),
-                    dtype=ref.header.dtype.str,
-                    shape=ref.header.shape,
-                    fortran_order=ref.header.fortran_order,
-                    nbytes=ref.header.data_size,
-                    data_offset=ref.data_offset,
-                    member_offset=None,
-                )
-                for ref in parsed.layers
-            )
+            arrays = tuple(ref_info(ref) for ref in parsed.layers)
             return Described(Payload("npy-object", LEARNING, None, arrays, size=parsed.size), None)
         return Described(inspect_object_npy(path, policy), None)
     return Described(inspect_payload(path, policy), None)

@@ -9,10 +9,8 @@ from pathlib import Path
 
 from gateway.weights.errors import WeightsError
 from gateway.weights.model import layer_key
-from gateway.weights.npy import ArrayHeader, dtype_words, read_header
+from gateway.weights.npy import ArrayHeader, dtype_words, read_header, read_span
 from gateway.weights.policy import ValidationPolicy
-
-_CHUNK = 1 << 20
 
 
 def inspect_layer_file(path: Path, policy: ValidationPolicy, what: str) -> ArrayHeader:
@@ -86,12 +84,4 @@ def inspect_layer_files(
 
 def iter_file_data(path: Path, header: ArrayHeader) -> Iterator[bytes]:
     """Yield the data of a checked `.npy` file in chunks."""
-    with path.open("rb") as stream:
-        stream.seek(header.header_size)
-        left = header.data_size
-        while left > 0:
-            chunk = stream.read(min(_CHUNK, left))
-            if not chunk:
-                raise WeightsError("truncated", f"{path.name} shrank while it was being read.")
-            left -= len(chunk)
-            yield chunk
+    return read_span(path, header.header_size, header.data_size)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import ast
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.lib.format as npformat
 
 from gateway.weights.errors import WeightsError
+
+_SPAN_CHUNK = 1 << 20
 
 MAGIC = b"\x93NUMPY"
 _INTP_MAX = int(np.iinfo(np.intp).max)
@@ -53,6 +56,20 @@ def read_exact(read: Read, size: int, what: str) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
+
+
+def read_span(path: Path, offset: int, nbytes: int) -> Iterator[bytes]:
+    """Yield `nbytes` of the file from `offset` in 1 MiB chunks (a multiple of any item size, but
+    the last); `truncated` when the file shrank meanwhile."""
+    with path.open("rb") as stream:
+        stream.seek(offset)
+        left = nbytes
+        while left > 0:
+            chunk = stream.read(min(_SPAN_CHUNK, left))
+            if not chunk:
+                raise WeightsError("truncated", f"{path.name} shrank while it was being read.")
+            left -= len(chunk)
+            yield chunk
 
 
 def read_header(

@@ -203,7 +203,7 @@ def inspect_object_npy(path: Path, policy: ValidationPolicy) -> Payload:
         format="npy-object",
         kind=LEARNING,
         weighting=float(parsed.num_samples),
-        arrays=tuple(_info(ref) for ref in parsed.layers),
+        arrays=tuple(ref_info(ref) for ref in parsed.layers),
         size=parsed.size,
     )
 
@@ -212,7 +212,8 @@ def _finite_sink(index: int, header: ArrayHeader, data: bytes) -> None:
     check_array_bytes(layer_key(index), header, data)
 
 
-def _info(ref: ArrayRef) -> ArrayInfo:
+def ref_info(ref: ArrayRef) -> ArrayInfo:
+    """What a layer of an object `.npy` holds, and where its data is in the file."""
     return ArrayInfo(
         key=layer_key(ref.index),
         dtype=ref.header.dtype.str,

@@ -19,12 +19,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from gateway.weights.errors import WeightsError
-from gateway.weights.npy import check_shape
+from gateway.weights.npy import check_shape, read_span
 from gateway.weights.policy import Limits
 
 LENGTH_BYTES = 8
 METADATA_KEY = "__metadata__"
-_CHUNK = 1 << 20
 _ALIGN = 8
 
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
@@ -258,15 +257,7 @@ def _check_offsets(tensors: list[Tensor], data_size: int) -> None:
 
 def iter_tensor(path: Path, header: Header, tensor: Tensor) -> Iterator[bytes]:
     """Yield a tensor's bytes in chunks (a multiple of the item size, but the last)."""
-    with path.open("rb") as stream:
-        stream.seek(header.data_start + tensor.begin)
-        left = tensor.nbytes
-        while left > 0:
-            chunk = stream.read(min(_CHUNK, left))
-            if not chunk:
-                raise WeightsError("truncated", f"{path.name} shrank while it was being read.")
-            left -= len(chunk)
-            yield chunk
+    return read_span(path, header.data_start + tensor.begin, tensor.nbytes)
 
 
 def widen_bf16(chunks: Iterable[bytes]) -> Iterator[bytes]:

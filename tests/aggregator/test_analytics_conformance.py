@@ -11,39 +11,32 @@ import numpy as np
 import pytest
 
 from tests.support.aggregator import start
-from tests.support.peers import Peer, PeerError, ensure_peer, run_script
+from tests.support.peers import (
+    SCRIPT_EPILOGUE,
+    SCRIPT_PRELUDE,
+    SCRIPT_V3_CLIENT,
+    Peer,
+    peer_or_fail,
+    run_script,
+)
 
 # Building the peer virtualenv on the first run takes longer than the suite's 120 s per-test limit.
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(600)]
 
 # The client prints its progress on stdout, which carries only our JSON event lines: it is swapped
 # for stderr while the client runs. A watchdog ends the process whatever happens.
-_SCRIPT = r"""
-import json, os, sys, threading, time, traceback
-
-_out = sys.stdout
-sys.stdout = sys.stderr
-
-def emit(event, **fields):
-    _out.write(json.dumps({"event": event, **fields}) + "\n")
-    _out.flush()
-
-job = json.loads(sys.stdin.readline())
-_watchdog = threading.Timer(job["deadline_s"], os._exit, (3,))
-_watchdog.daemon = True
-_watchdog.start()
+_SCRIPT = (
+    SCRIPT_PRELUDE
+    + r"""
 
 import numpy as np
-from branchkey import APIConfig, Client, Credentials
+"""
+    + SCRIPT_V3_CLIENT
+    + r"""
 
-clients = []
-try:
-    for index, leaf in enumerate(job["leaves"]):
-        clients.append(Client(
-            credentials=Credentials.from_dict(leaf),
-            api_config=APIConfig(host=job["url"], ssl=False),
-            output_dir=os.path.join(job["work_dir"], f"out-{index}"),
-        ))
+def main(clients):
+    for index in range(len(job["leaves"])):
+        clients.append(make_client(index))
     emit("constructed")
     deadline = time.monotonic() + 20
     while not all(c.run_status == "start" for c in clients):
@@ -64,22 +57,15 @@ try:
         aggregation_ids=aggregation_ids,
         download=clients[0].file_download(aggregation_ids[0]),
     )
-except BaseException:
-    emit("error", traceback=traceback.format_exc())
-finally:
-    for client in clients:
-        client.close()
 """
+    + SCRIPT_EPILOGUE
+)
 
 
 @pytest.fixture(scope="module")
 def peer() -> Peer:
     """The official 3.0.1 client in its own virtualenv (a failure, never a skip, if it cannot be built)."""
-    try:
-        return ensure_peer("3.0.1")
-    except PeerError as exc:
-        problem = str(exc)
-    pytest.fail(problem, pytrace=False)
+    return peer_or_fail("3.0.1")
 
 
 def test_save_analytics_from_three_official_clients_is_combined(peer: Peer, tmp_path: Path) -> None:

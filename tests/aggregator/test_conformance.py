@@ -16,7 +16,14 @@ import pytest
 
 from tests.support.aggregator import ADMIN, Running, start
 from tests.support.http import admin_get
-from tests.support.peers import Peer, PeerError, ensure_peer, run_script
+from tests.support.peers import (
+    SCRIPT_EPILOGUE,
+    SCRIPT_V3_CLIENT,
+    SCRIPT_WATCHDOG,
+    Peer,
+    peer_or_fail,
+    run_script,
+)
 from tests.support.weights import sdk_weights
 
 # Building the peer virtualenv on the first run takes longer than the suite's 120 s per-test limit.
@@ -32,7 +39,8 @@ Array = np.ndarray[Any, Any]
 # console that forwards to stderr and remembers the text, so the real stdout carries only the JSON
 # lines of `emit` (one object per line, each with an "event"). The job arrives as one JSON line on
 # stdin. A watchdog ends the process whatever happens, so a stuck client can never outlive the test.
-_PRELUDE = r"""
+_PRELUDE = (
+    r"""
 import json, os, sys, threading, time, traceback
 
 class _Console:
@@ -64,23 +72,16 @@ def emit(event, **fields):
         _out.write(json.dumps({"event": event, **fields}) + "\n")
         _out.flush()
 
-job = json.loads(sys.stdin.readline())
-_watchdog = threading.Timer(job["deadline_s"], os._exit, (3,))
-_watchdog.daemon = True
-_watchdog.start()
+"""
+    + SCRIPT_WATCHDOG
+    + r"""
 
 import numpy as np
-from branchkey import APIConfig, Client, Credentials, RunConfig
 
 WORK = job["work_dir"]
-
-def make_client(index, host=None, run_config=None):
-    return Client(
-        credentials=Credentials.from_dict(job["leaves"][index]),
-        api_config=APIConfig(host=host or job["url"], ssl=False),
-        run_config=run_config,
-        output_dir=os.path.join(WORK, f"out-{index}"),
-    )
+"""
+    + SCRIPT_V3_CLIENT
+    + r"""
 
 def wait_until(condition, timeout, what):
     deadline = time.monotonic() + timeout
@@ -92,17 +93,9 @@ def wait_until(condition, timeout, what):
 def layers(rng):
     return [rng.standard_normal((32, 16)).astype(np.float32), rng.standard_normal(50)]
 """
+)
 
-_EPILOGUE = r"""
-clients = []
-try:
-    main(clients)
-except BaseException:
-    emit("error", traceback=traceback.format_exc())
-finally:
-    for client in clients:
-        client.close()
-"""
+_EPILOGUE = SCRIPT_EPILOGUE
 
 # Scenario 1: three leaves, one round. The test stops the run before this starts.
 #
@@ -231,11 +224,7 @@ def base_job(agg: Running) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def peer() -> Peer:
     """The official 3.0.1 client in its own virtualenv (a failure, never a skip, if it cannot be built)."""
-    try:
-        return ensure_peer(VERSION)
-    except PeerError as exc:
-        problem = str(exc)
-    pytest.fail(problem, pytrace=False)
+    return peer_or_fail(VERSION)
 
 
 # ---------------------------------------------------------------- admin API and wire helpers

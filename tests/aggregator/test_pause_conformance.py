@@ -8,23 +8,23 @@ import httpx
 import pytest
 
 from tests.support.aggregator import start
-from tests.support.peers import Peer, PeerError, ensure_peer, run_script
+from tests.support.peers import (
+    SCRIPT_EPILOGUE,
+    SCRIPT_PRELUDE,
+    SCRIPT_V3_CLIENT,
+    Peer,
+    peer_or_fail,
+    run_script,
+)
 
 # Building the peer virtualenv on the first run takes longer than the suite's 120 s per-test limit.
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(600)]
 
 # The client prints its progress on stdout, which carries only our JSON event lines: it is swapped
 # for stderr. The test drives the run between the steps: "go" lines on stdin move the script on.
-_SCRIPT = r"""
-import json, os, sys, threading, time, traceback
-
-_out = sys.stdout
-sys.stdout = sys.stderr
-
-def emit(event, **fields):
-    _out.write(json.dumps({"event": event, **fields}) + "\n")
-    _out.flush()
-
+_SCRIPT = (
+    SCRIPT_PRELUDE
+    + r"""
 def wait_until(condition, what):
     deadline = time.monotonic() + 20
     while not condition():
@@ -32,22 +32,15 @@ def wait_until(condition, what):
             raise TimeoutError(what)
         time.sleep(0.02)
 
-job = json.loads(sys.stdin.readline())
-_watchdog = threading.Timer(job["deadline_s"], os._exit, (3,))
-_watchdog.daemon = True
-_watchdog.start()
 
 import numpy as np
-from branchkey import APIConfig, Client, Credentials
+"""
+    + SCRIPT_V3_CLIENT
+    + r"""
 
-clients = []
-try:
-    for index, leaf in enumerate(job["leaves"]):
-        clients.append(Client(
-            credentials=Credentials.from_dict(leaf),
-            api_config=APIConfig(host=job["url"], ssl=False),
-            output_dir=os.path.join(job["work_dir"], f"out-{index}"),
-        ))
+def main(clients):
+    for index in range(len(job["leaves"])):
+        clients.append(make_client(index))
     emit("constructed")
     wait_until(lambda: all(c.run_status == "start" for c in clients), "start on every WebSocket")
     rng = np.random.default_rng(5)
@@ -67,22 +60,15 @@ try:
     aggregation_ids = [c.queue.get(timeout=30) for c in clients]
     emit("done", run_numbers=[c.run_number for c in clients], aggregation_ids=aggregation_ids,
          file_ids=[first, *others])
-except BaseException:
-    emit("error", traceback=traceback.format_exc())
-finally:
-    for client in clients:
-        client.close()
 """
+    + SCRIPT_EPILOGUE
+)
 
 
 @pytest.fixture(scope="module")
 def peer() -> Peer:
     """The official 3.0.1 client in its own virtualenv (a failure, never a skip, if it cannot be built)."""
-    try:
-        return ensure_peer("3.0.1")
-    except PeerError as exc:
-        problem = str(exc)
-    pytest.fail(problem, pytrace=False)
+    return peer_or_fail("3.0.1")
 
 
 def test_a_leaf_that_uploaded_before_a_pause_gets_the_aggregation(

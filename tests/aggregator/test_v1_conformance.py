@@ -13,7 +13,7 @@ import pytest
 from tests.support.aggregator import ADMIN, Running, start
 from tests.support.amqp import AMQP_URL
 from tests.support.http import admin_get
-from tests.support.peers import Peer, PeerError, ensure_peer, run_script
+from tests.support.peers import SCRIPT_PRELUDE, Peer, peer_or_fail, run_script
 from tests.support.weights import layers_of, read_v1, write_v1
 
 # Building a peer virtualenv on the first run takes longer than the suite's 120 s per-test limit.
@@ -31,20 +31,9 @@ Array = np.ndarray[Any, Any]
 # run_status message on its own queue and re-fetch the run (run_number 2 proves the re-fetch). Then
 # every leaf uploads the v1 file the test wrote, gets the aggregation id from `client.queue`,
 # downloads the result and leaf 0 reports metrics.
-_SCRIPT = r"""
-import json, os, sys, threading, time, traceback
-
-_out = sys.stdout
-sys.stdout = sys.stderr
-
-def emit(event, **fields):
-    _out.write(json.dumps({"event": event, **fields}) + "\n")
-    _out.flush()
-
-job = json.loads(sys.stdin.readline())
-_watchdog = threading.Timer(job["deadline_s"], os._exit, (3,))
-_watchdog.daemon = True
-_watchdog.start()
+_SCRIPT = (
+    SCRIPT_PRELUDE
+    + r"""
 
 from branchkey.client import Client
 
@@ -98,16 +87,13 @@ except BaseException:
 _out.flush()
 os._exit(0)  # the clients' consumer threads hold blocking AMQP connections
 """
+)
 
 
 @pytest.fixture(scope="module", params=VERSIONS)
 def peer(request: pytest.FixtureRequest) -> Peer:
     """An official v1 client in its own virtualenv (a failure, never a skip, if it cannot be built)."""
-    try:
-        return ensure_peer(str(request.param))
-    except PeerError as exc:
-        problem = str(exc)
-    pytest.fail(problem, pytrace=False)
+    return peer_or_fail(str(request.param))
 
 
 def credentials(agg: Running, version: str) -> list[dict[str, str]]:

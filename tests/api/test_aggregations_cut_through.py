@@ -21,9 +21,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from gateway.state import running_state
-from tests.support.gateways import Gateway, gateway_settings, run_gateway, write_credentials
+from tests.support.gateways import (
+    Gateway,
+    leaf_gateway,
+)
 from tests.support.http import load_npz
-from tests.support.servers import serve
+from tests.support.servers import serve, started_upstream
 from tests.support.waiting import wait_until
 
 CREDENTIALS = {
@@ -64,12 +67,7 @@ class BlobUpstream:
 
     def app(self) -> FastAPI:
         """The ASGI app."""
-        app = FastAPI()
-
-        @app.get("/api/v1/run/{branch_id}")
-        async def get_run(branch_id: str) -> dict[str, Any]:
-            assert branch_id == CREDENTIALS["branch_id"]
-            return {"data": {"run_status": "start", "run_number": 1}}
+        app = started_upstream(CREDENTIALS["branch_id"])
 
         @app.get("/api/v1/file/download/{file_id}")
         async def download(file_id: str, request: Request) -> dict[str, Any]:
@@ -104,11 +102,8 @@ class BlobUpstream:
 
 @contextlib.contextmanager
 def _gateway(tmp_path: Path, upstream: BlobUpstream) -> Iterator[Gateway]:
-    credentials = write_credentials(tmp_path / "leaf.json", CREDENTIALS)
-    with serve(upstream.app()) as host:
-        settings = gateway_settings(tmp_path / "gw", bk_host=host, bk_credentials_file=credentials)
-        with run_gateway(settings) as gateway:
-            yield gateway
+    with serve(upstream.app()) as host, leaf_gateway(tmp_path, host, CREDENTIALS) as gateway:
+        yield gateway
 
 
 def _get(url: str) -> httpx.Response:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save_file as st_save
 
 from tests.support.aggregator import Running, start
+from tests.support.cli import cli
 from tests.support.gateways import Gateway, GatewayFactory, run_gateway
 from tests.support.http import check_problem, curl, load_npz
 from tests.support.weights import write_npz
@@ -136,38 +134,19 @@ def test_raw_body_and_cli_upload_safetensors(gateway: Gateway, tmp_path: Path) -
         cwd=tmp_path,
     )
     assert result["weighting_source"] == "default"
-    env = {k: v for k, v in os.environ.items() if k not in ("GATEWAY_TOKEN", "GATEWAY_URL")}
     after = gateway.log.bounds()[1]
-    command = [sys.executable, "-m", "gateway", "upload", "m.safetensors", "--weighting", "2"]
-    uploaded = subprocess.run(
-        [*command, "--gateway", gateway.url],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    uploaded = cli("upload", "m.safetensors", "--weighting", "2", url=gateway.url, cwd=tmp_path)
     assert uploaded.returncode == 0, uploaded.stderr
     aggregation_id = _next_aggregation(gateway, after)
-    downloaded = subprocess.run(
-        [
-            *command[:3],
-            "download",
-            aggregation_id,
-            "--format",
-            "safetensors",
-            "-o",
-            "agg.safetensors",
-            "--gateway",
-            gateway.url,
-        ],
-        capture_output=True,
-        text=True,
+    downloaded = cli(
+        "download",
+        aggregation_id,
+        "--format",
+        "safetensors",
+        "-o",
+        "agg.safetensors",
+        url=gateway.url,
         cwd=tmp_path,
-        env=env,
-        timeout=60,
-        check=False,
     )
     assert downloaded.returncode == 0, downloaded.stderr
     back = st_load((tmp_path / "agg.safetensors").read_bytes())

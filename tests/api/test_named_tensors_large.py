@@ -16,6 +16,7 @@ import pytest
 from gateway.weights.safetensors import OutTensor, write_safetensors
 from tests.support.aggregator import Running, start
 from tests.support.gateways import GatewayFactory
+from tests.support.http import file_chunks, sha256_of
 from tests.support.memory import PeakRss
 
 MiB = 1 << 20
@@ -44,11 +45,7 @@ def _write_model(path: Path) -> str:
     ]
     with path.open("wb") as out:
         write_safetensors(out, tensors)
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(8 * MiB):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of(path)
 
 
 @pytest.mark.memory
@@ -63,16 +60,11 @@ def test_300_mib_safetensors_round_trip_with_bounded_memory(
     size = model.stat().st_size
     after = gateway.log.bounds()[1]
 
-    def body() -> Iterator[bytes]:
-        with model.open("rb") as stream:
-            while block := stream.read(MiB):
-                yield block
-
     gc.collect()
     with PeakRss() as rss, httpx.Client(timeout=120) as client:
         answer = client.post(
             f"{gateway.url}/upload",
-            content=body(),
+            content=file_chunks(model),
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
         )
         assert answer.status_code == 201, answer.text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import gc
-import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from gateway.weights.writer import NpzWriter
 from tests.support.aggregator import ADMIN, Running
 from tests.support.gateways import GatewayFactory
-from tests.support.http import admin_get
+from tests.support.http import admin_get, file_chunks, sha256_of
 from tests.support.memory import PeakRss
 
 MiB = 1 << 20
@@ -37,11 +36,7 @@ def _write_model(path: Path) -> str:
     with NpzWriter(path, compress=False) as writer:
         writer.write_weighting(3.0)
         writer.write_stream("layer_0", np.dtype("<f4"), (count,), False, chunks())
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(8 * MiB):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of(path)
 
 
 @pytest.mark.memory
@@ -55,17 +50,12 @@ def test_300_mib_upload_streams_with_bounded_memory(
     size = model.stat().st_size
     assert size > LAYER_BYTES
 
-    def body() -> Iterator[bytes]:
-        with model.open("rb") as stream:
-            while block := stream.read(MiB):
-                yield block
-
     gc.collect()
     began = time.monotonic()
     with PeakRss() as rss, httpx.Client(timeout=120) as client:
         answer = client.post(
             f"{gateway.url}/upload",
-            content=body(),
+            content=file_chunks(model),
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
         )
     elapsed = time.monotonic() - began

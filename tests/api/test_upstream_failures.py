@@ -16,10 +16,13 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from tests.support.gateways import Gateway, gateway_settings, run_gateway, write_credentials
+from tests.support.gateways import (
+    Gateway,
+    leaf_gateway,
+)
 from tests.support.http import check_problem
 from tests.support.ports import free_port
-from tests.support.servers import serve
+from tests.support.servers import serve, started_upstream
 from tests.support.weights import sdk_weights
 
 CREDENTIALS = {
@@ -50,12 +53,7 @@ class FakeUpstream:
 
     def app(self) -> FastAPI:
         """The ASGI app."""
-        app = FastAPI()
-
-        @app.get("/api/v1/run/{branch_id}")
-        async def get_run(branch_id: str) -> dict[str, Any]:
-            assert branch_id == CREDENTIALS["branch_id"]
-            return {"data": {"run_status": "start", "run_number": 1}}
+        app = started_upstream(CREDENTIALS["branch_id"])
 
         @app.post("/api/v1/file/upload")
         async def create_upload(request: Request) -> JSONResponse:
@@ -77,18 +75,11 @@ def weights(tmp_path: Path) -> bytes:
 
 
 @contextlib.contextmanager
-def _gateway(tmp_path: Path, host: str, **overrides: Any) -> Iterator[Gateway]:
-    credentials = write_credentials(tmp_path / "leaf.json", CREDENTIALS)
-    settings = gateway_settings(
-        tmp_path / "gw", bk_host=host, bk_credentials_file=credentials, **overrides
-    )
-    with run_gateway(settings) as gateway:
-        yield gateway
-
-
-@contextlib.contextmanager
 def _faked(tmp_path: Path, fake: FakeUpstream, **overrides: Any) -> Iterator[Gateway]:
-    with serve(fake.app()) as upstream, _gateway(tmp_path, upstream, **overrides) as gateway:
+    with (
+        serve(fake.app()) as upstream,
+        leaf_gateway(tmp_path, upstream, CREDENTIALS, **overrides) as gateway,
+    ):
         yield gateway
 
 
@@ -107,7 +98,9 @@ def _still_up(gateway: Gateway) -> None:
 
 def test_unreachable_upstream_is_502_and_not_ready(tmp_path: Path, weights: bytes) -> None:
     """With BranchKey unreachable: upload 502 upstream-unavailable, /readyz 503, /healthz still 200."""
-    with _gateway(tmp_path, f"http://127.0.0.1:{free_port()}", bk_connect_timeout_s=2) as gw:
+    with leaf_gateway(
+        tmp_path, f"http://127.0.0.1:{free_port()}", CREDENTIALS, bk_connect_timeout_s=2
+    ) as gw:
         check_problem(_upload(gw, weights), 502, "upstream-unavailable")
         with httpx.Client() as client:
             check_problem(client.get(f"{gw.url}/readyz"), 503, "not-ready")

@@ -25,6 +25,7 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from tests.support.aggregator import start
 from tests.support.http import wait_ready
+from tests.support.readme import npm_project
 from tests.support.servers import serve
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -192,17 +193,8 @@ def node_trainer(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     ).stdout.strip()
     assert int(version.lstrip("v").split(".")[0]) >= 20, f"{node} is {version}; 20+ is needed."
     project = tmp_path_factory.mktemp("node")
-    for name in ("package.json", "package-lock.json", "trainer.mjs"):
-        shutil.copy(EXAMPLES / "node" / name, project / name)
-    installed = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert installed.returncode == 0, f"npm ci failed:\n{installed.stdout}\n{installed.stderr}"
+    names = ("package.json", "package-lock.json", "trainer.mjs")
+    npm_project(npm, EXAMPLES / "node", names, project)
     return [node, str(project / "trainer.mjs")]
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.support.gateways import Federation, one_leaf_federation
-from tests.support.readme import ROOT, js_listener
+from tests.support.readme import ROOT, js_listener, npm_project
 from tests.support.waiting import wait_until
 from tests.support.weights import sdk_weights
 
@@ -31,18 +31,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert node, "Node.js 20+ must be on PATH (apt-get install nodejs npm)."
     assert npm, "npm must be on PATH (apt-get install npm)."
     folder = tmp_path_factory.mktemp("js")
-    for name in ("package.json", "package-lock.json", "npz.mjs", "listen.mjs"):
-        shutil.copy(EXAMPLE / name, folder / name)
-    installed = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert installed.returncode == 0, f"npm ci failed:\n{installed.stdout}\n{installed.stderr}"
-    return folder
+    names = ("package.json", "package-lock.json", "npz.mjs", "listen.mjs")
+    return npm_project(npm, EXAMPLE, names, folder)
 
 
 @contextmanager

@@ -148,6 +148,20 @@ def run_gateway(
 
 
 @contextlib.contextmanager
+def leaf_gateway(
+    folder: Path, bk_host: str, leaf: dict[str, str], **overrides: Any
+) -> Iterator[Gateway]:
+    """A gateway for `leaf` whose BranchKey is `bk_host` (its credentials in `folder/leaf.json`, its
+    data in `folder/gw`); `overrides` are settings."""
+    credentials = write_credentials(folder / "leaf.json", leaf)
+    settings = gateway_settings(
+        folder / "gw", bk_host=bk_host, bk_credentials_file=credentials, **overrides
+    )
+    with run_gateway(settings) as gateway:
+        yield gateway
+
+
+@contextlib.contextmanager
 def one_leaf_federation(
     folder: Path, token: str | None = None, **settings: Any
 ) -> Iterator[Federation]:

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,13 @@ def sha256_of(path: Path) -> str:
         while chunk := stream.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    """A file's bytes in `size` pieces, read as they are sent (a streamed request body)."""
+    with path.open("rb") as stream:
+        while chunk := stream.read(size):
+            yield chunk
 
 
 def load_npz(data: bytes) -> dict[str, np.ndarray[Any, Any]]:

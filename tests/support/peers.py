@@ -184,6 +184,15 @@ def _run_python(python: Path, script: str, stdin: str, timeout: float, what: str
     return done.stdout
 
 
+def peer_or_fail(version: str) -> Peer:
+    """The peer of `version`, or a test failure (never a skip) that says why it could not be built."""
+    try:
+        return ensure_peer(version)
+    except PeerError as exc:
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)
+
+
 def _clean_env() -> dict[str, str]:
     """The environment without the variables that would point a child at this project's venv."""
     drop = {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PIP_REQUIRE_VIRTUALENV"}
@@ -192,6 +201,60 @@ def _clean_env() -> dict[str, str]:
 
 PEER_DEADLINE_S = 90.0
 """A peer script ends itself (exit 3) after this long, whatever it is waiting for."""
+
+
+SCRIPT_WATCHDOG = r"""
+job = json.loads(sys.stdin.readline())
+_watchdog = threading.Timer(job["deadline_s"], os._exit, (3,))
+_watchdog.daemon = True
+_watchdog.start()
+"""
+"""Peer-script lines that read the job `run_script` sends (its first stdin line) and end the process
+(exit 3) at its deadline, whatever it is stuck on; the script imports json, os, sys and threading."""
+
+SCRIPT_PRELUDE = (
+    r"""
+import json, os, sys, threading, time, traceback
+
+_out = sys.stdout
+sys.stdout = sys.stderr
+
+def emit(event, **fields):
+    _out.write(json.dumps({"event": event, **fields}) + "\n")
+    _out.flush()
+"""
+    + SCRIPT_WATCHDOG
+)
+"""The start of a peer script: stdout carries only the JSON event lines of `emit` (the client's own
+print() goes to stderr), then `job` and the watchdog of SCRIPT_WATCHDOG."""
+
+
+SCRIPT_V3_CLIENT = r"""
+from branchkey import APIConfig, Client, Credentials, RunConfig
+
+def make_client(index, host=None, run_config=None):
+    return Client(
+        credentials=Credentials.from_dict(job["leaves"][index]),
+        api_config=APIConfig(host=host or job["url"], ssl=False),
+        run_config=run_config,
+        output_dir=os.path.join(job["work_dir"], f"out-{index}"),
+    )
+"""
+"""Peer-script lines (after SCRIPT_PRELUDE) defining `make_client(index)`: a 3.x client for the job's
+leaf `index`, against the job's `url` unless `host` is given, saving below the work dir."""
+
+SCRIPT_EPILOGUE = r"""
+clients = []
+try:
+    main(clients)
+except BaseException:
+    emit("error", traceback=traceback.format_exc())
+finally:
+    for client in clients:
+        client.close()
+"""
+"""The end of a peer script that defines `main(clients)`: it runs it, sends any failure as an
+`error` event, and closes every client `main` appended, whatever happened."""
 
 
 class PeerScript:

@@ -1,8 +1,10 @@
-"""The README's code blocks, so that tests run them as printed."""
+"""The README's code blocks and the examples/ projects, so that tests run them as printed."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,3 +25,19 @@ def js_listener(gateway_url: str) -> str:
     assert README_GATEWAY in snippet, snippet
     assert "EventSource" in snippet, snippet
     return snippet.replace(README_GATEWAY, gateway_url)
+
+
+def npm_project(npm: str, source: Path, names: tuple[str, ...], folder: Path) -> Path:
+    """`folder` holding a copy of `names` from the example `source` after `npm ci`."""
+    for name in names:
+        shutil.copy(source / name, folder / name)
+    installed = subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert installed.returncode == 0, f"npm ci failed:\n{installed.stdout}\n{installed.stderr}"
+    return folder

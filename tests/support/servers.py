@@ -60,3 +60,15 @@ def serve(app: Any, port: int = 0, send_buffer: int | None = None, **options: An
             raise RuntimeError(f"the test server on port {bound} did not stop")
     finally:
         listener.close()  # uvicorn's server has closed it already, unless it never started
+
+
+def started_upstream(branch_id: str) -> FastAPI:
+    """A BranchKey stand-in to add routes to: its v3 run route answers run 1 started, for `branch_id` only."""
+    app = FastAPI()
+
+    @app.get("/api/v1/run/{branch}")
+    async def get_run(branch: str) -> dict[str, Any]:
+        assert branch == branch_id
+        return {"data": {"run_status": "start", "run_number": 1}}
+
+    return app

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 
 from tests.support.faulty_upstream import FaultyUpstream, Redirect, Reply, Trickle
-from tests.support.gateways import Gateway, gateway_settings, run_gateway, write_credentials
+from tests.support.gateways import leaf_gateway
 from tests.support.http import check_problem, load_npz
 from tests.support.weights import sdk_weights
 
@@ -28,16 +25,6 @@ CREDENTIALS = {
 RUN = "/api/v1/run/branch-f"
 UPLOAD = "/api/v1/file/upload"
 STARTED = Reply(200, {"data": {"run_status": "start", "run_number": 1}})
-
-
-@contextmanager
-def _gateway(tmp_path: Path, upstream: str, **overrides: Any) -> Iterator[Gateway]:
-    credentials = write_credentials(tmp_path / "leaf.json", CREDENTIALS)
-    settings = gateway_settings(
-        tmp_path / "gw", bk_host=upstream, bk_credentials_file=credentials, **overrides
-    )
-    with run_gateway(settings) as gateway:
-        yield gateway
 
 
 def test_a_redirected_download_gives_the_trainer_the_model(tmp_path: Path) -> None:
@@ -56,7 +43,10 @@ def test_a_redirected_download_gives_the_trainer_the_model(tmp_path: Path) -> No
         )
         api.on("GET", "/blob/agg-1", Redirect(f"{store.url}/bucket/agg-1?sig=x", 307))
         store.on("GET", "/bucket/agg-1", Reply(200, raw=buffer.getvalue()))
-        with _gateway(tmp_path, api.url) as gateway, httpx.Client(timeout=30) as client:
+        with (
+            leaf_gateway(tmp_path, api.url, CREDENTIALS) as gateway,
+            httpx.Client(timeout=30) as client,
+        ):
             answer = client.get(f"{gateway.url}/aggregations/agg-1")
     assert answer.status_code == 200, answer.text
     assert load_npz(answer.content)["layer_0"].tolist() == [0, 1, 2, 3, 4, 5]
@@ -79,7 +69,7 @@ def test_an_upload_answered_500_then_201_succeeds(tmp_path: Path) -> None:
             Reply(201, {"data": {"file_id": "f-2"}}),
         )
         with (
-            _gateway(tmp_path, fake.url, bk_max_retries=3) as gateway,
+            leaf_gateway(tmp_path, fake.url, CREDENTIALS, bk_max_retries=3) as gateway,
             httpx.Client(timeout=30) as client,
         ):
             answer = client.post(f"{gateway.url}/upload", files={"file": ("w.npz", weights)})
@@ -96,8 +86,8 @@ def test_a_trickling_upstream_gives_a_prompt_504(tmp_path: Path) -> None:
     with fake.running():
         fake.on("GET", RUN, STARTED, Trickle(STARTED, every_s=0.15))
         with (
-            _gateway(
-                tmp_path, fake.url, bk_read_timeout_s=10, bk_upstream_deadline_s=1.0
+            leaf_gateway(
+                tmp_path, fake.url, CREDENTIALS, bk_read_timeout_s=10, bk_upstream_deadline_s=1.0
             ) as gateway,
             httpx.Client(timeout=30) as client,
         ):

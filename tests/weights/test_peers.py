@@ -21,7 +21,7 @@ from gateway.weights import (
     npz_to_object_npy,
     object_npy_to_npz,
 )
-from tests.support.peers import Peer, PeerError, ensure_peer
+from tests.support.peers import Peer, peer_or_fail
 
 # Building a peer virtualenv on the first run takes longer than the suite's 120 s per-test limit.
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(600)]
@@ -469,15 +469,6 @@ def _code(path: Path, policy: ValidationPolicy) -> ErrorCode | None:
     return None
 
 
-def _peer(version: str) -> Peer:
-    """The peer, or a failure (never a skip) that says why it could not be built."""
-    try:
-        return ensure_peer(version)
-    except PeerError as exc:
-        problem = str(exc)
-    pytest.fail(problem, pytrace=False)
-
-
 def _verdicts(raw: dict[str, dict[str, Any]]) -> dict[str, Verdict]:
     return {
         name: Verdict(ok=bool(v["ok"]), error=str(v["error"]), path=Path(v["path"]))
@@ -504,13 +495,13 @@ def _layers(path: Path, prefix: str) -> list[Array]:
 @pytest.fixture(scope="session")
 def peer_v3() -> Peer:
     """The official 3.0.1 client in its own virtualenv."""
-    return _peer(V3)
+    return peer_or_fail(V3)
 
 
 @pytest.fixture(scope="session")
 def peer_v1() -> Peer:
     """The official 2.6.2 (protocol v1) client in its own virtualenv."""
-    return _peer(V1)
+    return peer_or_fail(V1)
 
 
 @pytest.fixture(scope="module")
