@@ -138,6 +138,24 @@ class EventLog:
                 "INSERT OR REPLACE INTO marks (name, value) VALUES (?, ?)", (name, value)
             )
 
+    def first_sent(self, file_id: str, newest: int) -> int:
+        """The newest event id noted when BranchKey first took the file `file_id`: `newest` the
+        first time. An upstream that deduplicates answers a re-sent file with its first file id,
+        so a retried exchange waits for the round of the first sending, not for one that never
+        comes. Notes older than the log's oldest event are dropped (they can no longer help)."""
+        name = f"sent:{file_id}"
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR IGNORE INTO marks (name, value) VALUES (?, ?)", (name, newest)
+            )
+            (oldest,) = self._db.execute("SELECT MIN(id) FROM events").fetchone()
+            if oldest is not None:
+                self._db.execute(
+                    "DELETE FROM marks WHERE name LIKE 'sent:%' AND value < ?", (oldest - 1,)
+                )
+            row = self._db.execute("SELECT value FROM marks WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else newest
+
     def mark(self, name: str) -> float | None:
         """A number `set_mark` remembered, or None."""
         with self._lock:

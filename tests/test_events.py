@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 
-from gateway.events import Event, EventHub
+from gateway.events import Event, EventHub, EventLog
 
 
 def _event(number: int) -> Event:
@@ -64,3 +66,18 @@ def test_a_stream_opened_during_shutdown_ends_at_once() -> None:
 
     assert anyio.run(main) == []
     hub.unsubscribe(late)
+
+
+def test_a_file_sent_again_keeps_the_event_id_of_its_first_sending(tmp_path: Path) -> None:
+    """first_sent remembers the first note per file id; notes older than the log's oldest event go."""
+    log = EventLog(tmp_path / "events.db", max_count=2, max_age_s=3600)
+    assert log.first_sent("f1", 0) == 0
+    assert log.first_sent("f1", 7) == 0  # the upstream answered a re-sent file with its first id
+    assert log.first_sent("f2", 7) == 7
+    for n in range(5):
+        log.append("aggregation", {"aggregation_id": f"a{n}"})
+    oldest = log.bounds()[0]
+    assert oldest > 2
+    assert log.first_sent("f3", oldest) == oldest
+    assert log.first_sent("f1", oldest) == oldest  # its old note went with the trimmed events
+    log.close()

@@ -115,17 +115,11 @@ async def exchange_weights(
     within `wait_timeout`: the upload was accepted then, so do not send it again."""
     options = UploadOptions(wait=wait, wait_timeout_s=wait_timeout, weighting=weighting)
     events = state.events
-    mark = 0
-
-    async def note_newest_event() -> None:
-        # Taken right before the upload goes upstream: an aggregation announced while it is on
-        # its way, or before the wait below starts, has a later id and is not missed.
-        nonlocal mark
-        mark = (await to_thread.run_sync(events.log.bounds))[1]
-
-    forwarded = await uploads.forward_recorded(state, request, options, note_newest_event)
+    # `after` is from the file's first sending: a retried exchange of a file BranchKey deduplicated
+    # gets the round that file is in, instead of waiting for one that never comes.
+    forwarded, after = await uploads.forward_recorded(state, request, options)
     budget = state.forwarder.wait_timeout(options)
-    event = await _next_aggregation(events, mark, budget, request, forwarded)
+    event = await _next_aggregation(events, after, budget, request, forwarded)
     aggregation_id = str(event.data["aggregation_id"])
     try:
         path, sha256, suffix = await aggregation_file(state, aggregation_id, fmt, names)

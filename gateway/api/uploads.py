@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
+from anyio import to_thread
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from gateway.activity import UploadRecord
 from gateway.errors import PROBLEM_BASE, GatewayError
-from gateway.forwarding import BeforeSend, Forwarded, UploadOptions
+from gateway.forwarding import Forwarded, UploadOptions
 from gateway.multipart import MultipartError
 from gateway.openapi import weights_body
 from gateway.problems import (
@@ -89,24 +90,38 @@ async def create_upload(
     weighting gets `weighting`, else 1.0. Named tensors are sent as `layer_0 ..` in the file's
     order; their names are kept for `GET /aggregations/{id}?format=safetensors`."""
     options = UploadOptions(wait=wait, wait_timeout_s=wait_timeout, weighting=weighting)
-    return _result(await forward_recorded(state, request, options))
+    return _result((await forward_recorded(state, request, options)).forwarded)
+
+
+class Accepted(NamedTuple):
+    """An upload BranchKey took, and the newest event id noted when it first took that file."""
+
+    forwarded: Forwarded
+    after: int
 
 
 async def forward_recorded(
-    state: GatewayState,
-    request: Request,
-    options: UploadOptions,
-    before_send: BeforeSend | None = None,
-) -> Forwarded:
+    state: GatewayState, request: Request, options: UploadOptions
+) -> Accepted:
     """The upload through the forwarder, recorded for GET /uploads whether it is sent or refused
-    (`/upload` and `/exchange` alike)."""
+    (`/upload` and `/exchange` alike), with the event id to wait after for its round."""
     length = request.headers.get("content-length")
     received = int(length) if length is not None and length.isdigit() else None
+    log = state.events.log
+    newest = 0
+
+    async def note_newest_event() -> None:
+        # Taken right before the upload goes upstream: an aggregation announced while it is on
+        # its way, or before a wait for it starts, has a later id and is not missed.
+        nonlocal newest
+        newest = (await to_thread.run_sync(log.bounds))[1]
+
     try:
-        forwarded = await state.forwarder.handle(request, options, before_send)
+        forwarded = await state.forwarder.handle(request, options, note_newest_event)
     except Exception as exc:
         state.activity.record_upload(_refused(exc, received))
         raise
+    after = await to_thread.run_sync(log.first_sent, forwarded.file_id, newest)
     result = _result(forwarded)
     state.activity.record_upload(
         UploadRecord(
@@ -121,7 +136,7 @@ async def forward_recorded(
             layers=len(result.layers),
         )
     )
-    return forwarded
+    return Accepted(forwarded, after)
 
 
 def _refused(error: Exception, received: int | None) -> UploadRecord:

@@ -96,6 +96,41 @@ def test_back_to_back_exchanges_never_miss_or_repeat_a_round(
     assert [r["outcome"] for r in recorded] == ["forwarded"] * 5  # GET /uploads lists them too
 
 
+def test_a_file_sent_again_gets_the_round_of_its_first_sending(
+    one_leaf_rounds: tuple[Running, Gateway], tmp_path: Path
+) -> None:
+    """The aggregator counts a re-sent file once (same file id): an exchange of a file already sent,
+    by /upload or /exchange, answers with that sending's round at once instead of a 504 later; a
+    new file still waits for a new round."""
+    _, gateway = one_leaf_rounds
+    first, second = _weights(tmp_path, 0, weighting=1.0), _weights(tmp_path, 1, weighting=2.0)
+    with httpx.Client(timeout=30) as client:
+
+        def exchange(path: Path) -> httpx.Response:
+            return client.post(
+                f"{gateway.url}/exchange",
+                params={"wait_timeout": 5},
+                files={"file": ("w.npz", path.read_bytes())},
+            )
+
+        uploaded = client.post(
+            f"{gateway.url}/upload", files={"file": ("w.npz", first.read_bytes())}
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        again = exchange(first)
+        assert again.status_code == 200, again.text
+        assert again.headers["x-file-id"] == uploaded.json()["file_id"]
+        (round_one,) = client.get(f"{gateway.url}/aggregations", params={"after": 0}).json()
+        assert again.headers["x-aggregation-id"] == round_one["aggregation_id"]
+        fresh = exchange(second)
+        assert fresh.status_code == 200, fresh.text
+        assert fresh.headers["x-aggregation-id"] != round_one["aggregation_id"]
+        retried = exchange(second)  # e.g. a retry after the answer was lost
+        assert retried.status_code == 200, retried.text
+        assert retried.headers["x-aggregation-id"] == fresh.headers["x-aggregation-id"]
+        assert retried.content == fresh.content
+
+
 def test_formats_and_upload_options_are_those_of_upload_and_download(
     one_leaf_rounds: tuple[Running, Gateway], tmp_path: Path
 ) -> None:
