@@ -296,6 +296,24 @@ class Events:
         self.log = log_
         self.hub = hub
 
+    async def wait_after(
+        self, after: int, types: tuple[EventType, ...], limit: int, timeout_s: float
+    ) -> list[Event] | None:
+        """Stored events of `types` after `after` at once, else the first to come within
+        `timeout_s`: [] when none came, None when the gateway is shutting down."""
+        deadline = anyio.current_time() + timeout_s
+        while True:
+            # Subscribed before the log is read: an event stored in between still wakes the wait.
+            with self.hub.subscribe(types) as subscriber:
+                found = await anyio.to_thread.run_sync(self.log.after, after, types, limit)
+                remaining = deadline - anyio.current_time()
+                if found or remaining <= 0:
+                    return found
+                if self.hub.closing.is_set():
+                    return None
+                with anyio.move_on_after(remaining):
+                    await anext(subscriber, None)  # an event, a keep-alive tick, or shutdown
+
     async def emit(
         self, type_: EventType, data: dict[str, Any], dedup: str | None = None
     ) -> Event | None:

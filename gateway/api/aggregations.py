@@ -69,7 +69,7 @@ async def list_aggregations(
     ] = 0,
 ) -> list[AggregationEvent]:
     """Long-poll: aggregation events after `after` at once, or wait up to `wait` s for the next; [] on timeout."""
-    log, hub = state.events.log, state.events.hub
+    log = state.events.log
     newest = (await to_thread.run_sync(log.bounds))[1]
     if after is None:
         after = newest
@@ -79,20 +79,11 @@ async def list_aggregations(
             "start again without 'after', or from /aggregations/latest.",
             newest=newest,
         )
-    deadline = anyio.current_time() + min(wait, MAX_LONG_POLL_S)
-    while True:
-        # Subscribed before the log is read: an event stored in between still wakes the wait.
-        with hub.subscribe(("aggregation",)) as subscriber:
-            found: list[Event] = await to_thread.run_sync(
-                log.after, after, ("aggregation",), _BATCH
-            )
-            remaining = deadline - anyio.current_time()
-            if found or remaining <= 0:
-                return [_aggregation(event) for event in found]
-            if hub.closing.is_set():
-                return []  # shutting down: answer now rather than hold the server open
-            with anyio.move_on_after(remaining):
-                await anext(subscriber, None)  # an event, a keep-alive tick, or shutdown
+    # None: shutting down, so answer now rather than hold the server open.
+    found = await state.events.wait_after(
+        after, ("aggregation",), _BATCH, min(wait, MAX_LONG_POLL_S)
+    )
+    return [_aggregation(event) for event in found or []]
 
 
 _ID = "$response.body#/aggregation_id"

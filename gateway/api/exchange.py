@@ -6,7 +6,6 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import anyio
-from anyio import to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.routing import APIRoute
@@ -145,40 +144,36 @@ async def _next_aggregation(
     deadline = anyio.current_time() + budget_s
     resume = f"curl 'localhost:8000/aggregations?after={after}&wait=60'"
     while True:
-        # Subscribed before the log is read: an event stored in between still wakes the wait.
-        with events.hub.subscribe(("aggregation",)) as subscriber:
-            found: list[Event] = await to_thread.run_sync(
-                events.log.after, after, ("aggregation",), 1
+        remaining = deadline - anyio.current_time()
+        found = await events.wait_after(
+            after, ("aggregation",), 1, max(0.0, min(remaining, DISCONNECT_POLL_S))
+        )
+        if found:
+            return found[0]
+        if found is None:
+            raise ShuttingDownError(
+                f"The gateway is shutting down; the upload was accepted (file_id "
+                f"{forwarded.file_id}): fetch the round's aggregation after the restart "
+                f"({resume}).",
+                file_id=forwarded.file_id,
+                after=after,
             )
-            if found:
-                return found[0]
-            remaining = deadline - anyio.current_time()
-            if remaining <= 0:
-                raise AggregationTimeoutError(
-                    f"The upload was accepted (file_id {forwarded.file_id}), but no aggregation "
-                    f"was announced within {budget_s:g} s. Do not upload it again: fetch the "
-                    f"round's aggregation when it comes ({resume}), or raise ?wait_timeout "
-                    "(at most GATEWAY_WAIT_TIMEOUT_S).",
-                    file_id=forwarded.file_id,
-                    after=after,
-                )
-            if events.hub.closing.is_set():
-                raise ShuttingDownError(
-                    f"The gateway is shutting down; the upload was accepted (file_id "
-                    f"{forwarded.file_id}): fetch the round's aggregation after the restart "
-                    f"({resume}).",
-                    file_id=forwarded.file_id,
-                    after=after,
-                )
-            if await request.is_disconnected():
-                raise BadRequestError(
-                    f"The client left while waiting for the aggregation (upload file_id "
-                    f"{forwarded.file_id} was accepted).",
-                    file_id=forwarded.file_id,
-                    after=after,
-                )
-            with anyio.move_on_after(min(remaining, DISCONNECT_POLL_S)):
-                await anext(subscriber, None)  # an event, a keep-alive tick, or shutdown
+        if deadline - anyio.current_time() <= 0:
+            raise AggregationTimeoutError(
+                f"The upload was accepted (file_id {forwarded.file_id}), but no aggregation "
+                f"was announced within {budget_s:g} s. Do not upload it again: fetch the "
+                f"round's aggregation when it comes ({resume}), or raise ?wait_timeout "
+                "(at most GATEWAY_WAIT_TIMEOUT_S).",
+                file_id=forwarded.file_id,
+                after=after,
+            )
+        if await request.is_disconnected():
+            raise BadRequestError(
+                f"The client left while waiting for the aggregation (upload file_id "
+                f"{forwarded.file_id} was accepted).",
+                file_id=forwarded.file_id,
+                after=after,
+            )
 
 
 def _header(value: str) -> str:
