@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
@@ -91,6 +92,8 @@ class Spool:
         self.queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=2)
         self.writer: threading.Thread | None = None
         self.closed = False
+        self.follower: Growth | None = None
+        """Told after every batch how much of the file is on disk (a reader following it)."""
 
     async def open(self) -> None:
         """Create the file and start its writer thread."""
@@ -99,11 +102,16 @@ class Spool:
         self.writer.start()
 
     def _drain(self, stream: BinaryIO) -> None:
+        stored = 0
         with stream:
             while (batch := self.queue.get()) is not None:
                 if self.failure is None:
                     try:
                         write_hashed(stream, self.feed, batch)
+                        if self.follower is not None:
+                            stream.flush()
+                            stored += sum(len(chunk) for chunk in batch)
+                            self.follower.store(stored)
                     except Exception as exc:  # reported by the next `write`, `sync` or `close`
                         self.failure = exc
                 self.queue.task_done()
@@ -148,6 +156,51 @@ class Spool:
             with contextlib.suppress(Exception):
                 await self.close()
             await to_thread.run_sync(lambda: self.path.unlink(missing_ok=True))
+
+
+class Growth:
+    """A file that a worker thread writes while the event loop reads it (an upload sent on before it
+    has all arrived). The writer reports what is on disk with `store`; a reader waits for the bytes
+    it needs with `readable`; the last `held` bytes of the expected `size` stay back until
+    `release()`, so that a reader cannot finish before the file is checked."""
+
+    def __init__(self, path: Path, size: int, held: int = 1) -> None:
+        self.path = path
+        self.size = size
+        self.held = min(held, size)
+        self.stored = 0
+        self.released = False
+        self._loop = asyncio.get_running_loop()
+        self._event = anyio.Event()
+
+    def store(self, size: int) -> None:
+        """The file holds its first `size` bytes, flushed (called from the writer's thread)."""
+        self.stored = size
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads any more
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self._event.set()
+
+    def release(self) -> None:
+        """Let readers have the held bytes (the file is known good)."""
+        self.released = True
+        self._wake()
+
+    def _limit(self) -> int:
+        return min(self.stored, self.size if self.released else self.size - self.held)
+
+    async def readable(self, offset: int) -> int:
+        """How many bytes from `offset` on may be read, waiting until there is at least one (0 at
+        the expected end)."""
+        while offset < self.size:
+            if (ready := self._limit() - offset) > 0:
+                return ready
+            self._event = anyio.Event()
+            if (ready := self._limit() - offset) > 0:  # stored before the new event existed
+                return ready
+            await self._event.wait()
+        return 0
 
 
 class KeyedLocks:

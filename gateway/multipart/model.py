@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 
 class MultipartError(Exception):
@@ -53,3 +55,22 @@ class MultipartLimits:
     max_field_bytes: int = 64 * 1024
     max_parts: int = 10_050
     max_files: int = 10_001
+
+
+class Follower(Protocol):
+    """Something that reads a file part while it arrives (to send it on before it is complete)."""
+
+    @property
+    def path(self) -> Path:
+        """Where the part is to be stored (a fresh path; the sink creates the file)."""
+
+    def begin(self, offset: int | None) -> None:
+        """The part's first data byte is at `offset` in the body (None: not known); on the event
+        loop, inside the parser."""
+
+    def store(self, size: int) -> None:
+        """The part's file holds its first `size` bytes, flushed; from the writer's thread."""
+
+
+Follow = Callable[[str, Mapping[bytes, bytes]], Follower | None]
+"""Given a file part's name and headers (lower-case names), a `Follower` for it, or None."""

@@ -11,7 +11,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 
 from gateway._io import Digest
-from gateway.multipart.model import FilePart, FormData, MultipartError, MultipartLimits
+from gateway.multipart.model import FilePart, Follow, FormData, MultipartError, MultipartLimits
 from gateway.multipart.sinks import FileSink, Op
 
 Watch = Callable[[str], Digest | None]
@@ -58,8 +58,10 @@ class BodyParser:
         limits: MultipartLimits,
         file_fields: frozenset[str],
         watch: Watch | None = None,
+        follow: Follow | None = None,
     ) -> None:
         self.watch = watch
+        self.follow = follow
         self.dest_dir = dest_dir
         self.limits = limits
         self.file_fields = file_fields
@@ -76,6 +78,9 @@ class BodyParser:
         self.headers: dict[bytes, bytes] = {}
         self.header_field = bytearray()
         self.header_value = bytearray()
+        self.fed = 0
+        """Bytes of the body fed before the current chunk."""
+        self.chunk = b""
         try:
             self.parser = MultipartParser(
                 boundary,
@@ -95,8 +100,10 @@ class BodyParser:
 
     def feed(self, chunk: bytes) -> None:
         """Parse `chunk`; file bytes are queued on `ops`, and `ended` is set at the closing boundary."""
+        self.chunk = chunk
         try:
             self.parser.write(chunk)
+            self.fed += len(chunk)
         except FormParserError as exc:
             raise MultipartError(
                 400, f"The multipart body is malformed ({exc}); send a well-formed form."
@@ -152,7 +159,11 @@ class BodyParser:
                 raise MultipartError(
                     413, f"The form has more than {self.limits.max_files} files; send fewer files."
                 )
-            sink = FileSink(self.dest_dir, self.watch(name) if self.watch else None)
+            sink = FileSink(
+                self.dest_dir,
+                self.watch(name) if self.watch else None,
+                self.follow(name, self.headers) if self.follow else None,
+            )
             self.sinks.append(sink)
         self.part = _Part(name=name, filename=filename, sink=sink, value=bytearray())
         if sink is not None:
@@ -175,6 +186,10 @@ class BodyParser:
             part.value += memoryview(data)[start:end]
             return
         self.total_file_bytes += end - start
+        if part.size == end - start and part.sink.follower is not None:
+            # Its first bytes: where they start in the body, when they come from the chunk itself
+            # (not from the parser's look-behind buffer).
+            part.sink.follower.begin(self.fed + start if data is self.chunk else None)
         if part.size > self.limits.max_file_bytes:
             raise MultipartError(
                 413,

@@ -10,10 +10,10 @@ import anyio
 import anyio.to_thread
 from starlette.requests import ClientDisconnect, Request
 
-from gateway._io import FLUSH_BYTES
-from gateway.multipart.model import FormData, MultipartError, MultipartLimits
+from gateway._io import FLUSH_BYTES, Digest
+from gateway.multipart.model import Follow, FormData, MultipartError, MultipartLimits
 from gateway.multipart.parser import BodyParser, Watch, parse_boundary
-from gateway.multipart.sinks import Writer, discard
+from gateway.multipart.sinks import BodyHash, Writer, discard
 
 
 async def read_multipart(
@@ -23,6 +23,8 @@ async def read_multipart(
     *,
     file_fields: Collection[str] | None = None,
     watch: Watch | None = None,
+    follow: Follow | None = None,
+    body_digest: Digest | None = None,
 ) -> FormData:
     """Stream a multipart/form-data body into temp files under `dest_dir`, hashing as bytes arrive.
 
@@ -32,13 +34,14 @@ async def read_multipart(
     `MultipartError` (400/413/415) as soon as a problem is seen, without reading the rest; on any
     failure, cancellation included, every temp file is deleted first. On success the caller owns the
     files and must delete (`FormData.cleanup`) or move them. `watch` may give a file part
-    something fed its bytes beside the hash (in the writer's thread).
+    something fed its bytes beside the hash (in the writer's thread); `follow` a `Follower` that
+    reads its file as it is written; `body_digest` is fed the whole body (in the writer's thread).
     """
     boundary = parse_boundary(request.headers.get("content-type"))
-    parser = BodyParser(boundary, dest_dir, limits, frozenset(file_fields or ()), watch)
+    parser = BodyParser(boundary, dest_dir, limits, frozenset(file_fields or ()), watch, follow)
     try:
         try:
-            await _read_and_write(request, parser)
+            await _read_and_write(request, parser, body_digest)
         except ClientDisconnect:
             raise MultipartError(
                 400, "The client disconnected before the form was complete; retry the upload."
@@ -61,9 +64,10 @@ async def read_multipart(
     return parser.form()
 
 
-async def _read_and_write(request: Request, parser: BodyParser) -> None:
+async def _read_and_write(request: Request, parser: BodyParser, body: Digest | None) -> None:
     """Feed the body to `parser`; its file writes overlap the reading of the next ~1 MiB."""
     writer = Writer()
+    body_hash = BodyHash(body) if body is not None else None
     failure: BaseException | None = None
     async with anyio.create_task_group() as group:
         group.start_soon(writer.run)
@@ -71,6 +75,8 @@ async def _read_and_write(request: Request, parser: BodyParser) -> None:
             async with writer.send, contextlib.aclosing(request.stream()) as stream:
                 pending = 0
                 async for chunk in stream:
+                    if body_hash is not None:
+                        parser.ops.append((body_hash, memoryview(chunk)))
                     parser.feed(chunk)
                     pending += len(chunk)
                     # One worker-thread call per ~1 MiB, not per network chunk: far fewer thread hops.

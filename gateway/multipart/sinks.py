@@ -14,14 +14,17 @@ import anyio
 import anyio.to_thread
 
 from gateway._io import Digest
+from gateway.multipart.model import Follower
 
 
 class FileSink:
     """One file part on its way to disk; after creation it is only touched by worker threads."""
 
-    __slots__ = ("dest_dir", "file", "finished", "hash", "path", "watch")
+    __slots__ = ("dest_dir", "file", "finished", "follower", "hash", "path", "watch", "written")
 
-    def __init__(self, dest_dir: Path, watch: Digest | None = None) -> None:
+    def __init__(
+        self, dest_dir: Path, watch: Digest | None = None, follower: Follower | None = None
+    ) -> None:
         self.dest_dir = dest_dir
         self.path: Path | None = None
         self.file: BinaryIO | None = None
@@ -29,9 +32,16 @@ class FileSink:
         self.hash = hashlib.sha256()
         self.watch = watch
         """Fed the same bytes as the hash (a check that reads the part as it arrives)."""
+        self.follower = follower
+        """Told after every batch how much of the file is on disk (it reads the file as it grows)."""
+        self.written = 0
 
     def _open(self) -> BinaryIO:
-        fd, name = tempfile.mkstemp(dir=self.dest_dir, prefix=".upload-")
+        if self.follower is not None:  # the follower's path, created here as mkstemp would
+            name = str(self.follower.path)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        else:
+            fd, name = tempfile.mkstemp(dir=self.dest_dir, prefix=".upload-")
         self.path = Path(name)
         try:
             self.file = os.fdopen(fd, "wb")
@@ -44,6 +54,7 @@ class FileSink:
         """Append `data` and hash it (the temp file is created on the first write)."""
         file = self.file if self.file is not None else self._open()
         file.write(data)
+        self.written += len(data)
         self.hash.update(data)
         if self.watch is not None:
             self.watch.update(data)
@@ -53,6 +64,14 @@ class FileSink:
         file = self.file if self.file is not None else self._open()
         file.close()
         self.finished = True
+        if self.follower is not None:
+            self.follower.store(self.written)
+
+    def flushed(self) -> None:
+        """Tell the follower what is on disk after a batch (the file stays open)."""
+        if self.follower is not None and self.file is not None and not self.finished:
+            self.file.flush()
+            self.follower.store(self.written)
 
     def stored_path(self) -> Path:
         """The finished temp file."""
@@ -69,16 +88,39 @@ class FileSink:
             self.path.unlink(missing_ok=True)
 
 
-Op = tuple[FileSink, memoryview | None]
+class BodyHash:
+    """A sink that only hashes: the whole body's sha-256, fed the raw chunks beside the parts."""
+
+    __slots__ = ("hash",)
+
+    def __init__(self, digest: Digest) -> None:
+        self.hash = digest
+
+    def write(self, data: memoryview) -> None:
+        """Hash `data`."""
+        self.hash.update(data)
+
+    def finish(self) -> None:
+        """Nothing to close."""
+
+    def flushed(self) -> None:
+        """Nothing to tell."""
+
+
+Op = tuple[FileSink | BodyHash, memoryview | None]
 """A write (data) or the end of a file part (None), queued on the event loop and applied in a thread."""
 
 
 def _apply(ops: Iterable[Op]) -> None:
+    touched: dict[int, FileSink | BodyHash] = {}
     for sink, data in ops:
         if data is None:
             sink.finish()
         else:
             sink.write(data)
+            touched[id(sink)] = sink
+    for sink in touched.values():
+        sink.flushed()
 
 
 def discard(sinks: Iterable[FileSink]) -> None:
