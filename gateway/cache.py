@@ -207,8 +207,8 @@ class AggregationCache:
     ) -> None:
         """Download the blob whole, then publish it (store and forward)."""
         response, raw = await self._start(source, aggregation_id, stack)
-        async for batch in _batches(response):
-            await raw.write(batch)
+        async for block in _blocks(response):
+            await raw.write([block])
         await raw.close()
         await self._settle(raw, aggregation_id)
 
@@ -218,32 +218,27 @@ class AggregationCache:
         """Start the download; a `Passing` when its first MiB looks like the served layout, else
         (None) the whole file downloaded and published first."""
         response, raw = await self._start(source, aggregation_id, stack)
-        batches = _batches(response)
-        stack.push_async_callback(batches.aclose)
-        prefix: list[bytes] = []
-        async for batch in batches:
-            prefix.extend(batch)
-            await raw.write(batch)
-            if raw.size >= FLUSH_BYTES:
-                break
+        blocks = _blocks(response)
+        stack.push_async_callback(blocks.aclose)
+        first = await anext(blocks, b"")
+        await raw.write([first])
         await raw.sync()  # a full disk is a problem answer, not a cut-off one
-        if not starts_plain(b"".join(prefix)[:FLUSH_BYTES], self.limits):
-            async for batch in batches:
-                await raw.write(batch)
+        if not starts_plain(first[:FLUSH_BYTES], self.limits):
+            async for block in blocks:
+                await raw.write([block])
             await raw.close()
             await self._settle(raw, aggregation_id)
             return None
 
         async def chunks() -> AsyncGenerator[bytes, None]:
-            # One batch is held back until the whole file is checked: a file that is not kept
+            # One block is held back until the whole file is checked: a file that is not kept
             # byte for byte (invalid, or not in the served layout after all) is never complete.
-            held = prefix
+            held = first
             try:
-                async for batch in batches:
-                    await raw.write(batch)
-                    for chunk in held:
-                        yield chunk
-                    held = batch
+                async for block in blocks:
+                    await raw.write([block])
+                    yield held
+                    held = block
                 await raw.close()
                 kept = await self._settle(raw, aggregation_id)
             except (GatewayError, WeightsError, OSError):
@@ -258,8 +253,7 @@ class AggregationCache:
                     "(only its first member was); the answer was cut off. Download it again: it "
                     "is served from the cache now."
                 )
-            for chunk in held:
-                yield chunk
+            yield held
 
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         length = response.headers.get("content-length") if encoding == "identity" else None
@@ -332,18 +326,20 @@ class AggregationCache:
                 self.locks.discard(stale, lock)
 
 
-async def _batches(response: httpx.Response) -> AsyncGenerator[list[bytes], None]:
-    """The body in batches of about FLUSH_BYTES (one worker-thread hop each)."""
+async def _blocks(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """The body in blocks of FLUSH_BYTES or more (the last may be shorter), each one `bytes`: one
+    worker-thread hop, one write and one digest update per block (the spool's thread, which
+    needs the GIL back after each call, then keeps up with the download), and one ASGI send."""
     pending: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         pending.append(chunk)
         size += len(chunk)
         if size >= FLUSH_BYTES:
-            yield pending
+            yield b"".join(pending)
             pending, size = [], 0
     if pending:
-        yield pending
+        yield b"".join(pending)
 
 
 def remove_partials(cache: Path) -> None:

@@ -164,11 +164,14 @@ class UploadBody:
 class PacedStream(httpx.AsyncByteStream):
     """A response body read under a `Pace` whose scope spans the reading (see `Transport.blob`):
     the clock runs only while the next chunk is awaited, so a trickling or silent blob host
-    cannot hold a download forever, and a slow reader downstream is never taken for a stall."""
+    cannot hold a download forever, and a slow reader downstream is never taken for a stall.
+    A connection that fails mid-body (cut short, silent past the read timeout) is a gateway error
+    (502, 504), as a failed request is, never a bare httpx error (500)."""
 
-    def __init__(self, inner: httpx.AsyncByteStream, pace: Pace) -> None:
+    def __init__(self, inner: httpx.AsyncByteStream, pace: Pace, what: str) -> None:
         self.inner = inner
         self.pace = pace
+        self.what = what
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         chunks = self.inner.__aiter__()
@@ -179,6 +182,15 @@ class PacedStream(httpx.AsyncByteStream):
             except StopAsyncIteration:
                 self.pace.moved(0)
                 return
+            except httpx.TimeoutException as exc:
+                raise UpstreamTimeoutError(
+                    f"BranchKey went silent during {self.what} ({type(exc).__name__})."
+                ) from None
+            except httpx.TransportError as exc:
+                raise UpstreamUnavailableError(
+                    f"BranchKey's connection failed during {self.what} ({type(exc).__name__}: "
+                    f"{exc})."
+                ) from None
             self.pace.moved(len(chunk))
             yield chunk
 

@@ -23,6 +23,7 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from gateway.upstream.client import direct_body
 from gateway.upstream.credentials import Credentials
 from gateway.upstream.pacing import Clock, Deadline, Pace, PacedStream, UploadBody
 from gateway.upstream.policy import Policy
@@ -191,7 +192,8 @@ class Transport:
         """The blob behind a download URL, streamed and paced, without credentials; a non-200
         answer is an error, never a model. The pace's scope spans the caller's reading: a stalled
         blob ends the caller's `async with` with a 504 (a context manager may hold a scope open
-        across its `yield`; the reader's own time is not counted)."""
+        across its `yield`; the reader's own time is not counted). The body is read by
+        `direct_body`; `PacedStream` maps its connection failing mid-way to a 502 or 504."""
         what = "the blob download"
         pace = Pace(self.policy.bounds)
         response = await self.send(Call.of("GET", url, {}), what, stream=True, clock=pace)
@@ -203,9 +205,7 @@ class Transport:
                     pace.attempt()
                     await response.aread()
                     raise_for_status(response, 200, what)
-                if not isinstance(response.stream, httpx.AsyncByteStream):  # pragma: no cover
-                    raise TypeError("the upstream client must be an httpx.AsyncClient")
-                response.stream = PacedStream(response.stream, pace)
+                response.stream = PacedStream(direct_body(response), pace, what)
                 yield response
             if pace.scope.cancelled_caught:
                 raise pace.expired(what)

@@ -60,6 +60,8 @@ class BlobUpstream:
 
     blobs: dict[str, bytes]
     hold_after: int | None = None
+    cut_after: int | None = None
+    """Where every blob ends, its Content-Length unchanged (a connection cut short)."""
     release: threading.Event = field(default_factory=threading.Event)
     fetches: int = 0
     sent: int = 0
@@ -89,6 +91,8 @@ class BlobUpstream:
         outcome = "cancelled"
         try:
             for start in range(0, len(body), PIECE):
+                if self.cut_after is not None and start >= self.cut_after:
+                    return
                 if self.hold_after is not None and start >= self.hold_after:
                     # Polled: the test thread sets it, and a disconnect must still cancel us.
                     while not self.release.is_set():  # noqa: ASYNC110
@@ -109,6 +113,11 @@ def _gateway(tmp_path: Path, upstream: BlobUpstream) -> Iterator[Gateway]:
 def _get(url: str) -> httpx.Response:
     with httpx.Client(timeout=30) as client:
         return client.get(url)
+
+
+def _read_into(received: bytearray, answer: httpx.Response) -> None:
+    for chunk in answer.iter_bytes():
+        received += chunk
 
 
 def _cached(gateway: Gateway) -> list[str]:
@@ -217,3 +226,29 @@ def test_a_trainer_going_away_cancels_the_fetch_and_frees_the_id(tmp_path: Path)
         assert again.content == PLAIN
         assert time.monotonic() - started < 10
         assert upstream.ended == ["cancelled", "complete"]
+
+
+def test_a_blob_cut_short_upstream_never_arrives_complete(tmp_path: Path) -> None:
+    """BranchKey's connection ending before the blob's Content-Length, after the gateway has
+    passed the first MiB on, ends the trainer's answer short of its length too; nothing is
+    cached, no scratch file or lock is left, and the next GET of a blob still cut is a 502
+    problem."""
+    upstream = BlobUpstream({"agg-5": PLAIN}, cut_after=HOLD)
+    with _gateway(tmp_path, upstream) as gateway:
+        url = f"{gateway.url}/aggregations/agg-5"
+        with httpx.Client(timeout=30) as client, client.stream("GET", url) as answer:
+            assert answer.status_code == 200
+            assert answer.headers["content-length"] == str(len(PLAIN))
+            received = bytearray()
+            with pytest.raises(httpx.RemoteProtocolError):
+                _read_into(received, answer)
+        assert 0 < len(received) < len(PLAIN)
+        assert PLAIN.startswith(received)
+        locks = running_state(gateway.app).cache.locks
+        wait_until(lambda: len(locks) == 0, 5, "the id's lock released")
+        wait_until(lambda: _no_scratch_left(gateway), 5, "the partial file removed")
+        assert _cached(gateway) == []
+        again = _get(url)
+        assert again.status_code == 502, again.text
+        assert again.headers["content-type"] == "application/problem+json"
+        assert _cached(gateway) == []

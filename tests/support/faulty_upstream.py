@@ -1,5 +1,6 @@
 """A BranchKey stand-in on a real loopback socket that misbehaves on cue: it hangs, trickles,
-redirects, fails then recovers, asks to retry later, or dies in the middle of an upload."""
+redirects, fails then recovers, asks to retry later, dies in the middle of an upload, or cuts an
+answer short."""
 
 from __future__ import annotations
 
@@ -71,7 +72,17 @@ class Die:
     after: int = 0
 
 
-Fault = Reply | Redirect | Hang | Trickle | Paced | Die
+@dataclass(frozen=True)
+class Cut:
+    """Send `reply`'s head (Content-Length the whole body's) and its first `after` body bytes,
+    then close the connection (with `hang`: keep it open, silent)."""
+
+    reply: Reply
+    after: int
+    hang: bool = False
+
+
+Fault = Reply | Redirect | Hang | Trickle | Paced | Die | Cut
 
 
 @dataclass(frozen=True)
@@ -183,7 +194,7 @@ class FaultyUpstream:
             await asyncio.Event().wait()
         if isinstance(fault, Redirect):
             fault = Reply(fault.status, {}, {"Location": fault.location})
-        reply = fault.reply if isinstance(fault, Trickle | Paced) else fault
+        reply = fault.reply if isinstance(fault, Trickle | Paced | Cut) else fault
         assert isinstance(reply, Reply)  # every other fault has returned
         data, extra = reply.encoded()
         status = f"HTTP/1.1 {reply.status} Scripted\r\n"
@@ -202,6 +213,11 @@ class FaultyUpstream:
                 await asyncio.sleep(fault.every_s)
                 writer.write(data[start : start + fault.chunk])
                 await writer.drain()
+        elif isinstance(fault, Cut):
+            writer.write(head_bytes + data[: fault.after])
+            await writer.drain()
+            if fault.hang:
+                await asyncio.Event().wait()
         else:
             writer.write(head_bytes + data)
         await writer.drain()

@@ -23,6 +23,7 @@ from gateway.upstream.protocol import WeightsFile
 from gateway.upstream.v3 import V3Upstream
 from gateway.weights import ValidationPolicy
 from tests.support.faulty_upstream import (
+    Cut,
     Die,
     FaultyUpstream,
     Hang,
@@ -286,6 +287,19 @@ def test_a_blob_that_trickles_or_hangs_is_cut(fault: Trickle | Hang) -> None:
     assert isinstance(result, UpstreamTimeoutError), result
     assert "BK_TRANSFER_STALL_S" in result.detail
     assert 0.9 <= took < 3.0
+
+
+@pytest.mark.parametrize("after", [100, 3 * 1024 * 1024], ids=["with-the-head", "later"])
+def test_a_blob_cut_short_is_a_502_never_a_shorter_file(after: int) -> None:
+    """A blob host closing the connection before the blob's Content-Length is a gateway error
+    (502) naming the failure, whether the cut comes right after the head or megabytes later."""
+    data = np.random.default_rng(3).bytes(4 * 1024 * 1024)
+    with _servers() as [fake]:
+        fake.on("GET", "/blob/agg-1", Cut(Reply(200, raw=data), after=after))
+        result, _ = _talk(fake.url, lambda up: _blob_bytes(up, f"{fake.url}/blob/agg-1"))
+    assert isinstance(result, UpstreamUnavailableError), result
+    assert result.status == 502
+    assert "RemoteProtocolError" in result.detail
 
 
 def test_a_slow_but_steady_blob_outlasts_the_stall_bound() -> None:
