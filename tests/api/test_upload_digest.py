@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.faulty_upstream import FaultyUpstream, Reply, Seen
+from tests.support.faulty_upstream import Die, FaultyUpstream, Reply, Seen
 from tests.support.gateways import Gateway, leaf_gateway
 from tests.support.http import check_problem
 from tests.support.weights import npy_bytes
@@ -373,3 +373,19 @@ def test_with_cut_through_off_the_digest_is_still_checked(
         wrong = {**headers, "Content-Digest": _digest(b"x")}
         check_problem(_post(gateway, model, wrong), 400, "digest-mismatch")
     assert len(fake.requests("POST", UPLOAD)) == 1
+
+
+def test_an_early_request_cut_by_branchkey_is_sent_again_from_the_start(
+    fake: FaultyUpstream, gateway: Gateway
+) -> None:
+    """BranchKey drops the connection 256 KiB into the early request: the retry reads the temp
+    file from its first byte (while it is still arriving), and BranchKey gets it whole once."""
+    fake.on("POST", UPLOAD, Die(256 * 1024), TAKEN)
+    model = _model()
+    headers = {**RAW, "Content-Length": str(len(model)), "Content-Digest": _digest(model)}
+    answer = _post(gateway, Trainer(fake, model), headers)
+    assert answer.status_code == 201, answer.text
+    cut, whole = fake.requests("POST", UPLOAD)
+    assert not cut.complete
+    assert whole.complete
+    assert _file_part(whole) == model
