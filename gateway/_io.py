@@ -45,6 +45,13 @@ class Digest(Protocol):
         """Feed `data`."""
 
 
+class Progress(Protocol):
+    """Told how much of a file being written is on disk (a reader following it)."""
+
+    def store(self, size: int) -> None:
+        """The file holds its first `size` bytes, flushed (called from the writer's thread)."""
+
+
 class Tee:
     """Feeds two digests (or checks that read like one) with the same bytes."""
 
@@ -92,7 +99,7 @@ class Spool:
         self.queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=2)
         self.writer: threading.Thread | None = None
         self.closed = False
-        self.follower: Growth | None = None
+        self.follower: Progress | None = None
         """Told after every batch how much of the file is on disk (a reader following it)."""
 
     async def open(self) -> None:
@@ -189,6 +196,10 @@ class Growth:
 
     def _limit(self) -> int:
         return min(self.stored, self.size if self.released else self.size - self.held)
+
+    def ready(self, offset: int) -> int:
+        """How many bytes from `offset` on may be read now."""
+        return max(self._limit() - offset, 0)
 
     async def readable(self, offset: int) -> int:
         """How many bytes from `offset` on may be read, waiting until there is at least one (0 at
