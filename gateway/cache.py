@@ -86,7 +86,8 @@ def check_id(aggregation_id: str) -> None:
 
 
 class AggregationCache:
-    """Aggregations on disk as `<id>.npz` (and `<id>.npy` when asked), each with a `.sha256` beside it.
+    """Aggregations on disk as `<id>.npz` (and `<id>.npy` when asked), each with a `.sha256` beside it
+    (and `<id>.npz.samples`, the sample count a v1 upstream gave, for `<id>.npy`).
 
     One lock per aggregation id: both formats of one id are produced one at a time, and eviction
     never removes an id whose lock is held. Files appear under their name only once complete and
@@ -175,8 +176,12 @@ class AggregationCache:
                 finally:
                     await stack.aclose()
             if fmt is Format.npy and not await to_thread.run_sync(target.exists):
+                samples = await to_thread.run_sync(_samples_of, plain)
                 await self._publish(
-                    target, lambda tmp: aggregate_to_object_npy(plain, tmp, self.limits)
+                    target,
+                    lambda tmp: aggregate_to_object_npy(
+                        plain, tmp, self.limits, num_samples=samples
+                    ),
                 )
         digest = await to_thread.run_sync(_digest_of, target)
         served = self.scratch / f".serve-{secrets.token_hex(8)}"
@@ -266,26 +271,26 @@ class AggregationCache:
         whether the `.npz` holds the downloaded bytes unchanged."""
         plain = self.folder / f"{aggregation_id}.npz"
         digest = raw.hexdigest()
+        samples: int | None = None
+        if await to_thread.run_sync(detect_format, raw.path, self.limits) == "npy-object":
+            # A v1 upstream's file: its sample count is kept beside the NPZ for ?format=npy, whose
+            # file our writer makes from the NPZ when first asked (the upstream's pickle bytes are
+            # never handed on), so that an NPZ download does not wait for a v1 file too.
+            samples = (await to_thread.run_sync(read_object_npy, raw.path, self.limits)).num_samples
+        fetched: list[Payload] = []
+
+        def produce(tmp: Path) -> None:
+            fetched.append(normalize_aggregate(raw.path, tmp, self.limits, move=True))
+            if samples is not None:
+                _samples_path(plain).write_text(str(samples))
+
         # An upstream file already in the served layout is moved into the cache, not copied,
         # and keeps the digest computed while it arrived: no extra pass over the data.
-        fetched: list[Payload] = []
-        await self._publish(
-            plain,
-            lambda tmp: fetched.append(normalize_aggregate(raw.path, tmp, self.limits, move=True)),
-            lambda: None if raw.path.exists() else digest,
-        )
+        await self._publish(plain, produce, lambda: None if raw.path.exists() else digest)
         if self.on_fetched is not None:
             await to_thread.run_sync(self.on_fetched, aggregation_id, fetched[0])
         if not await to_thread.run_sync(raw.path.exists):
             return True  # moved: an NPZ in the served layout already
-        if await to_thread.run_sync(detect_format, raw.path, self.limits) == "npy-object":
-            # A v1 upstream's file: ?format=npy serves it with its own sample count, re-written
-            # by our writer (the upstream's pickle bytes are never handed on).
-            samples = (await to_thread.run_sync(read_object_npy, raw.path, self.limits)).num_samples
-            await self._publish(
-                self.folder / f"{aggregation_id}.npy",
-                lambda tmp: aggregate_to_object_npy(plain, tmp, self.limits, num_samples=samples),
-            )
         return await to_thread.run_sync(_digest_of, plain) == digest
 
     async def _publish(
@@ -357,6 +362,18 @@ def _digest_of(path: Path) -> str:
     return _digest_path(path).read_text().strip()
 
 
+def _samples_path(plain: Path) -> Path:
+    return plain.with_name(plain.name + ".samples")
+
+
+def _samples_of(plain: Path) -> int:
+    """The sample count a v1 upstream gave with this aggregation (0: none was given)."""
+    try:
+        return int(_samples_path(plain).read_text())
+    except FileNotFoundError:
+        return 0
+
+
 def _stale_ids(cache: Path, keep: int) -> list[str]:
     ids: dict[str, float] = {}
     for entry in cache.iterdir():
@@ -369,5 +386,5 @@ def _stale_ids(cache: Path, keep: int) -> list[str]:
 
 
 def _remove_id(cache: Path, aggregation_id: str) -> None:
-    for suffix in (".npz", ".npy", ".npz.sha256", ".npy.sha256"):
+    for suffix in (".npz", ".npy", ".npz.sha256", ".npy.sha256", ".npz.samples"):
         (cache / f"{aggregation_id}{suffix}").unlink(missing_ok=True)

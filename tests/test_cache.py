@@ -15,7 +15,7 @@ from gateway.weights import Limits
 from tests.support.aggregator import Running
 from tests.support.fake_branchkey import FakeBranchKey, session_with
 from tests.support.gateways import gateway_settings, run_gateway, write_credentials
-from tests.support.weights import read_v1, sdk_weights
+from tests.support.weights import read_v1, sdk_weights, write_v1
 
 LAYERS = [np.arange(4, dtype=np.float32), np.full((2, 2), 0.5, dtype=np.float32)]
 
@@ -160,6 +160,27 @@ def test_the_v1_format_is_made_from_the_cached_npz(tmp_path: Path) -> None:
     assert samples == 0
     np.testing.assert_array_equal(layers[0], LAYERS[0])
     assert fake.calls("/blob/") == 1
+
+
+def test_a_v1_upstreams_file_keeps_its_sample_count_for_the_v1_format(tmp_path: Path) -> None:
+    """A v1 upstream's object `.npy` is cached as the NPZ alone (with its sample count beside it);
+    `?format=npy` then writes the v1 file from the NPZ with that count, and eviction removes it."""
+    blob = write_v1(tmp_path / "v1.npy", 6, LAYERS).read_bytes()
+    fake = FakeBranchKey(blobs={"agg-1": blob, "agg-2": _aggregate(tmp_path)})
+    cache = _cache(tmp_path, keep=1)
+    [plain] = _open(cache, fake, "agg-1")
+    assert isinstance(plain, Served)
+    _assert_layers(plain.path)
+    names = sorted(p.name for p in cache.folder.iterdir())
+    assert names == ["agg-1.npz", "agg-1.npz.samples", "agg-1.npz.sha256"]
+    [v1] = _open(cache, fake, "agg-1", fmt=Format.npy)
+    assert isinstance(v1, Served)
+    samples, layers = read_v1(v1.path)
+    assert samples == 6
+    np.testing.assert_array_equal(layers[1], LAYERS[1])
+    assert fake.calls("/blob/") == 1
+    _open(cache, fake, "agg-2")
+    assert sorted(p.name for p in cache.folder.iterdir()) == ["agg-2.npz", "agg-2.npz.sha256"]
 
 
 def test_start_up_removes_partial_files_a_crash_left(aggregator: Running, tmp_path: Path) -> None:
