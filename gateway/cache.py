@@ -333,8 +333,9 @@ class AggregationCache:
 
 async def _blocks(response: httpx.Response) -> AsyncGenerator[bytes, None]:
     """The body in blocks of FLUSH_BYTES or more (the last may be shorter), each one `bytes`: one
-    worker-thread hop, one write and one digest update per block (the spool's thread, which
-    needs the GIL back after each call, then keeps up with the download), and one ASGI send."""
+    worker-thread hop, one write and one digest update per block in the spool's thread (which
+    takes the GIL back after every call, so a list of chunks cost it one round per chunk), and
+    one ASGI send."""
     pending: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():

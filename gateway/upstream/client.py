@@ -147,7 +147,7 @@ def direct_body(response: httpx.Response) -> httpx.AsyncByteStream:
     """`response`'s body as a `DirectBody` when it can be one (HTTP/1.1 over a connection httpcore
     exposes, a Content-Length and no Transfer-Encoding), else its own stream unchanged."""
     stream = response.stream
-    if not isinstance(stream, httpx.AsyncByteStream):
+    if not isinstance(stream, httpx.AsyncByteStream):  # pragma: no cover
         raise TypeError("the upstream client must be an httpx.AsyncClient")
     network = response.extensions.get("network_stream")
     length = response.headers.get("content-length", "")

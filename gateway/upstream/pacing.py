@@ -213,7 +213,8 @@ class PacedStream(httpx.AsyncByteStream):
                 return
             except httpx.TimeoutException as exc:
                 raise UpstreamTimeoutError(
-                    f"BranchKey went silent during {self.what} ({type(exc).__name__})."
+                    f"BranchKey went silent during {self.what} ({type(exc).__name__}, "
+                    "BK_READ_TIMEOUT_S)."
                 ) from None
             except httpx.TransportError as exc:
                 raise UpstreamUnavailableError(

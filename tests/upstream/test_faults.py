@@ -302,6 +302,23 @@ def test_a_blob_cut_short_is_a_502_never_a_shorter_file(after: int) -> None:
     assert "RemoteProtocolError" in result.detail
 
 
+def test_a_blob_gone_silent_past_the_read_timeout_is_a_504() -> None:
+    """A blob host that stops sending mid-body, with BK_READ_TIMEOUT_S shorter than the stall
+    bound, is a gateway timeout (504) naming the setting, never a bare httpx error."""
+    data = np.random.default_rng(4).bytes(2 * 1024 * 1024)
+    with _servers() as [fake]:
+        fake.on("GET", "/blob/agg-1", Cut(Reply(200, raw=data), after=300_000, hang=True))
+        result, took = _talk(
+            fake.url,
+            lambda up: _blob_bytes(up, f"{fake.url}/blob/agg-1"),
+            bk_read_timeout_s=0.5,
+            bk_transfer_stall_s=5.0,
+        )
+    assert isinstance(result, UpstreamTimeoutError), result
+    assert "BK_READ_TIMEOUT_S" in result.detail
+    assert took < 3.0
+
+
 def test_a_slow_but_steady_blob_outlasts_the_stall_bound() -> None:
     """A 96 KiB blob sent at about 40 KiB/s takes over twice BK_TRANSFER_STALL_S and arrives
     whole: transfers have no total deadline, only a minimum pace (8 KiB/s here)."""
