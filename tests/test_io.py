@@ -89,13 +89,21 @@ def test_the_spool_refuses_past_its_limit_and_discard_removes_the_file(tmp_path:
     assert not (tmp_path / "f").exists()
 
 
+class _BrokenDigest:
+    """A digest whose update fails, as a check reading beside the hash may."""
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        raise TypeError("broken")
+
+
 def test_a_failed_write_is_raised_by_close(tmp_path: Path) -> None:
-    """A write the thread could not do (here: not bytes) surfaces in `close`, as it is."""
+    """A batch the thread could not write (here: its digest fails) surfaces in `close`, as it is."""
     spool = Spool(tmp_path / "f", 10**9, TooLarge)
+    spool.feed = _BrokenDigest()
 
     async def main() -> None:
         await spool.open()
-        spool.queue.put_nowait([42])  # type: ignore[list-item]  # the write raises TypeError
+        await spool.write([b"x"])
         with pytest.raises(TypeError):
             await spool.close()
 
