@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 import socket
 import time
 from collections.abc import Iterator
 
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from gateway.http_limits import bounded_http_options
+from gateway.http_limits import bounded_http_options, tune_allocator
 from tests.support.servers import serve
 
 BOUND = 16 * 1024
@@ -173,3 +175,12 @@ def test_a_pipelined_head_over_the_bound_after_a_body_gets_431() -> None:
         answer = exchange(address, stream)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
     assert b"HTTP/1.1 431 " in answer, answer[-200:]
+
+
+def test_the_servers_options_tune_glibcs_allocator_once() -> None:
+    """Under glibc both mallopt calls succeed, once per process, when a server's options are built."""
+    bounded_http_options(16 * 1024, 10.0)
+    assert tune_allocator.cache_info().currsize == 1
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert tune_allocator() is True
