@@ -64,11 +64,10 @@ class Tee:
         self.second.update(data)
 
 
-def write_hashed(stream: BinaryIO, digest: Digest, chunks: Iterable[bytes]) -> None:
-    """Write `chunks` to `stream` and feed them to `digest` (run in a worker thread)."""
+def write_chunks(stream: BinaryIO, chunks: Iterable[bytes]) -> None:
+    """Write `chunks` to `stream` (run in a writer thread)."""
     for chunk in chunks:
         stream.write(chunk)
-        digest.update(chunk)
 
 
 def sha256_file(path: Path) -> bytes:
@@ -169,9 +168,9 @@ class BatchThread(Generic[T]):
 
 
 class Spool:
-    """A file arriving in batches, its size capped: a thread of its own writes and hashes each
-    batch while the caller receives the next (`WRITE_DEPTH` batches queued at most: memory stays
-    flat)."""
+    """A file arriving in batches, its size capped: a writer thread stores each batch and a hasher
+    thread hashes it while the caller receives the next (`WRITE_DEPTH` batches queued at most:
+    memory stays flat)."""
 
     def __init__(self, path: Path, limit: int, too_large: Callable[[], Exception]) -> None:
         self.path = path
@@ -181,7 +180,8 @@ class Spool:
         self.digest = hashlib.sha256()
         self.feed: Digest = self.digest
         """What each batch is fed to: the digest, or a `Tee` of it and a check reading beside it."""
-        self.writer: BatchThread[list[bytes]] | None = None
+        self.threads: tuple[BatchThread[list[bytes]], ...] = ()
+        """The writer and the hasher, once open."""
         self.follower: Growth | None = None
         """Told after every batch how much of the file is on disk (a reader following it)."""
         self._stream: BinaryIO | None = None
@@ -189,58 +189,65 @@ class Spool:
 
     @property
     def failure(self) -> Exception | None:
-        """Why a batch could not be written, if one could not."""
-        return None if self.writer is None else self.writer.failure
+        """Why a batch could not be written or hashed, if one could not."""
+        return next((t.failure for t in self.threads if t.failure is not None), None)
 
     async def open(self) -> None:
-        """Create the file and start its writer thread."""
+        """Create the file and start its writer and hasher threads."""
         self._stream = await to_thread.run_sync(self.path.open, "wb")
-        self.writer = BatchThread(self._write)
+        self.threads = (BatchThread(self._write), BatchThread(self._hash))
 
     def _write(self, batch: list[bytes]) -> None:
         stream = self._stream
-        if stream is None:  # pragma: no cover - the writer exists only once the file is open
+        if stream is None:  # pragma: no cover - the threads exist only once the file is open
             raise RuntimeError("spool written before it was opened")
-        write_hashed(stream, self.feed, batch)
+        write_chunks(stream, batch)
         if self.follower is not None:
             stream.flush()
             self._stored += sum(len(chunk) for chunk in batch)
             self.follower.store(self._stored)
 
+    def _hash(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self.feed.update(chunk)
+
     async def write(self, batch: list[bytes]) -> None:
-        """Queue `batch`; raises `too_large()` past the limit, or the writer's failure."""
+        """Queue `batch`; raises `too_large()` past the limit, or a thread's failure."""
         self.size += sum(len(chunk) for chunk in batch)
         if self.size > self.limit:
             raise self.too_large()
-        if self.writer is None:
+        if not self.threads:
             raise RuntimeError("spool written before it was opened")
-        await self.writer.put(batch)
+        for thread in self.threads:
+            await thread.put(batch)
 
     async def sync(self) -> None:
-        """Wait until every batch queued so far is written; raises the writer's failure."""
-        if self.writer is not None:
-            await self.writer.join()
+        """Wait until every batch queued so far is written and hashed; raises a thread's failure."""
+        for thread in self.threads:
+            await thread.join()
 
     async def close(self) -> None:
-        """Wait until every batch is written and the file closed."""
+        """Wait until every batch is written and hashed, and the file closed."""
         try:
-            if self.writer is not None:
-                await self.writer.close()
+            for thread in self.threads:
+                await thread.close()
         finally:
-            if self._stream is not None and not self._stream.closed:
-                await to_thread.run_sync(self._stream.close)
+            await self._close_stream()
+
+    async def _close_stream(self) -> None:
+        if self._stream is not None and not self._stream.closed:
+            await to_thread.run_sync(self._stream.close)
 
     def hexdigest(self) -> str:
         """The sha256 of the bytes written (after `close`)."""
         return self.digest.hexdigest()
 
     async def discard(self) -> None:
-        """Stop the writer and remove the file (also when cancelled)."""
+        """Stop the threads and remove the file (also when cancelled)."""
         with anyio.CancelScope(shield=True):
-            if self.writer is not None:
-                await self.writer.close(drop=True)
-            if self._stream is not None and not self._stream.closed:
-                await to_thread.run_sync(self._stream.close)
+            for thread in self.threads:
+                await thread.close(drop=True)
+            await self._close_stream()
             await to_thread.run_sync(lambda: self.path.unlink(missing_ok=True))
 
 

@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
@@ -130,7 +131,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         if self._body_left is not None:
             self._body_left -= len(body)
-        super().on_body(body)
+        cycle = self.cycle
+        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+            return
+        # As uvicorn's own on_body, but the parser's chunks are kept, not copied into a bytearray
+        # that `receive` copies again: two copies of every upload byte less on the event loop.
+        held: object = cycle.body
+        if isinstance(held, _Chunks):
+            pending = held
+        else:  # the bytearray the cycle starts with, or `receive` left after taking the last
+            pending = _Chunks(bytes(cycle.body))
+            cycle.body = pending  # type: ignore[assignment]  # read only through len() and bytes()
+        pending.append(body)
+        if len(pending) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def on_message_complete(self) -> None:
         self._in_head, self._head_bytes, self._head_tail = True, 0, b""
@@ -175,6 +190,27 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             "Closed a connection whose request head took over %ss.", self.header_timeout_s
         )
         self.transport.close()
+
+
+class _Chunks:
+    """Body bytes waiting for the app's next `receive`, as the parser gave them: `bytes()` of one
+    chunk is that chunk itself, of several their join."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self, first: bytes) -> None:
+        self.chunks = [first] if first else []
+        self.size = len(first)
+
+    def append(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:

@@ -13,7 +13,7 @@ from starlette.requests import ClientDisconnect, Request
 from gateway._io import FLUSH_BYTES, BatchThread, Digest
 from gateway.multipart.model import Follow, FormData, MultipartError, MultipartLimits
 from gateway.multipart.parser import BodyParser, Watch, parse_boundary
-from gateway.multipart.sinks import BodyHash, Op, apply, discard
+from gateway.multipart.sinks import BodyHash, Op, digest, discard, store
 
 
 async def read_multipart(
@@ -40,10 +40,11 @@ async def read_multipart(
     """
     boundary = parse_boundary(request.headers.get("content-type"))
     parser = BodyParser(boundary, dest_dir, limits, frozenset(file_fields or ()), watch, follow)
-    writer: BatchThread[list[Op]] = BatchThread(apply)
+    writer: BatchThread[list[Op]] = BatchThread(store)
+    hasher: BatchThread[list[Op]] = BatchThread(digest)
     try:
         try:
-            await _read_and_write(request, parser, writer, body_digest)
+            await _read_and_write(request, parser, (writer, hasher), body_digest)
         except ClientDisconnect:
             raise MultipartError(
                 400, "The client disconnected before the form was complete; retry the upload."
@@ -58,10 +59,12 @@ async def read_multipart(
         try:
             with anyio.CancelScope(shield=True):
                 await writer.close(drop=True)
+                await hasher.close(drop=True)
                 await anyio.to_thread.run_sync(discard, parser.sinks)
         except BaseException:
             # A repeated native asyncio cancel can break through the shield: finish here, blocking.
             writer.stop()
+            hasher.stop()
             discard(parser.sinks)
             raise
         raise
@@ -69,9 +72,13 @@ async def read_multipart(
 
 
 async def _read_and_write(
-    request: Request, parser: BodyParser, writer: BatchThread[list[Op]], body: Digest | None
+    request: Request,
+    parser: BodyParser,
+    threads: tuple[BatchThread[list[Op]], BatchThread[list[Op]]],
+    body: Digest | None,
 ) -> None:
-    """Feed the body to `parser`; the writer thread stores each ~1 MiB while the next is read."""
+    """Feed the body to `parser`; the writer and the hasher threads take each ~1 MiB while the
+    next is read."""
     body_hash = BodyHash(body) if body is not None else None
     async with contextlib.aclosing(request.stream()) as stream:
         pending = 0
@@ -80,13 +87,16 @@ async def _read_and_write(
                 parser.ops.append((body_hash, memoryview(chunk)))
             parser.feed(chunk)
             pending += len(chunk)
-            # One batch per ~1 MiB, not per network chunk: far fewer hand-overs to the thread.
+            # One batch per ~1 MiB, not per network chunk: far fewer hand-overs to the threads.
             if parser.ops and (pending >= FLUSH_BYTES or parser.ended):
                 ops, parser.ops, pending = parser.ops, [], 0
-                await writer.put(ops)
+                for thread in threads:
+                    await thread.put(ops)
             if parser.ended:
                 break
         if parser.ops:
-            ops, parser.ops = parser.ops, []
-            await writer.put(ops)
-    await writer.close()  # every batch is written, or the first failure is raised
+            for thread in threads:
+                await thread.put(parser.ops)
+            parser.ops = []
+    for thread in threads:
+        await thread.close()  # every batch is written and hashed, or the first failure is raised

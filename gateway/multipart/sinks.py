@@ -48,10 +48,13 @@ class FileSink:
         return self.file
 
     def write(self, data: memoryview) -> None:
-        """Append `data` and hash it (the temp file is created on the first write)."""
+        """Append `data` (the temp file is created on the first write); in the writer's thread."""
         file = self.file if self.file is not None else self._open()
         file.write(data)
         self.written += len(data)
+
+    def digest(self, data: memoryview) -> None:
+        """Hash `data` and feed it to the watch; in the hasher's thread."""
         self.hash.update(data)
         if self.watch is not None:
             self.watch.update(data)
@@ -94,6 +97,9 @@ class BodyHash:
         self.hash = digest
 
     def write(self, data: memoryview) -> None:
+        """Nothing to store."""
+
+    def digest(self, data: memoryview) -> None:
         """Hash `data`."""
         self.hash.update(data)
 
@@ -108,8 +114,9 @@ Op = tuple[FileSink | BodyHash, memoryview | None]
 """A write (data) or the end of a file part (None), queued on the event loop and applied in a thread."""
 
 
-def apply(ops: Iterable[Op]) -> None:
-    """Apply a batch of ops (in the writer's thread), then tell each touched part's follower."""
+def store(ops: Iterable[Op]) -> None:
+    """Write a batch of ops to the parts' files (in the writer's thread), then tell each touched
+    part's follower what is on disk."""
     touched: dict[int, FileSink | BodyHash] = {}
     for sink, data in ops:
         if data is None:
@@ -119,6 +126,13 @@ def apply(ops: Iterable[Op]) -> None:
             touched[id(sink)] = sink
     for sink in touched.values():
         sink.flushed()
+
+
+def digest(ops: Iterable[Op]) -> None:
+    """Hash a batch of ops (in the hasher's thread: sha-256 and the disk copy run side by side)."""
+    for sink, data in ops:
+        if data is not None:
+            sink.digest(data)
 
 
 def discard(sinks: Iterable[FileSink]) -> None:
