@@ -1,4 +1,4 @@
-"""`read_multipart`: a request body fed to the parser while a writer thread stores the previous MiBs."""
+"""`read_multipart`: a request body fed to the parser while writer and hasher threads take the previous MiBs."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ async def read_multipart(
 
     A part is a file if its Content-Disposition has a filename or its name is in `file_fields`;
     other parts are UTF-8 fields kept in memory. Memory stays about 5 MiB whatever the file sizes:
-    writes and hash updates run in a writer thread of the upload's own, ~1 MiB per batch and at most
-    `WRITE_DEPTH` batches queued, while the next MiB is read. Raises `MultipartError` (400/413/415)
+    writes and hash updates run in two threads of the upload's own (a writer, a hasher), ~1 MiB per
+    batch and at most `WRITE_DEPTH` batches queued, while the next MiB is read. Raises `MultipartError` (400/413/415)
     as soon as a problem is seen, without reading the rest; on any failure, cancellation included,
     the writer thread has stopped and every temp file is deleted first. On success the caller owns
     the files and must delete (`FormData.cleanup`) or move them. `watch` may give a file part
