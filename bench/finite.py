@@ -4,7 +4,7 @@
 
 It writes one SDK-layout NPZ (`weighting` + eight float32 layers, stored; `--compressed` adds a
 deflated one of the same layers) and serves a small app on a loopback port whose one route runs
-the gateway's own upload steps: `forwarding.receive` (the body to disk, hashed, and with the check
+the gateway's own upload steps: `receiving.receive` (the body to disk, hashed, and with the check
 on fed to `weights.StreamScan` beside the hash) and then `weights.upload_to_npz` (header validation,
 and with the check on the verdict of every member, reading back only what the scan did not see).
 curl sends the file (`-F file=@` and/or a raw body), alternating check on and off so both see the
@@ -45,7 +45,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bench.procs import free_port
-from gateway.forwarding import Scratch, receive
+from gateway.receiving import Scratch, receive
 from gateway.weights import StreamScan, ValidationPolicy, upload_to_npz
 from gateway.weights.policy import GiB
 

@@ -12,7 +12,11 @@ address) is the thing measured. Per link profile (1 Gbit/s with 20 ms RTT, 100 M
 
   uploads    (direct)  `curl -F` to the aggregator's POST /api/v1/file/upload with the headers and
                        the `data` part the official client sends (the floor),
-             (gateway) `curl -F file=@w.npz` to the gateway's POST /upload, which forwards it;
+             (gateway) `curl -F file=@w.npz` to the gateway's POST /upload, which forwards it
+                       once it has received and checked it,
+             (upload+cd) the same with the file's sha-256 in the part's Content-Digest
+                       (`-F 'file=@w.npz;headers="Content-Digest: sha-256=:...:"'`), which the
+                       gateway forwards while it arrives;
   downloads  (direct)  `curl` of the aggregator's signed blob URL,
              (gateway) `curl` of GET /aggregations/{id} on a gateway started just before with an
                        empty data dir (a cold cache).
@@ -444,12 +448,18 @@ class Bench:
             raise BenchError(f"HTTP {transfer.status} (expected {expect}): {transfer.body[:300]}")
         return transfer
 
-    def upload(self, via_gateway: bool, gateway: Gateway) -> float:
-        """One upload into a new run, then its FedAvg (not timed); curl's seconds."""
+    def upload(self, variant: str, gateway: Gateway) -> float:
+        """One upload (`direct`, `gateway`, or `digest`: through the gateway with the file's
+        Content-Digest on its part, which the gateway forwards while it arrives) into a new run,
+        then its FedAvg (not timed); curl's seconds."""
         self.agg.new_run()
         known = set(self.agg.aggregations())
-        if via_gateway:
+        if variant == "gateway":
             args = ["-F", f"file=@{self.payload}", f"{gateway.base}/upload"]
+        elif variant == "digest":
+            told = f"sha-256=:{self.digest.removeprefix('sha256=')}:"
+            args = ["-F", f'file=@{self.payload};headers="Content-Digest: {told}"']
+            args.append(f"{gateway.base}/upload")
         else:
             metadata = {
                 "client_version": "3.0.1",
@@ -482,11 +492,11 @@ class Bench:
         print(f"[{profile.key}] {result.header}", flush=True)
         for index in range(self.repeat):
             order = (False, True) if index % 2 == 0 else (True, False)  # alternate who goes first
+            variants = UPLOADS if index % 2 == 0 else UPLOADS[::-1]
             gateway = self.gateway()
-            for via in order:
-                name = "gateway" if via else "direct"
+            for name in variants:
                 print(f"[{profile.key}] upload {name} #{index + 1} ...", end=" ", flush=True)
-                seconds = self.upload(via, gateway)
+                seconds = self.upload(name, gateway)
                 print(f"{seconds:.2f} s", flush=True)
                 result.add(f"up-{name}", seconds)
             file_id = self.latest()
@@ -510,6 +520,12 @@ class Bench:
         return [summary, self.agg.stop()]
 
 
+UPLOADS = ("direct", "gateway", "digest")
+"""The upload variants, run in this order (reversed every other repetition)."""
+ROWS = (("up", "gateway", "upload"), ("up", "digest", "upload+cd"), ("down", "gateway", "download"))
+"""Table rows: the measurement, the gateway variant compared with `direct`, the label."""
+
+
 def json_text(value: object) -> str:
     return json.dumps(value)
 
@@ -522,12 +538,11 @@ def print_table(results: Sequence[Result], size: int, repeat: int) -> None:
     print(head)
     print("-" * len(head))
     for result in results:
-        for op in ("up", "down"):
-            direct, via = result.median(f"{op}-direct"), result.median(f"{op}-gateway")
+        for op, key, label in ROWS:
+            direct, via = result.median(f"{op}-direct"), result.median(f"{op}-{key}")
             cells = [f"{direct:.2f} s" if direct else "-", f"{via:.2f} s" if via else "-"]
             ratio = f"{via / direct:.3f}" if direct and via else "-"
             rate = mbit(size, direct) if direct else "-"
-            label = "upload" if op == "up" else "download"
             print(
                 f"{result.profile.name:<24} {label:<9} {cells[0]:>9} {cells[1]:>9} {ratio:>6}  {rate}"
             )

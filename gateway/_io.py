@@ -49,6 +49,13 @@ class Digest(Protocol):
         """Feed `data`."""
 
 
+class Progress(Protocol):
+    """Told how much of a file being written is on disk (a reader following it)."""
+
+    def store(self, size: int) -> None:
+        """The file holds its first `size` bytes, flushed (called from the writer's thread)."""
+
+
 class Tee:
     """Feeds two digests (or checks that read like one) with the same bytes."""
 
@@ -182,7 +189,7 @@ class Spool:
         """What each batch is fed to: the digest, or a `Tee` of it and a check reading beside it."""
         self.threads: tuple[BatchThread[list[bytes]], ...] = ()
         """The writer and the hasher, once open."""
-        self.follower: Growth | None = None
+        self.follower: Progress | None = None
         """Told after every batch how much of the file is on disk (a reader following it)."""
         self._stream: BinaryIO | None = None
         self._stored = 0
@@ -282,6 +289,10 @@ class Growth:
 
     def _limit(self) -> int:
         return min(self.stored, self.size if self.released else self.size - self.held)
+
+    def ready(self, offset: int) -> int:
+        """How many bytes from `offset` on may be read now."""
+        return max(self._limit() - offset, 0)
 
     async def readable(self, offset: int) -> int:
         """How many bytes from `offset` on may be read, waiting until there is at least one (0 at

@@ -37,6 +37,12 @@ class BadRequestError(GatewayError):
     status, type, title = 400, "bad-request", "Malformed request"
 
 
+class DigestMismatchError(GatewayError):
+    """The upload's bytes do not have the digest its Content-Digest (or Repr-Digest) claims."""
+
+    status, type, title = 400, "digest-mismatch", "The upload does not match its digest"
+
+
 class NotAuthenticatedError(GatewayError):
     """The gateway token is missing or wrong."""
 
@@ -150,6 +156,7 @@ class InsufficientStorageError(GatewayError):
 
 PROBLEM_TYPES: tuple[type[GatewayError], ...] = (
     BadRequestError,
+    DigestMismatchError,
     NotAuthenticatedError,
     NoSessionError,
     NotFoundError,

@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import functools
-import re
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 from anyio import to_thread
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
-from gateway._io import FLUSH_BYTES, Spool, Tee
-from gateway.errors import (
-    BadRequestError,
-    NoSessionError,
-    PayloadTooLargeError,
-    SessionChangedError,
-    UnsupportedMediaTypeError,
-)
+from gateway.errors import BadRequestError, NoSessionError, SessionChangedError
 from gateway.layouts import LayoutBook, check_layout
-from gateway.multipart import FormData, MultipartLimits, read_multipart
+from gateway.receiving import Received, Scratch, receive, request_claim
+from gateway.relay import BeforeSend, Relay
 from gateway.settings import Settings
-from gateway.upstream.protocol import Upstream, WeightsFile
+from gateway.upstream.protocol import Sent, Upstream, WeightsFile
 from gateway.upstream.session import Session
 from gateway.weights import (
     Incoming,
@@ -36,12 +28,6 @@ from gateway.weights import (
     upload_to_npz,
 )
 from gateway.weights.names import NameMap
-
-LAYER_PART = re.compile(r"layer_(0|[1-9][0-9]*)", re.ASCII)
-MAX_PARTS = 10_050
-"""Multipart parts one upload may have: up to 10 000 `layer_<n>` parts, and a few fields."""
-RAW_TYPES = ("application/octet-stream", "application/zip", "application/x-npy")
-BeforeSend = Callable[[], Awaitable[object]]
 
 
 @dataclass(frozen=True)
@@ -57,26 +43,6 @@ class UploadOptions:
 
 
 @dataclass(frozen=True)
-class ReceivedFile:
-    """A whole weights file as it arrived."""
-
-    path: Path
-    sha256: bytes
-    filename: str
-    scan: StreamScan | None = None
-    """What the NaN/Inf scan saw while the file arrived (None when the check is off)."""
-
-
-@dataclass(frozen=True)
-class Received:
-    """What an upload request carried: one file, or per-layer `.npy` parts, and a weighting field."""
-
-    file: ReceivedFile | None = None
-    layers: tuple[Path, ...] = ()
-    weighting: str | None = None
-
-
-@dataclass(frozen=True)
 class Forwarded:
     """What BranchKey received: its file id, and the digest and size of the file sent."""
 
@@ -87,28 +53,6 @@ class Forwarded:
     weighting_source: WeightingSource | None
     names: NameMap | None = None
     """The trainer's own tensor names, for a safetensors or named-NPZ upload."""
-
-
-@dataclass
-class Scratch:
-    """Temp files of one upload; all removed at the end, whatever happens."""
-
-    folder: Path
-    paths: list[Path] = field(default_factory=list)
-    form: FormData | None = None
-
-    def new(self, suffix: str) -> Path:
-        """A fresh scratch path (removed by `cleanup`)."""
-        path = self.folder / f".upload-{secrets.token_hex(8)}{suffix}"
-        self.paths.append(path)
-        return path
-
-    def cleanup(self) -> None:
-        """Remove every file of this upload."""
-        if self.form is not None:
-            self.form.cleanup()
-        for path in self.paths:
-            path.unlink(missing_ok=True)
 
 
 class Forwarder:
@@ -147,12 +91,42 @@ class Forwarder:
         """The whole upload: the run is checked before the body is read, unless the trainer waits;
         `before_send` runs right before the upload goes upstream (after every check and wait)."""
         started_with = await self.check_run(options)
+        claim = request_claim(request.headers)  # a malformed digest field: 400 before the body
         async with self.scratch() as scratch:
             limit = int(self.settings.gateway_max_upload_bytes)
             policy = self.settings.weights.policy()
             scan = StreamScan(policy.limits) if policy.finite and not policy.deep else None
-            received = await receive(request, scratch, limit, scan)
-            return await self.forward(received, options, scratch, started_with, before_send)
+            if not await self._relays(started_with, options):
+                received = await receive(request, scratch, limit, scan)
+                return await self.forward(received, options, scratch, started_with, before_send)
+            failure: Exception | None = None
+            async with anyio.create_task_group() as group:
+                path = scratch.new(".part")
+                relay = Relay(
+                    group, started_with.upload, request.headers, claim, path, limit, before_send
+                )
+                try:
+                    received = await receive(request, scratch, limit, scan, relay.follow)
+                    forwarded = await self.forward(
+                        received, options, scratch, started_with, before_send, relay
+                    )
+                except Exception as exc:  # raised after the group, which would wrap it
+                    failure = exc
+                finally:
+                    relay.cancel()
+            if failure is not None:
+                raise failure
+            return forwarded
+
+    async def _relays(self, upstream: Upstream, options: UploadOptions) -> bool:
+        """Whether an upload may go upstream while it arrives (when its digest is told): in v3,
+        whose file is the trainer's NPZ itself, once the run is started (a trainer that waits
+        for the start is held before anything is sent), unless GATEWAY_CUT_THROUGH is off."""
+        if upstream.dialect != "v3" or not self.settings.gateway_cut_through:
+            return False
+        if not self._waits(options):
+            return True  # check_run found the run started
+        return (await self.session.current_run()).run_status == "start"
 
     async def check_run(self, options: UploadOptions) -> Upstream:
         """Refuse at once, before the body is read, when the run is not started and the trainer
@@ -171,14 +145,21 @@ class Forwarder:
         scratch: Scratch,
         started_with: Upstream | None = None,
         before_send: BeforeSend | None = None,
+        relay: Relay | None = None,
     ) -> Forwarded:
         """Validate and convert what was received, wait for the run if asked, then send it, for the
-        leaf of `started_with` only (the session when the upload began; None: the current one)."""
+        leaf of `started_with` only (the session when the upload began; None: the current one).
+        A `relay` already sending the file is let finish when it carries the file as it is to go
+        upstream, and cut otherwise."""
         npz, sha256, incoming = await self.branchkey_npz(received, options.weighting, scratch)
         payload = incoming.payload
         upstream = self._same_leaf(started_with)
         branch = upstream.credentials.branch_id
         await self.check_architecture(branch, payload)
+        if relay is not None:
+            sent = await self._finish(relay, received, sha256, payload)
+            if sent is not None:
+                return await self._forwarded(sent, incoming)
         filename = npz_name(received.file.filename if received.file else "weights.npz")
         # The dialect's file (v1: the object .npy), made before any wait: a payload the dialect
         # cannot carry is refused at once, not after the run starts.
@@ -196,12 +177,36 @@ class Forwarder:
             upstream = self._same_leaf(upstream)
         if before_send is not None:
             await before_send()
-        sent = await upstream.upload(outgoing)
+        return await self._forwarded(await upstream.upload(outgoing), incoming)
+
+    async def _finish(
+        self, relay: Relay, received: Received, sha256: bytes | None, payload: Payload
+    ) -> Sent | None:
+        """The relay's answer if it sends this file as it is to go upstream (None: it was cut, or
+        failed before it was complete, and the file goes the usual way)."""
+        file = received.file
+        if (
+            file is None
+            or sha256 != file.sha256  # converted: another file goes upstream
+            or not relay.carries(
+                file.sha256, await to_thread.run_sync(_size, file.path), payload.kind
+            )
+        ):
+            relay.cancel()
+            return None
+        return await relay.finish()
+
+    async def _forwarded(self, sent: Sent, incoming: Incoming) -> Forwarded:
         self.on_forwarded(sent.size)
         if self.on_names is not None:
             await self.on_names(incoming.names)
         return Forwarded(
-            sent.file_id, sent.sha256, sent.size, payload, incoming.weighting_source, incoming.names
+            sent.file_id,
+            sent.sha256,
+            sent.size,
+            incoming.payload,
+            incoming.weighting_source,
+            incoming.names,
         )
 
     async def check_architecture(self, branch: str, payload: Payload) -> None:
@@ -284,101 +289,8 @@ class Forwarder:
         return min(options.wait_timeout_s or cap, cap)
 
 
-async def receive(
-    request: Request, scratch: Scratch, limit: int, scan: StreamScan | None = None
-) -> Received:
-    """The uploaded file (or the layer parts) on disk, and a weighting field if one was sent; `scan`
-    is fed the whole file's bytes beside its digest."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        return await _receive_form(request, scratch, limit, scan)
-    if content_type in RAW_TYPES:
-        return Received(file=await _receive_raw(request, scratch, limit, scan))
-    raise UnsupportedMediaTypeError(
-        "Send multipart/form-data (curl -F file=@w.npz) or application/octet-stream (curl --data-binary @w.npz "
-        "-H 'Content-Type: application/octet-stream')."
-    )
-
-
-class _FileFields:
-    """Multipart parts kept as files: `file` and `layer_<n>`."""
-
-    def __contains__(self, name: object) -> bool:
-        return name == "file" or (isinstance(name, str) and LAYER_PART.fullmatch(name) is not None)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(("file",))
-
-    def __len__(self) -> int:
-        return 1
-
-
-async def _receive_form(
-    request: Request, scratch: Scratch, limit: int, scan: StreamScan | None
-) -> Received:
-    limits = MultipartLimits(max_file_bytes=limit, max_total_file_bytes=limit, max_parts=MAX_PARTS)
-    form = await read_multipart(
-        request,
-        scratch.folder,
-        limits,
-        file_fields=_FileFields(),
-        watch=lambda name: scan if name == "file" else None,
-    )
-    scratch.form = form
-    weighting = form.fields.get("weighting")
-    part = form.files.get("file")
-    layers = {int(name[6:]): p.path for name, p in form.files.items() if LAYER_PART.fullmatch(name)}
-    if part is not None and layers:
-        raise BadRequestError("Send either a 'file' part or 'layer_<n>' parts, not both.")
-    if part is not None:
-        file = ReceivedFile(part.path, part.sha256, part.filename or "weights.npz", scan)
-        return Received(file=file, weighting=weighting)
-    if layers:
-        if sorted(layers) != list(range(len(layers))):
-            names = ", ".join(f"layer_{i}" for i in sorted(layers)[:8])
-            expected = "layer_0" if len(layers) == 1 else f"layer_0 .. layer_{len(layers) - 1}"
-            raise BadRequestError(
-                f"{len(layers)} layer part(s) must be named {expected} without gaps; found "
-                f"{names}. Number them from 0: curl -F layer_0=@l0.npy -F layer_1=@l1.npy "
-                "-F weighting=12 localhost:8000/upload"
-            )
-        return Received(layers=tuple(layers[i] for i in range(len(layers))), weighting=weighting)
-    raise BadRequestError(
-        "The form needs a 'file' part (curl -F file=@w.npy localhost:8000/upload), or "
-        "'layer_0', 'layer_1', ... parts and 'weighting' (curl -F layer_0=@l0.npy "
-        "-F weighting=12 localhost:8000/upload)."
-    )
-
-
-async def _receive_raw(
-    request: Request, scratch: Scratch, limit: int, scan: StreamScan | None
-) -> ReceivedFile:
-    def too_large() -> Exception:
-        return PayloadTooLargeError(f"The upload is over GATEWAY_MAX_UPLOAD_BYTES ({limit} bytes).")
-
-    # Written and hashed by the spool's thread while the next MiB arrives (as multipart parts are).
-    spool = Spool(scratch.new(".bin"), limit, too_large)
-    if scan is not None:
-        spool.feed = Tee(spool.digest, scan)
-    await spool.open()
-    pending: list[bytes] = []
-    pending_size = 0
-    try:
-        async for chunk in request.stream():
-            pending.append(chunk)
-            pending_size += len(chunk)
-            if pending_size >= FLUSH_BYTES:
-                await spool.write(pending)
-                pending, pending_size = [], 0
-        await spool.write(pending)
-    except ClientDisconnect:
-        raise BadRequestError("The client disconnected before the upload was complete.") from None
-    finally:
-        with anyio.CancelScope(shield=True):  # the writer thread always ends
-            await spool.close()
-    if spool.size == 0:
-        raise BadRequestError("The request body is empty: send the weights file as the body.")
-    return ReceivedFile(spool.path, spool.digest.digest(), "weights.npz", scan)
+def _size(path: Path) -> int:
+    return path.stat().st_size
 
 
 def npz_name(filename: str) -> str:

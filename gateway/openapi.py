@@ -53,7 +53,7 @@ WEIGHTS_FORM: Final[dict[str, Any]] = {
 """The multipart form of a weights upload (`curl -F file=@w.npz`, or `-F layer_0=@l0.npy -F weighting=12`)."""
 
 RAW_WEIGHTS_TYPES: Final = ("application/octet-stream", "application/zip", "application/x-npy")
-"""The raw-body media types an upload route reads (forwarding.RAW_TYPES; a test keeps them equal)."""
+"""The raw-body media types an upload route reads (receiving.RAW_TYPES; a test keeps them equal)."""
 
 
 def weights_body(description: str) -> dict[str, Any]:
@@ -64,11 +64,25 @@ def weights_body(description: str) -> dict[str, Any]:
         for media_type in RAW_WEIGHTS_TYPES
     }
     return {
+        "parameters": [_digest_header(name) for name in ("Content-Digest", "Repr-Digest")],
         "requestBody": {
             "required": True,
             "description": description,
             "content": {"multipart/form-data": {"schema": WEIGHTS_FORM}, **raw},
-        }
+        },
+    }
+
+
+def _digest_header(name: str) -> dict[str, Any]:
+    """An RFC 9530 digest field the upload routes read (a form's `file` part may carry it too)."""
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": "The file's sha-256 as `sha-256=:<base64 of the 32 bytes>:` (RFC 9530): "
+        "checked (400 digest-mismatch), and in v3 the file is sent on to BranchKey while it "
+        "arrives. On a form it may name the file or the whole body.",
+        "schema": {"type": "string", "pattern": "sha-256=:[A-Za-z0-9+/]{43}=:"},
     }
 
 

@@ -21,6 +21,7 @@ from gateway.errors import (
     PROBLEM_BASE,
     PROBLEM_JSON,
     BadRequestError,
+    DigestMismatchError,
     GatewayError,
     InsufficientStorageError,
     NameMapConflictError,
@@ -246,7 +247,7 @@ WEIGHTS = tuple(
 DISK_FULL = problems_of(InsufficientStorageError)
 """Routes that write files under GATEWAY_DATA_DIR (upload scratch files, the download cache)."""
 UPLOAD = (
-    *problems_of(BadRequestError, RunNotStartedError, PayloadTooLargeError),
+    *problems_of(BadRequestError, DigestMismatchError, RunNotStartedError, PayloadTooLargeError),
     *problems_of(UnsupportedMediaTypeError, SessionChangedError),
     *DISK_FULL,
     *WEIGHTS,

@@ -200,6 +200,11 @@ class Settings(BaseSettings):
         description="Refuse a model whose layer count, shapes or dtypes differ from the branch's "
         "latest aggregation the gateway fetched; false for an architecture change.",
     )
+    gateway_cut_through: bool = Field(
+        True,
+        description="Send a v3 upload that carries a Content-Digest on to BranchKey while it "
+        "arrives (its last byte held until it is checked); false: always receive it whole first.",
+    )
     gateway_max_header_bytes: ByteSize = Field(
         ByteSize(16 * 1024),
         ge=1024,

@@ -18,7 +18,8 @@ from gateway.errors import (
     RunNotStartedError,
     SessionChangedError,
 )
-from gateway.forwarding import Forwarder, Received, ReceivedFile, Scratch, UploadOptions
+from gateway.forwarding import Forwarder, UploadOptions
+from gateway.receiving import Received, ReceivedFile, Scratch
 from gateway.settings import Settings
 from gateway.upstream.session import Session
 from tests.support.fake_branchkey import CREDENTIALS, FakeBranchKey, session_with

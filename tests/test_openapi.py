@@ -9,8 +9,8 @@ import pytest
 
 from gateway.app import create_app
 from gateway.errors import PROBLEM_TYPES
-from gateway.forwarding import RAW_TYPES
 from gateway.openapi import BEARER_SCHEME, OPENAPI_PATH, RAW_WEIGHTS_TYPES, render
+from gateway.receiving import RAW_TYPES
 from gateway.settings import Settings
 
 METHODS = ("get", "head", "post", "put", "delete", "patch")

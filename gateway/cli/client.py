@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,10 +29,10 @@ from gateway.cli.client_http import (
     DownloadFormat,
     FormatOption,
     GatewayOption,
-    MultipartFile,
     NamesOption,
     TokenOption,
     check_digest,
+    digested_form,
     echo,
     fail,
     label,
@@ -108,9 +107,9 @@ def upload(
 
     Example: branchkey-gateway upload weights.npz --wait
     """
-    form = MultipartFile(file, secrets.token_hex(16))
     params = upload_params(weighting, wait, wait_timeout)
     console = stderr_console()
+    form = digested_form(file, console)
     # Validation, forwarding and ?wait=true take time, but a gateway silent this long is stuck.
     timeout = httpx.Timeout(IDLE_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
     with open_client(gateway, token, timeout) as client, transfer_progress(console) as progress:

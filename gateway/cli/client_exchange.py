@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from gateway.cli.client_http import (
     NamesOption,
     TokenOption,
     check_digest,
+    digested_form,
     echo,
     label,
     open_client,
@@ -105,8 +105,8 @@ def exchange(
     params = {"format": fmt.value, **upload_params(weighting, wait, wait_timeout)}
     if names is not None:
         params["names"] = names.value
-    form = MultipartFile(file, secrets.token_hex(16))
     console = stderr_console()
+    form = digested_form(file, console)
     to_stdout = output is not None and str(output) == "-"
     # No read timeout: the gateway bounds its own waits (GATEWAY_WAIT_TIMEOUT_S) and answers.
     timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)

@@ -25,6 +25,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from gateway.digests import content_digest
+
 DEFAULT_GATEWAY = "http://127.0.0.1:8000"
 CHUNK_BYTES = 1 << 20
 CONNECT_TIMEOUT_S = 10.0
@@ -231,15 +233,17 @@ def _quote_filename(name: str) -> str:
 
 
 class MultipartFile:
-    """A one-file `multipart/form-data` body streamed from disk, with its exact length."""
+    """A one-file `multipart/form-data` body streamed from disk, with its exact length, and the
+    file's sha-256 in the part's `Content-Digest` (RFC 9530) when known."""
 
-    def __init__(self, file: Path, boundary: str) -> None:
+    def __init__(self, file: Path, boundary: str, sha256: bytes | None = None) -> None:
         self.file = file
         self.boundary = boundary
+        digest = "" if sha256 is None else f"Content-Digest: {content_digest(sha256)}\r\n"
         self.head = (
             f"--{boundary}\r\n"
             f'Content-Disposition: form-data; name="file"; filename="{_quote_filename(file.name)}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
+            f"Content-Type: application/octet-stream\r\n{digest}\r\n"
         ).encode()
         self.tail = f"\r\n--{boundary}--\r\n".encode()
         self.size = file.stat().st_size
@@ -261,6 +265,21 @@ class MultipartFile:
                 on_chunk(len(chunk))
                 yield chunk
         yield self.tail
+
+
+def digested_form(file: Path, console: Console) -> MultipartFile:
+    """The file's one-part form with its digest, read once beforehand (with a progress bar): told
+    the digest, the gateway sends the file on to BranchKey while it arrives, and checks it."""
+    digest = hashlib.sha256()
+    try:
+        with transfer_progress(console) as progress, file.open("rb") as stream:
+            task = progress.add_task(label("digest", file.name), total=file.stat().st_size)
+            while chunk := stream.read(CHUNK_BYTES):
+                digest.update(chunk)
+                progress.advance(task, len(chunk))
+    except OSError as error:
+        fail(f"error: cannot read {file}: {error.strerror or error}", EXIT_LOCAL)
+    return MultipartFile(file, secrets.token_hex(16), digest.digest())
 
 
 def etag_digest(response: httpx.Response) -> str | None:

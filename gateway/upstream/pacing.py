@@ -12,6 +12,7 @@ import anyio
 import httpx
 from anyio import AsyncFile
 
+from gateway._io import Growth
 from gateway.errors import UpstreamTimeoutError, UpstreamUnavailableError
 from gateway.upstream.policy import TimeBounds
 
@@ -104,6 +105,12 @@ class Pace:
         if self.scope.deadline - now < self.bounds.stall_s / 2:
             self.scope.deadline = math.inf  # the gateway's own time is not the upstream's
 
+    def pause(self) -> None:
+        """The gateway waits on its own side (for bytes still arriving from the trainer): the
+        upstream's clock stands still until `attempt()`, however long that takes."""
+        self.moved(0)
+        self.scope.deadline = math.inf
+
     def sent(self) -> None:
         """The last byte of an upload went out: BranchKey now has `answer_s` to answer."""
         self._since = None
@@ -126,22 +133,44 @@ class Pace:
 class UploadBody:
     """The streamed multipart body of one upload attempt, read from disk and paced; `complete`
     once its last byte was handed to the connection (only then can BranchKey have stored it).
+    A `growing` file is read as it is written, each wait for it off the upstream's clock.
     The sender closes it (`aclose`) after the attempt, however the attempt ended."""
 
-    def __init__(self, head: bytes, path: Path, size: int, tail: bytes, pace: Pace) -> None:
+    def __init__(
+        self,
+        head: bytes,
+        path: Path,
+        size: int,
+        tail: bytes,
+        pace: Pace,
+        growing: Growth | None = None,
+    ) -> None:
         self.head, self.path, self.size, self.tail = head, path, size, tail
         self.pace = pace
+        self.growing = growing
         self.complete = False
         self._file: AsyncFile[bytes] | None = None
+
+    async def _readable(self, offset: int) -> int:
+        """Bytes that may be read from `offset` on (all of the rest for a complete file)."""
+        growing = self.growing
+        if growing is None:
+            return self.size - offset
+        if (ready := growing.ready(offset)) > 0:
+            return ready
+        self.pace.pause()
+        return await growing.readable(offset)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         pace = self.pace
         yield self.head
         pace.moved(len(self.head))
+        await self._readable(0)  # a growing file exists once its first bytes are written
         self._file = await anyio.open_file(self.path, "rb")
         sent = 0
         while sent < self.size:
-            chunk = await self._file.read(min(_CHUNK, self.size - sent))
+            ready = await self._readable(sent)
+            chunk = await self._file.read(min(_CHUNK, ready, self.size - sent))
             if not chunk:
                 raise UpstreamUnavailableError("The upload file shrank while it was being sent.")
             sent += len(chunk)

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from gateway._io import Growth
 from gateway.upstream.credentials import Credentials
 from gateway.weights import ValidationPolicy
 
@@ -43,6 +44,9 @@ class Outgoing:
     sha256: bytes
     kind: str
     filename: str
+    growing: Growth | None = None
+    """Set while the file is still being written: read as it grows, its last bytes held back
+    until it is checked (None: the file is complete)."""
 
 
 @dataclass(frozen=True)

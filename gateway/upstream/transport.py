@@ -165,9 +165,11 @@ class Transport:
             "Content-Length": str(len(head) + outgoing.size + len(tail)),
         }
         pace = Pace(self.policy.bounds)
-        call = Call.of(
-            "POST", url, sent, lambda: UploadBody(head, outgoing.path, outgoing.size, tail, pace)
-        )
+
+        def body() -> UploadBody:
+            return UploadBody(head, outgoing.path, outgoing.size, tail, pace, outgoing.growing)
+
+        call = Call.of("POST", url, sent, body)
         response = await self.send(call, "the upload", resend=resend, clock=pace)
         raise_for_status(response, 201, "the upload")
         file_id = _data_field(response, "file_id")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import signal
 import subprocess
@@ -18,6 +20,7 @@ import pytest
 
 from tests.support.aggregator import ADMIN, Running, start
 from tests.support.cli import cli, cli_env
+from tests.support.faulty_upstream import FaultyUpstream, Reply
 from tests.support.gateways import Gateway, gateway_settings, run_gateway, write_credentials
 from tests.support.http import admin_get
 from tests.support.ports import free_port
@@ -182,6 +185,24 @@ def test_upload_prints_the_file_id_the_aggregator_received(
     stored = {u["file_id"]: u for u in admin_get(upstream.url, ADMIN, "uploads", client)}
     assert set(stored) == {file_id, answer["file_id"]}
     assert stored[answer["file_id"]]["weighting"] == 7.0
+
+
+def test_upload_sends_the_file_digest_on_its_part(tmp_path: Path) -> None:
+    """`upload` and `exchange` put the file's sha-256 in the part's Content-Digest (RFC 9530), so
+    the gateway can send the file on while it arrives."""
+    path = weights(tmp_path, 1)
+    b64 = base64.b64encode(hashlib.sha256(path.read_bytes()).digest()).decode()
+    recorder = FaultyUpstream()
+    with recorder.running():
+        recorder.on("POST", "/upload", Reply(201, {"file_id": "f-1"}))
+        recorder.on("POST", "/exchange", Reply(404, {"title": "t", "detail": "d"}))
+        assert cli("upload", path, url=recorder.url, cwd=tmp_path).stdout == "f-1\n"
+        cli("exchange", path, url=recorder.url, cwd=tmp_path)
+    for route in ("/upload", "/exchange"):
+        [seen] = recorder.requests("POST", route)
+        head, _, rest = seen.body.partition(b"\r\n\r\n")
+        assert f"Content-Digest: sha-256=:{b64}:".encode() in head.split(b"\r\n")
+        assert rest.startswith(path.read_bytes())
 
 
 def test_refused_upload_prints_the_problem_and_exits_1(

@@ -84,7 +84,7 @@ class Seen:
     """Lower-cased names."""
     body: bytes
     complete: bool
-    """The whole body (per Content-Length) arrived."""
+    """The whole body (per Content-Length) arrived (False also for a request its sender cut)."""
 
 
 class FaultyUpstream:
@@ -97,6 +97,7 @@ class FaultyUpstream:
         self.url = ""
         self._lock = threading.Lock()
         self._writers: list[asyncio.StreamWriter] = []
+        self._arriving: dict[str, int] = {}
 
     def on(self, method: str, path: str, *faults: Fault) -> None:
         """Script the answers to `method path`, in order."""
@@ -106,6 +107,11 @@ class FaultyUpstream:
         """The requests that came for `method path`."""
         with self._lock:
             return [s for s in self.seen if s.method == method and s.path == path]
+
+    def arriving(self, method: str, path: str) -> int:
+        """Body bytes of the newest `method path` request received so far (while it arrives)."""
+        with self._lock:
+            return self._arriving.get(f"{method} {path}", 0)
 
     @contextmanager
     def running(self) -> Iterator[str]:
@@ -168,14 +174,25 @@ class FaultyUpstream:
         path = target.split("?", 1)[0]
         fault = self._next(method, path)
         size = int(headers.get("content-length", "0"))
+        with self._lock:
+            self._arriving[f"{method} {path}"] = 0
         wanted = size
         if isinstance(fault, Die):
             wanted = min(fault.after, size)
         elif isinstance(fault, Hang) and not fault.read_body:
             wanted = 0
-        body = await reader.readexactly(wanted)
-        with self._lock:
-            self.seen.append(Seen(method, path, headers, body, wanted == size))
+        body = bytearray()
+        try:
+            while len(body) < wanted:
+                piece = await reader.read(min(1 << 16, wanted - len(body)))
+                if not piece:
+                    return  # the sender cut the request
+                body += piece
+                with self._lock:
+                    self._arriving[f"{method} {path}"] = len(body)
+        finally:
+            with self._lock:
+                self.seen.append(Seen(method, path, headers, bytes(body), len(body) == size))
         if isinstance(fault, Die):
             writer.transport.abort()
             return

@@ -1076,7 +1076,12 @@ export interface operations {
                 /** @description original: the tensor names and dtypes of this leaf's last named upload (the default for safetensors); layer: layer_0 .. (as GET /aggregations/{id}). */
                 names?: components["schemas"]["Names"] | null;
             };
-            header?: never;
+            header?: {
+                /** @description The file's sha-256 as `sha-256=:<base64 of the 32 bytes>:` (RFC 9530): checked (400 digest-mismatch), and in v3 the file is sent on to BranchKey while it arrives. On a form it may name the file or the whole body. */
+                "Content-Digest"?: string;
+                /** @description The file's sha-256 as `sha-256=:<base64 of the 32 bytes>:` (RFC 9530): checked (400 digest-mismatch), and in v3 the file is sent on to BranchKey while it arrives. On a form it may name the file or the whole body. */
+                "Repr-Digest"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -1112,7 +1117,7 @@ export interface operations {
                     "application/octet-stream": Blob;
                 };
             };
-            /** @description Problem types: /problems/bad-request, /problems/upstream-rejected */
+            /** @description Problem types: /problems/bad-request, /problems/digest-mismatch, /problems/upstream-rejected */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1718,7 +1723,12 @@ export interface operations {
                 /** @description Aggregation weight; overrides the file's. */
                 weighting?: string | null;
             };
-            header?: never;
+            header?: {
+                /** @description The file's sha-256 as `sha-256=:<base64 of the 32 bytes>:` (RFC 9530): checked (400 digest-mismatch), and in v3 the file is sent on to BranchKey while it arrives. On a form it may name the file or the whole body. */
+                "Content-Digest"?: string;
+                /** @description The file's sha-256 as `sha-256=:<base64 of the 32 bytes>:` (RFC 9530): checked (400 digest-mismatch), and in v3 the file is sent on to BranchKey while it arrives. On a form it may name the file or the whole body. */
+                "Repr-Digest"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -1754,7 +1764,7 @@ export interface operations {
                     "application/json": components["schemas"]["UploadResult"];
                 };
             };
-            /** @description Problem types: /problems/bad-request, /problems/upstream-rejected */
+            /** @description Problem types: /problems/bad-request, /problems/digest-mismatch, /problems/upstream-rejected */
             400: {
                 headers: {
                     [name: string]: unknown;
