@@ -1,6 +1,7 @@
 """Benchmark: 512 MiB .. 2 GiB NPZ uploads and downloads through the gateway, against the floor and the SDK.
 
     python bench/transfer.py [--sizes 512M,2G] [--dir DIR] [--keep] [--no-client] [--repeat N]
+                             [--dry-run]
 
 For every size the parent writes an SDK-layout payload (`weighting` float64 (1,), `layer_0..`
 float32, stored) with bench/weights.py's streaming generator, then starts a fresh local aggregator
@@ -15,23 +16,38 @@ It measures
                  (the anchor);
              (a2) for reference, the same file as a raw body (`curl -X POST -T`, no multipart)
                  to the gateway;
+             (a-cd) (a) with the part header `Content-Digest: sha-256=:<base64>:` and
+             (a2-cd) (a2) with that request header: a gateway that trusts a declared digest
+                 can forward while it receives (the digest is computed beforehand, as (b)'s);
+  baselines  (s) `curl -F file=@w.npz` into a minimal streaming sink: bench/sink.py's asyncio
+                 protocol on uvloop, which counts the Content-Length bytes as they arrive, drops
+                 them and answers 201 (no parsing beyond the head, no disk, no hash), and
+             (s2) the same into plain uvicorn (httptools, uvloop, its defaults) running a bare
+                 ASGI app that awaits every body message and answers 201: what the server
+                 framework itself costs;
   downloads  (d) `curl -o /dev/null` of the gateway's GET /aggregations/{id}, first (cold cache)
                  and second (cached),
              (e) `curl` of the aggregator's signed blob URL,
              (f) the official client's `file_download(id)`.
 
 Every upload completes a round (one dev leaf), so the aggregator runs FedAvg afterwards: the next
-measurement starts only once the admin API reports that aggregation done. A thread per process
+measurement starts only once the admin API reports that aggregation done. For the uploads through
+the gateway a poller of its scratch folder notes when the temp file has the payload's size: the
+receive leg (the bytes parsed, hashed and on disk; the last ~1 MiB's hash and the validation come
+after, and the poller adds up to 10 ms). A thread per process
 samples the RSS of the gateway, the aggregator and the client (curl or python) every 10 ms; the
 kernel's high-water mark (VmHWM: reset per phase through /proc/<pid>/clear_refs for the servers
-and the python client, read with every sample for curl) is the cross-check. It prints a table with informational PASS/FAIL targets; it
-never asserts and exits 0.
+and the python client, read with every sample for curl) is the cross-check. It prints a table with
+informational PASS/FAIL targets, among them same-run ratios: (a)'s receive leg / (s) <= 2x, (a2)'s
+receive leg / (a)'s <= 1x, (b) / (s) <= 2x, (a-cd) / (b) <= 1.2x; it never asserts and exits 0.
+`--dry-run` prints the transfers and ratio rows it would measure, and starts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -97,6 +113,37 @@ MAX_CACHED_RATIO = 1.2
 """(d) cached may take at most this many times (e)."""
 """(c) must take at least this many times (a) at ANCHOR_BYTES."""
 ANCHOR_BYTES = 512 * MiB
+MAX_RECEIVE_RATIO = 2.0
+"""The gateway's receive leg of (a), and the aggregator's whole (b), may take this many times (s)."""
+MAX_RAW_RATIO = 1.0
+"""(a2)'s receive leg may take at most this many times (a)'s: a raw body is no slower to take in."""
+MAX_DIGEST_RATIO = 1.2
+"""(a-cd) may take at most this many times (b): forwarding while receiving hides the first leg."""
+
+TRANSFERS = (
+    ("s", "(s) curl -F -> minimal sink"),
+    ("s2", "(s2) curl -F -> uvicorn + bare ASGI"),
+    ("a", "(a) curl -F -> gateway /upload"),
+    ("b", "(b) curl -F -> aggregator (floor)"),
+    ("a2", "(a2) curl raw body -> gateway"),
+    ("a-cd", "(a-cd) curl -F + Content-Digest -> gateway"),
+    ("a2-cd", "(a2-cd) raw body + Content-Digest -> gateway"),
+    ("c", f"(c) branchkey {CLIENT_VERSION} file_upload"),
+    ("d-cold", "(d) curl <- gateway, cold"),
+    ("d-cached", "(d) curl <- gateway, cached"),
+    ("e", "(e) curl <- aggregator blob URL"),
+    ("f", f"(f) branchkey {CLIENT_VERSION} file_download"),
+)
+"""Every transfer (key, row title), in the order measured."""
+RATIOS = (
+    ("a-recv", "s", "(a) receive leg / (s) wall", MAX_RECEIVE_RATIO),
+    ("a2-recv", "a-recv", "(a2) receive leg / (a) receive leg", MAX_RAW_RATIO),
+    ("b", "s", "(b) / (s) wall", MAX_RECEIVE_RATIO),
+    ("a-cd", "b", "(a-cd) / (b) wall", MAX_DIGEST_RATIO),
+    ("s2", "s", "(s2) / (s) wall: the framework", None),
+)
+"""Same-run ratio rows: (numerator, denominator, title, at most): `-recv` is a receive leg."""
+TITLES = dict(TRANSFERS)
 
 DISK_EXTRA_COPIES = 5
 """Payload-sized files on disk besides the aggregator's stored uploads and FedAvg results (two per
@@ -212,6 +259,29 @@ class Aggregator(AggregatorService):
     """The local aggregator the transfers go to."""
 
 
+SINK_SCRIPT = Path(__file__).resolve().with_name("sink.py")
+
+
+class Sink(Service):
+    """bench/sink.py: (s) the raw asyncio sink, or (s2) plain uvicorn + a bare ASGI app."""
+
+    def __init__(self, workdir: Path, asgi: bool) -> None:
+        super().__init__(workdir)
+        self.asgi = asgi
+        self.name = "uvicorn sink" if asgi else "sink"
+
+    def start(self) -> None:
+        command = [sys.executable, str(SINK_SCRIPT), str(self.port)]
+        self.spawn([*command, "--asgi"] if self.asgi else command, clean_env(("UVICORN_",)))
+        self.wait_ready(self._probe)
+
+    def _probe(self) -> str | None:
+        response = self.http.post(self.base, content=b"ping")
+        if response.status_code == 201 and response.text.strip() == "4":
+            return None
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+
+
 class Gateway(Service):
     name = "gateway"
 
@@ -278,6 +348,11 @@ class LegWatch(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join()
+
+    @property
+    def received(self) -> float | None:
+        """Seconds from the start to the gateway's temp file complete, if seen."""
+        return None if self.received_at is None else self.received_at - self.start_at
 
     def text(self, seconds: float) -> str:
         """The two legs of a transfer that took `seconds` (curl's clock, started with ours)."""
@@ -608,6 +683,7 @@ class Bench:
     walls: dict[str, float] = field(default_factory=dict)
     aggregation_ids: dict[str, str] = field(default_factory=dict)
     gateway_idle: list[int] = field(default_factory=list)
+    cached_digest: str | None = None
 
     def traces(self) -> tuple[RssTrace, RssTrace]:
         if self.agg_trace is None or self.gw_trace is None:
@@ -690,6 +766,7 @@ class Bench:
     def upload(self, key: str, operation: str, run: Runner, times: int, gateway: bool) -> None:
         """`times` uploads, each followed by its FedAvg; one row with the median time."""
         runs: list[Measurement] = []
+        received: list[float] = []
         for _ in range(times):
             self.fresh_run()
             known = set(self.agg.aggregations())
@@ -699,12 +776,18 @@ class Bench:
             runs.append(self.measure(watched(run, watch) if gateway else run))
             if gateway:
                 self.report.notes.append(f"{self.label} {key}: {watch.text(runs[-1].seconds)}")
+                if watch.received is not None:
+                    received.append(watch.received)
             self.wait_aggregation(key, known, time.perf_counter())
         if times > 1:
             walls = ", ".join(fmt_seconds(m.seconds) for m in runs)
             operation += f" (median of {times})"
             self.report.notes.append(f"{self.label} {key}: walls {walls}")
         self.row(key, operation, combine(runs), gateway_target=gateway)
+        if received:
+            self.walls[f"{key}-recv"] = statistics.median(received)
+            seen = ", ".join(f"{r:.2f} s" for r in received)
+            self.report.notes.append(f"{self.label} {key}: receive legs {seen}")
 
     def curl_runner(self, args: list[str], expect: int, payload_bytes: bool) -> Runner:
         """A runner of one curl call that must answer `expect`."""
@@ -725,6 +808,40 @@ class Bench:
         args = ["-F", f"file=@{self.payload.path}", f"{self.gateway.base}/upload"]
         run = self.curl_runner(args, 201, payload_bytes=True)
         self.upload("a", "(a) curl -F -> gateway /upload", run, self.repeat, gateway=True)
+
+    def upload_sink(self, key: str, sink: Sink) -> None:
+        """(s) or (s2): `curl -F` of the payload into a sink, `repeat` times, the median."""
+        print(f"[{self.label}] {TITLES[key]} ...", flush=True)
+        args = ["-F", f"file=@{self.payload.path}", f"{sink.base}/upload"]
+        run = self.curl_runner(args, 201, payload_bytes=True)
+        runs = []
+        for _ in range(self.repeat):
+            sink.check_alive()
+            runs.append(self.measure(run))
+        if self.repeat > 1:
+            walls = ", ".join(fmt_seconds(m.seconds) for m in runs)
+            self.report.notes.append(f"{self.label} {key}: walls {walls}")
+        self.row(key, TITLES[key], combine(runs), gateway_target=False)
+
+    def content_digest(self) -> str:
+        """The payload's `Content-Digest` value (RFC 9530), computed once, outside any timing."""
+        if self.cached_digest is None:
+            self.cached_digest = f"sha-256=:{sha256_header(self.payload.path).partition('=')[2]}:"
+        return self.cached_digest
+
+    def upload_gateway_digest(self) -> None:
+        print(f"[{self.label}] (a-cd) curl -F with a Content-Digest part header ...", flush=True)
+        part = f'file=@{self.payload.path};headers="Content-Digest: {self.content_digest()}"'
+        run = self.curl_runner(["-F", part, f"{self.gateway.base}/upload"], 201, True)
+        self.upload("a-cd", TITLES["a-cd"], run, self.repeat, gateway=True)
+
+    def upload_gateway_raw_digest(self) -> None:
+        print(f"[{self.label}] (a2-cd) raw body with a Content-Digest header ...", flush=True)
+        args = ["-X", "POST", "-T", str(self.payload.path)]
+        args += ["-H", "Content-Type: application/octet-stream"]
+        args += ["-H", f"Content-Digest: {self.content_digest()}", f"{self.gateway.base}/upload"]
+        run = self.curl_runner(args, 201, payload_bytes=True)
+        self.upload("a2-cd", TITLES["a2-cd"], run, 1, gateway=True)
 
     def upload_gateway_raw(self) -> None:
         print(f"[{self.label}] (a2) curl -T (raw body) to the gateway ...", flush=True)
@@ -833,6 +950,14 @@ class Bench:
 
     def ratio_rows(self) -> None:
         walls = self.walls
+        for numerator, denominator, title, limit in RATIOS:
+            if walls.get(numerator, 0) > 0 and walls.get(denominator, 0) > 0:
+                ratio = walls[numerator] / walls[denominator]
+                row = Row(self.label, title, wall=f"{ratio:.2f}x")
+                if limit is not None:
+                    row.target = f"<= {limit:g}x"
+                    row.result = "PASS" if ratio <= limit else "FAIL"
+                self.report.rows.append(row)
         for key, limit in (("d-cold", MAX_COLD_RATIO), ("d-cached", MAX_CACHED_RATIO)):
             if key in walls and walls.get("e", 0) > 0:
                 ratio = walls[key] / walls["e"]
@@ -900,7 +1025,7 @@ def bench_size(
     repeat: int,
     report: Report,
 ) -> None:
-    uploads = 2 * repeat + 1 + (1 if python is not None else 0)
+    uploads = 3 * repeat + 2 + (1 if python is not None else 0)
     payload = prepare_payload(label, size, directory, uploads, report)
     if payload is None:
         return
@@ -908,6 +1033,7 @@ def bench_size(
     agg = Aggregator(scratch / "aggregator")
     gateway = Gateway(scratch / "gateway")
     bench = Bench(label, payload, scratch, report, agg, gateway, repeat)
+    sinks = (Sink(scratch / "sink", asgi=False), Sink(scratch / "uvicorn-sink", asgi=True))
     try:
         print(f"[{label}] starting the aggregator on {agg.base} ...", flush=True)
         if not guarded(report, label, "start aggregator", agg.start):
@@ -924,9 +1050,17 @@ def bench_size(
             if children:
                 report.notes.append(f"the {name} has {len(children)} child processes (not sampled)")
 
+        for sink in sinks:
+            key = "s2" if sink.asgi else "s"
+            print(f"[{label}] starting the {sink.name} on {sink.base} ...", flush=True)
+            if guarded(report, label, f"start {sink.name}", sink.start):
+                guarded(report, label, TITLES[key], functools.partial(bench.upload_sink, key, sink))
+            report.notes.append(f"{label}: {sink.name} {sink.stop()}")
         guarded(report, label, "(a) upload via gateway", bench.upload_gateway)
         guarded(report, label, "(b) upload to aggregator", bench.upload_floor)
         guarded(report, label, "(a2) raw upload via gateway", bench.upload_gateway_raw)
+        guarded(report, label, TITLES["a-cd"], bench.upload_gateway_digest)
+        guarded(report, label, TITLES["a2-cd"], bench.upload_gateway_raw_digest)
         if python is not None:
             guarded(report, label, "(c) official file_upload", lambda: bench.upload_client(python))
         guarded(report, label, "(d) gateway download, cold", lambda: bench.download_gateway("cold"))
@@ -950,12 +1084,27 @@ def bench_size(
         for trace in (bench.agg_trace, bench.gw_trace):
             if trace is not None:
                 trace.stop()
+        for sink in sinks:
+            sink.stop()
         report.notes.append(f"{label}: {gateway.stop()}; {agg.stop()}")
         if keep:
             report.notes.append(f"{label}: kept {scratch} (servers' data and logs) and the payload")
         else:
             shutil.rmtree(scratch, ignore_errors=True)
             payload.path.unlink(missing_ok=True)
+
+
+def dry_run(sizes: Sequence[tuple[str, int]], repeat: int, client: bool) -> None:
+    """Print what a run would measure, starting nothing."""
+    skipped = set() if client else {"c", "f"}
+    sized = ", ".join(f"{label} ({fmt_bytes(size)})" for label, size in sizes)
+    print(f"dry run: sizes {sized}; each upload of (s), (s2), (a), (b), (a-cd) {repeat} time(s)")
+    print(f"sinks: {SINK_SCRIPT} PORT (s), {SINK_SCRIPT} PORT --asgi (s2)")
+    for key, title in TRANSFERS:
+        print(f"  transfer {key}: {title}{' (skipped: --no-client)' if key in skipped else ''}")
+    for numerator, denominator, title, limit in RATIOS:
+        target = "informational" if limit is None else f"target <= {limit:g}x"
+        print(f"  ratio {numerator} / {denominator}: {title}, {target}")
 
 
 def load_average() -> str:
@@ -981,7 +1130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--repeat",
         type=int,
         default=1,
-        help="run the uploads (a) and (b) this many times each and report the median (default 1)",
+        help="run the uploads (s), (s2), (a), (b), (a-cd) this many times each and report the "
+        "median (default 1)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the transfers and ratio rows, run nothing"
     )
     args = parser.parse_args(argv)
     if args.repeat < 1:
@@ -992,6 +1145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = [(label, parse_size(label)) for label in labels]
     except ValueError:
         parser.error(f"--sizes takes sizes like 512M,2G (got {args.sizes!r})")
+    if args.dry_run:
+        dry_run(sizes, args.repeat, not args.no_client)
+        return 0
     directory: Path = args.dir.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     memory = psutil.virtual_memory()

@@ -11,14 +11,18 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Generic, Protocol, TypeVar
 
 import anyio
 from anyio import to_thread
 
 FLUSH_BYTES = 1 << 20
-"""Bytes gathered before one worker-thread hop writes them (one hop per ~1 MiB, not per chunk)."""
+"""Bytes gathered into one batch for a writer thread (one hand-over per ~1 MiB, not per chunk)."""
+WRITE_DEPTH = 4
+"""Batches queued for a writer thread at most: ~4 MiB per upload, enough to ride out a busy loop."""
 
+
+T = TypeVar("T")
 
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -67,11 +71,10 @@ class Tee:
         self.second.update(data)
 
 
-def write_hashed(stream: BinaryIO, digest: Digest, chunks: Iterable[bytes]) -> None:
-    """Write `chunks` to `stream` and feed them to `digest` (run in a worker thread)."""
+def write_chunks(stream: BinaryIO, chunks: Iterable[bytes]) -> None:
+    """Write `chunks` to `stream` (run in a writer thread)."""
     for chunk in chunks:
         stream.write(chunk)
-        digest.update(chunk)
 
 
 def sha256_file(path: Path) -> bytes:
@@ -83,9 +86,98 @@ def sha256_file(path: Path) -> bytes:
     return digest.digest()
 
 
+class BatchThread(Generic[T]):
+    """Applies batches in order in a thread of its own while the event loop queues the next ones.
+
+    At most `depth` batches wait or are being applied (memory stays flat). The thread goes from one
+    batch to the next without the event loop: a loop busy with the next chunk, or slow to be
+    scheduled on a busy machine, does not leave it idle (one worker-thread call per batch did, and
+    halved the rate of an upload). A failed batch is kept in `failure` (the rest are dropped) and
+    raised on the loop by the next `put`, `join` or `close`. Construct it on the event loop.
+    """
+
+    def __init__(self, apply: Callable[[T], None], depth: int = WRITE_DEPTH) -> None:
+        self._apply = apply
+        self.depth = depth
+        self.failure: Exception | None = None
+        self._queue: queue.SimpleQueue[T | None] = queue.SimpleQueue()
+        self._pending = 0  # batches queued and not yet applied; touched by the loop only
+        self._dropping = False
+        self._closed = False
+        self._loop = asyncio.get_running_loop()
+        self._progress = anyio.Event()  # set whenever a batch is done, then replaced
+        self._exited = anyio.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="batch-writer")
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (batch := self._queue.get()) is not None:
+                if self.failure is None and not self._dropping:
+                    try:
+                        self._apply(batch)
+                    except Exception as exc:  # raised on the loop by the next put/join/close
+                        self.failure = exc
+                self._notify(self._done)
+        finally:
+            self._notify(self._exited.set)
+
+    def _notify(self, callback: Callable[[], object]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(callback)
+
+    def _done(self) -> None:
+        self._pending -= 1
+        self._progress.set()
+
+    async def _progressed(self) -> None:
+        self._progress = anyio.Event()
+        await self._progress.wait()
+
+    def check(self) -> None:
+        """Raise the failure of a batch, if one failed."""
+        if self.failure is not None:
+            raise self.failure
+
+    async def put(self, batch: T) -> None:
+        """Queue `batch`, first waiting while `depth` batches are queued; raises a failed batch's error."""
+        self.check()
+        while self._pending >= self.depth:
+            await self._progressed()
+            self.check()
+        self._pending += 1
+        self._queue.put(batch)
+
+    async def join(self) -> None:
+        """Wait until every batch queued so far is applied; raises a failed batch's error."""
+        while self._pending:
+            await self._progressed()
+        self.check()
+
+    async def close(self, *, drop: bool = False) -> None:
+        """Apply the batches queued (none more if `drop`), and wait for the thread to end; raises a
+        failed batch's error unless dropping."""
+        self._dropping = self._dropping or drop
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+        await self._exited.wait()
+        if not drop:
+            self.check()
+
+    def stop(self) -> None:
+        """Drop the batches queued and wait for the thread, blocking (when the loop cannot wait)."""
+        self._dropping = True
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join()
+
+
 class Spool:
-    """A file arriving in batches, its size capped: a thread of its own writes and hashes each
-    batch while the caller receives the next (two batches queued at most: memory stays flat)."""
+    """A file arriving in batches, its size capped: a writer thread stores each batch and a hasher
+    thread hashes it while the caller receives the next (`WRITE_DEPTH` batches queued at most:
+    memory stays flat)."""
 
     def __init__(self, path: Path, limit: int, too_large: Callable[[], Exception]) -> None:
         self.path = path
@@ -95,73 +187,74 @@ class Spool:
         self.digest = hashlib.sha256()
         self.feed: Digest = self.digest
         """What each batch is fed to: the digest, or a `Tee` of it and a check reading beside it."""
-        self.failure: Exception | None = None
-        self.queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=2)
-        self.writer: threading.Thread | None = None
-        self.closed = False
+        self.threads: tuple[BatchThread[list[bytes]], ...] = ()
+        """The writer and the hasher, once open."""
         self.follower: Progress | None = None
         """Told after every batch how much of the file is on disk (a reader following it)."""
+        self._stream: BinaryIO | None = None
+        self._stored = 0
+
+    @property
+    def failure(self) -> Exception | None:
+        """Why a batch could not be written or hashed, if one could not."""
+        return next((t.failure for t in self.threads if t.failure is not None), None)
 
     async def open(self) -> None:
-        """Create the file and start its writer thread."""
-        stream = await to_thread.run_sync(self.path.open, "wb")
-        self.writer = threading.Thread(target=self._drain, args=(stream,), daemon=True)
-        self.writer.start()
+        """Create the file and start its writer and hasher threads."""
+        self._stream = await to_thread.run_sync(self.path.open, "wb")
+        self.threads = (BatchThread(self._write), BatchThread(self._hash))
 
-    def _drain(self, stream: BinaryIO) -> None:
-        stored = 0
-        with stream:
-            while (batch := self.queue.get()) is not None:
-                if self.failure is None:
-                    try:
-                        write_hashed(stream, self.feed, batch)
-                        if self.follower is not None:
-                            stream.flush()
-                            stored += sum(len(chunk) for chunk in batch)
-                            self.follower.store(stored)
-                    except Exception as exc:  # reported by the next `write`, `sync` or `close`
-                        self.failure = exc
-                self.queue.task_done()
+    def _write(self, batch: list[bytes]) -> None:
+        stream = self._stream
+        if stream is None:  # pragma: no cover - the threads exist only once the file is open
+            raise RuntimeError("spool written before it was opened")
+        write_chunks(stream, batch)
+        if self.follower is not None:
+            stream.flush()
+            self._stored += sum(len(chunk) for chunk in batch)
+            self.follower.store(self._stored)
 
-    async def _put(self, item: list[bytes] | None) -> None:
-        try:
-            self.queue.put_nowait(item)
-        except queue.Full:
-            await to_thread.run_sync(self.queue.put, item)
+    def _hash(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self.feed.update(chunk)
 
     async def write(self, batch: list[bytes]) -> None:
-        """Queue `batch`; raises `too_large()` past the limit, or the writer's failure."""
+        """Queue `batch`; raises `too_large()` past the limit, or a thread's failure."""
         self.size += sum(len(chunk) for chunk in batch)
         if self.size > self.limit:
             raise self.too_large()
-        if self.failure is not None:
-            raise self.failure
-        await self._put(batch)
+        if not self.threads:
+            raise RuntimeError("spool written before it was opened")
+        for thread in self.threads:
+            await thread.put(batch)
 
     async def sync(self) -> None:
-        """Wait until every batch queued so far is written; raises the writer's failure."""
-        await to_thread.run_sync(self.queue.join)
-        if self.failure is not None:
-            raise self.failure
+        """Wait until every batch queued so far is written and hashed; raises a thread's failure."""
+        for thread in self.threads:
+            await thread.join()
 
     async def close(self) -> None:
-        """Wait until every batch is written and the file closed."""
-        if not self.closed and self.writer is not None:
-            await self._put(None)
-            self.closed = True
-            await to_thread.run_sync(self.writer.join)
-        if self.failure is not None:
-            raise self.failure
+        """Wait until every batch is written and hashed, and the file closed."""
+        try:
+            for thread in self.threads:
+                await thread.close()
+        finally:
+            await self._close_stream()
+
+    async def _close_stream(self) -> None:
+        if self._stream is not None and not self._stream.closed:
+            await to_thread.run_sync(self._stream.close)
 
     def hexdigest(self) -> str:
         """The sha256 of the bytes written (after `close`)."""
         return self.digest.hexdigest()
 
     async def discard(self) -> None:
-        """Stop the writer and remove the file (also when cancelled)."""
+        """Stop the threads and remove the file (also when cancelled)."""
         with anyio.CancelScope(shield=True):
-            with contextlib.suppress(Exception):
-                await self.close()
+            for thread in self.threads:
+                await thread.close(drop=True)
+            await self._close_stream()
             await to_thread.run_sync(lambda: self.path.unlink(missing_ok=True))
 
 

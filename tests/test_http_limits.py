@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import platform
 import socket
 import time
 from collections.abc import Iterator
 
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from gateway.http_limits import bounded_http_options
+from gateway.http_limits import bounded_http_options, tune_allocator
 from tests.support.servers import serve
 
 BOUND = 16 * 1024
@@ -30,7 +34,21 @@ async def _sink(request: Request) -> PlainTextResponse:
     return PlainTextResponse(f"body {size}")
 
 
-APP = Starlette(routes=[Route("/", _hello), Route("/sink", _sink, methods=["POST"])])
+async def _digest(request: Request) -> PlainTextResponse:
+    digest = hashlib.sha256()
+    async for chunk in request.stream():
+        assert type(chunk) is bytes
+        digest.update(chunk)
+    return PlainTextResponse(digest.hexdigest())
+
+
+APP = Starlette(
+    routes=[
+        Route("/", _hello),
+        Route("/sink", _sink, methods=["POST"]),
+        Route("/digest", _digest, methods=["POST"]),
+    ]
+)
 
 
 @contextlib.contextmanager
@@ -173,3 +191,31 @@ def test_a_pipelined_head_over_the_bound_after_a_body_gets_431() -> None:
         answer = exchange(address, stream)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
     assert b"HTTP/1.1 431 " in answer, answer[-200:]
+
+
+def test_the_servers_options_tune_glibcs_allocator_once() -> None:
+    """Under glibc both mallopt calls succeed, once per process, when a server's options are built."""
+    bounded_http_options(16 * 1024, 10.0)
+    assert tune_allocator.cache_info().currsize == 1
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert tune_allocator() is True
+
+
+def test_a_body_in_many_reads_reaches_the_app_whole_and_in_order() -> None:
+    """The parser's chunks handed over as they are (not via a bytearray) still make the exact body,
+    also when the app reads more slowly than they arrive; the next request on the connection works."""
+    body = os.urandom(5 * 1024 * 1024 + 17)
+    request = (
+        b"POST /digest HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+    )
+    pieces = [request + body[:1000]]
+    pieces += [body[i : i + 300_000] for i in range(1000, len(body), 300_000)]
+    pieces[-1] += head(200)
+    with bounded_server() as address:
+        answer = exchange(address, *pieces)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert hashlib.sha256(body).hexdigest().encode() in answer
+    assert answer.count(b"HTTP/1.1 200") == 2

@@ -1,5 +1,6 @@
 """`gateway._io`: which failures are a full disk (answered 507 by both servers); the spool's
-batches written and hashed by a thread of its own, size capped, failures reported."""
+batches written and hashed by a thread of its own, size capped, failures reported; the batch
+thread's bounded queue."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import errno
 import hashlib
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import anyio
 import pytest
 
-from gateway._io import Spool, disk_full
+from gateway._io import BatchThread, Spool, disk_full
 
 
 def _chained(inner: BaseException) -> BaseException:
@@ -89,14 +91,72 @@ def test_the_spool_refuses_past_its_limit_and_discard_removes_the_file(tmp_path:
     assert not (tmp_path / "f").exists()
 
 
+class _BrokenDigest:
+    """A digest whose update fails, as a check reading beside the hash may."""
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        raise TypeError(f"broken, {len(data)} bytes lost")
+
+
 def test_a_failed_write_is_raised_by_close(tmp_path: Path) -> None:
-    """A write the thread could not do (here: not bytes) surfaces in `close`, as it is."""
+    """A batch the thread could not write (here: its digest fails) surfaces in `close`, as it is."""
     spool = Spool(tmp_path / "f", 10**9, TooLarge)
+    spool.feed = _BrokenDigest()
 
     async def main() -> None:
         await spool.open()
-        spool.queue.put_nowait([42])  # type: ignore[list-item]  # the write raises TypeError
+        await spool.write([b"x"])
         with pytest.raises(TypeError):
             await spool.close()
 
     anyio.run(main)
+
+
+def test_the_batch_thread_queues_at_most_depth_batches() -> None:
+    """With the thread stuck, `depth` puts return at once and the next one waits for room."""
+    gate = threading.Event()
+    applied: list[int] = []
+
+    def apply(batch: int) -> None:
+        gate.wait(10)
+        applied.append(batch)
+
+    async def main() -> None:
+        writer = BatchThread(apply, depth=3)
+        for batch in range(3):
+            with anyio.fail_after(1):
+                await writer.put(batch)
+        with anyio.move_on_after(0.2) as waited:
+            await writer.put(3)
+        assert waited.cancelled_caught  # no room while the first three are not applied
+        gate.set()
+        with anyio.fail_after(5):
+            await writer.put(3)
+            await writer.close()
+
+    anyio.run(main)
+    assert applied == [0, 1, 2, 3]
+
+
+def test_the_batch_thread_raises_a_failure_and_drops_on_close() -> None:
+    """A failed batch is raised by the next put; `close(drop=True)` ends the thread without it."""
+    applied: list[int] = []
+
+    def apply(batch: int) -> None:
+        if batch == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        applied.append(batch)
+
+    async def main() -> None:
+        writer = BatchThread(apply, depth=1)
+        await writer.put(0)
+        await writer.put(1)
+        with pytest.raises(OSError, match="No space"):
+            await writer.join()
+        with pytest.raises(OSError, match="No space"):
+            await writer.put(2)
+        with anyio.fail_after(5):
+            await writer.close(drop=True)
+
+    anyio.run(main)
+    assert applied == [0]

@@ -1,4 +1,4 @@
-"""File parts on their way to disk: hashed temp files, and the writer that fills them in a worker thread."""
+"""File parts on their way to disk: hashed temp files, and the batches of writes a writer thread applies to them."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
-
-import anyio
-import anyio.to_thread
 
 from gateway._io import Digest
 from gateway.multipart.model import Follower
@@ -51,10 +48,13 @@ class FileSink:
         return self.file
 
     def write(self, data: memoryview) -> None:
-        """Append `data` and hash it (the temp file is created on the first write)."""
+        """Append `data` (the temp file is created on the first write); in the writer's thread."""
         file = self.file if self.file is not None else self._open()
         file.write(data)
         self.written += len(data)
+
+    def digest(self, data: memoryview) -> None:
+        """Hash `data` and feed it to the watch; in the hasher's thread."""
         self.hash.update(data)
         if self.watch is not None:
             self.watch.update(data)
@@ -97,6 +97,9 @@ class BodyHash:
         self.hash = digest
 
     def write(self, data: memoryview) -> None:
+        """Nothing to store."""
+
+    def digest(self, data: memoryview) -> None:
         """Hash `data`."""
         self.hash.update(data)
 
@@ -111,7 +114,9 @@ Op = tuple[FileSink | BodyHash, memoryview | None]
 """A write (data) or the end of a file part (None), queued on the event loop and applied in a thread."""
 
 
-def _apply(ops: Iterable[Op]) -> None:
+def store(ops: Iterable[Op]) -> None:
+    """Write a batch of ops to the parts' files (in the writer's thread), then tell each touched
+    part's follower what is on disk."""
     touched: dict[int, FileSink | BodyHash] = {}
     for sink, data in ops:
         if data is None:
@@ -123,35 +128,14 @@ def _apply(ops: Iterable[Op]) -> None:
         sink.flushed()
 
 
+def digest(ops: Iterable[Op]) -> None:
+    """Hash a batch of ops (in the hasher's thread: sha-256 and the disk copy run side by side)."""
+    for sink, data in ops:
+        if data is not None:
+            sink.digest(data)
+
+
 def discard(sinks: Iterable[FileSink]) -> None:
     """Delete every sink's temp file (blocking)."""
     for sink in sinks:
         sink.discard()
-
-
-class Writer:
-    """Applies batches of writes in a worker thread while the event loop reads the next batch.
-
-    At most one batch is being written and one waits (about 2 MiB). A failed write is kept, not
-    raised in the writer's task (a task group would wrap it), and re-raised by the reading side.
-    """
-
-    def __init__(self) -> None:
-        self.send, self._receive = anyio.create_memory_object_stream[list[Op]](1)
-        self.error: Exception | None = None
-
-    async def run(self) -> None:
-        """Write every batch sent until `send` is closed."""
-        async with self._receive:
-            async for ops in self._receive:
-                if self.error is not None:
-                    continue  # drain without writing, so the reading side never blocks
-                try:
-                    await anyio.to_thread.run_sync(_apply, ops)
-                except Exception as exc:
-                    self.error = exc
-
-    def check(self) -> None:
-        """Re-raise a write that failed."""
-        if self.error is not None:
-            raise self.error

@@ -48,7 +48,7 @@ def test_upload_on_a_full_disk(
     if form == "multipart":
         monkeypatch.setattr(sinks.FileSink, "write", _full)
     else:
-        monkeypatch.setattr(_io, "write_hashed", _full)  # the raw body's spool
+        monkeypatch.setattr(_io, "write_chunks", _full)  # the raw body's spool
     with httpx.Client(timeout=30) as client:
         if form == "multipart":
             answer = client.post(
@@ -106,7 +106,7 @@ def test_download_cache_on_a_full_disk(
     with httpx.Client(timeout=30) as client:
         aggregation_id = aggregate(aggregator, client, weights)
         with monkeypatch.context() as patched:
-            patched.setattr(_io, "write_hashed", _full)  # the download's spool
+            patched.setattr(_io, "write_chunks", _full)  # the download's spool
             answer = client.get(f"{gateway.url}/aggregations/{aggregation_id}")
         check_problem(answer, 507, "insufficient-storage")
         assert _leftovers(gateway.data_dir / "cache") == []
