@@ -222,7 +222,8 @@ async def _receive_raw(
     def too_large() -> Exception:
         return PayloadTooLargeError(f"The upload is over GATEWAY_MAX_UPLOAD_BYTES ({limit} bytes).")
 
-    # Written and hashed by the spool's thread while the next MiB arrives (as multipart parts are).
+    # Written by the spool's writer thread and hashed by its hasher thread while the next MiB
+    # arrives (as multipart parts are).
     # A follower's path is a scratch path of its own (removed with the others).
     spool = Spool(scratch.new(".bin") if follower is None else follower.path, limit, too_large)
     if scan is not None:
