@@ -261,8 +261,9 @@ class Spool:
 class Growth:
     """A file that a worker thread writes while the event loop reads it (an upload sent on before it
     has all arrived). The writer reports what is on disk with `store`; a reader waits for the bytes
-    it needs with `readable`; the last `held` bytes of the expected `size` stay back until
-    `release()`, so that a reader cannot finish before the file is checked."""
+    it needs with `readable`, woken once per `at_least` bytes (not per write); the last `held`
+    bytes of the expected `size` stay back until `release()`, so that a reader cannot finish
+    before the file is checked."""
 
     def __init__(self, path: Path, size: int, held: int = 1) -> None:
         self.path = path
@@ -272,12 +273,15 @@ class Growth:
         self.released = False
         self._loop = asyncio.get_running_loop()
         self._event = anyio.Event()
+        self._want = size + 1
+        """The stored size that wakes the waiting reader (past the end: only `release` does)."""
 
     def store(self, size: int) -> None:
         """The file holds its first `size` bytes, flushed (called from the writer's thread)."""
         self.stored = size
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads any more
-            self._loop.call_soon_threadsafe(self._wake)
+        if size >= self._want:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads any more
+                self._loop.call_soon_threadsafe(self._wake)
 
     def _wake(self) -> None:
         self._event.set()
@@ -287,21 +291,28 @@ class Growth:
         self.released = True
         self._wake()
 
-    def _limit(self) -> int:
-        return min(self.stored, self.size if self.released else self.size - self.held)
+    def _target(self, offset: int, at_least: int) -> tuple[int, int]:
+        """Where readable bytes end now, and the end a reader at `offset` waits for."""
+        end = self.size if self.released else self.size - self.held
+        return min(self.stored, end), min(offset + at_least, end)
 
-    def ready(self, offset: int) -> int:
-        """How many bytes from `offset` on may be read now."""
-        return max(self._limit() - offset, 0)
+    def ready(self, offset: int, at_least: int = 1) -> int:
+        """How many bytes from `offset` on may be read now: 0 unless `at_least` of them (or all
+        that may be read before `release`) are there."""
+        limit, want = self._target(offset, at_least)
+        return limit - offset if offset < want <= limit else 0
 
-    async def readable(self, offset: int) -> int:
-        """How many bytes from `offset` on may be read, waiting until there is at least one (0 at
-        the expected end)."""
+    async def readable(self, offset: int, at_least: int = 1) -> int:
+        """How many bytes from `offset` on may be read, waiting until `at_least` of them are
+        there (fewer at the end, and none until `release` once only the held ones are left);
+        0 at the expected end."""
         while offset < self.size:
-            if (ready := self._limit() - offset) > 0:
+            if ready := self.ready(offset, at_least):
                 return ready
             self._event = anyio.Event()
-            if (ready := self._limit() - offset) > 0:  # stored before the new event existed
+            _, want = self._target(offset, at_least)
+            self._want = want if want > offset else self.size + 1
+            if ready := self.ready(offset, at_least):  # stored before `_want` was set
                 return ready
             await self._event.wait()
         return 0

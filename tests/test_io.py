@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from gateway._io import BatchThread, Spool, disk_full
+from gateway._io import BatchThread, Growth, Spool, disk_full
 
 
 def _chained(inner: BaseException) -> BaseException:
@@ -160,3 +160,31 @@ def test_the_batch_thread_raises_a_failure_and_drops_on_close() -> None:
 
     anyio.run(main)
     assert applied == [0]
+
+
+def test_a_growth_reader_is_woken_per_chunk_and_gets_the_held_bytes_on_release(
+    tmp_path: Path,
+) -> None:
+    """`readable` waits for a whole chunk (not each small write), never hands out the held last
+    byte before `release`, and the writer's thread can wake it."""
+    woken: list[tuple[int, int]] = []
+
+    async def main() -> None:
+        growth = Growth(tmp_path / "f", size=10, held=1)
+
+        async def reader() -> None:
+            offset = 0
+            while ready := await growth.readable(offset, at_least=4):
+                woken.append((offset, ready))
+                offset += ready
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(reader)
+            for stored in (1, 2, 3, 5, 9, 10):
+                await anyio.to_thread.run_sync(growth.store, stored)
+                await anyio.sleep(0.02)
+            assert woken == [(0, 5), (5, 4)]  # 4 bytes at least; the 10th is held
+            growth.release()
+
+    anyio.run(main)
+    assert woken == [(0, 5), (5, 4), (9, 1)]

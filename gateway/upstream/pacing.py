@@ -152,14 +152,15 @@ class UploadBody:
         self._file: AsyncFile[bytes] | None = None
 
     async def _readable(self, offset: int) -> int:
-        """Bytes that may be read from `offset` on (all of the rest for a complete file)."""
+        """Bytes that may be read from `offset` on (all of the rest for a complete file; of a
+        growing one, a whole chunk unless the end is nearer)."""
         growing = self.growing
         if growing is None:
             return self.size - offset
-        if (ready := growing.ready(offset)) > 0:
+        if ready := growing.ready(offset, _CHUNK):
             return ready
         self.pace.pause()
-        return await growing.readable(offset)
+        return await growing.readable(offset, _CHUNK)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         pace = self.pace
