@@ -389,3 +389,25 @@ def test_an_early_request_cut_by_branchkey_is_sent_again_from_the_start(
     assert not cut.complete
     assert whole.complete
     assert _file_part(whole) == model
+
+
+def test_a_trainer_pausing_longer_than_the_stall_bound_does_not_cut_the_early_request(
+    fake: FaultyUpstream, tmp_path: Path
+) -> None:
+    """BK_TRANSFER_STALL_S bounds BranchKey's slowness, not the trainer's: an early request that
+    waits 2.5 s for the trainer's next bytes under a 1 s bound still completes."""
+    model = _model()
+    half = len(model) // 2
+    headers = {**RAW, "Content-Length": str(len(model)), "Content-Digest": _digest(model)}
+
+    def paused() -> Iterator[bytes]:
+        yield model[:half]
+        time.sleep(2.5)
+        yield model[half:]
+
+    with leaf_gateway(tmp_path, fake.url, CREDENTIALS, bk_transfer_stall_s=1) as gateway:
+        answer = _post(gateway, paused(), headers)
+    assert answer.status_code == 201, answer.text
+    [sent] = fake.requests("POST", UPLOAD)
+    assert sent.complete
+    assert _file_part(sent) == model
