@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from gateway.errors import BadRequestError, NoSessionError, SessionChangedError
 from gateway.layouts import LayoutBook, check_layout
-from gateway.receiving import Received, Scratch, receive, request_claim
+from gateway.receiving import Received, Scratch, npz_name, receive, request_claim
 from gateway.relay import BeforeSend, Relay
 from gateway.settings import Settings
 from gateway.upstream.protocol import Sent, Upstream, WeightsFile
@@ -188,9 +188,7 @@ class Forwarder:
         if (
             file is None
             or sha256 != file.sha256  # converted: another file goes upstream
-            or not relay.carries(
-                file.sha256, await to_thread.run_sync(_size, file.path), payload.kind
-            )
+            or not relay.carries(file.sha256, file.size, payload.kind)
         ):
             relay.cancel()
             return None
@@ -287,13 +285,3 @@ class Forwarder:
         """The longest wait the trainer asked for, capped by GATEWAY_WAIT_TIMEOUT_S."""
         cap = self.settings.gateway_wait_timeout_s
         return min(options.wait_timeout_s or cap, cap)
-
-
-def _size(path: Path) -> int:
-    return path.stat().st_size
-
-
-def npz_name(filename: str) -> str:
-    """The upstream file name for a trainer's file name: its stem, as `.npz`."""
-    stem = Path(filename).name.rsplit(".", 1)[0] or "weights"
-    return f"{stem}.npz"

@@ -40,6 +40,7 @@ class ReceivedFile:
     path: Path
     sha256: bytes
     filename: str
+    size: int
     scan: StreamScan | None = None
     """What the NaN/Inf scan saw while the file arrived (None when the check is off)."""
 
@@ -73,6 +74,12 @@ class Scratch:
             self.form.cleanup()
         for path in self.paths:
             path.unlink(missing_ok=True)
+
+
+def npz_name(filename: str) -> str:
+    """The upstream file name for a trainer's file name: its stem, as `.npz`."""
+    stem = Path(filename).name.rsplit(".", 1)[0] or "weights"
+    return f"{stem}.npz"
 
 
 def request_claim(headers: Headers) -> ClaimedDigest | None:
@@ -191,7 +198,7 @@ async def _receive_form(
     if part is not None:
         _check(claims.get("file"), part.sha256, None)
         _check(claim, part.sha256, None if body is None else body.digest())
-        file = ReceivedFile(part.path, part.sha256, part.filename or "weights.npz", scan)
+        file = ReceivedFile(part.path, part.sha256, part.filename or "weights.npz", part.size, scan)
         return Received(file=file, weighting=weighting)
     if claim is not None and body is not None:
         _check(claim, None, body.digest())
@@ -249,4 +256,4 @@ async def _receive_raw(
             await spool.close()
     if spool.size == 0:
         raise BadRequestError("The request body is empty: send the weights file as the body.")
-    return ReceivedFile(spool.path, spool.digest.digest(), "weights.npz", scan)
+    return ReceivedFile(spool.path, spool.digest.digest(), "weights.npz", spool.size, scan)

@@ -14,7 +14,7 @@ from starlette.datastructures import Headers
 from gateway._io import Growth
 from gateway.digests import ClaimedDigest
 from gateway.multipart import MultipartError
-from gateway.receiving import part_claim
+from gateway.receiving import npz_name, part_claim
 from gateway.upstream.protocol import Outgoing, Sent
 from gateway.upstream.transport import safe_filename
 from gateway.weights import LEARNING
@@ -49,7 +49,8 @@ class Relay:
         self._group = group
         self._send_file = send
         self._claim = claim
-        self._path = path
+        self.path = path
+        """Where the followed file is written."""
         self._limit = limit
         self._before_send = before_send
         length = headers.get("content-length", "")
@@ -69,11 +70,6 @@ class Relay:
         self._error: Exception | None = None
         self.failed = False
         """The request failed before it could be completed (the upload then goes the usual way)."""
-
-    @property
-    def path(self) -> Path:
-        """Where the followed file is written."""
-        return self._path
 
     def follow(self, name: str, headers: Mapping[bytes, bytes]) -> Relay | None:
         """The `Follow` hook of the receive: this relay for the upload's file, if a digest is
@@ -101,14 +97,13 @@ class Relay:
             size = self._body_size - offset - self._closing
         if self._claim is None or size is None or not 0 < size <= self._limit:
             return
-        stem = Path(self._filename).name.rsplit(".", 1)[0] or "weights"
-        self.growth = Growth(self._path, size)
+        self.growth = Growth(self.path, size)
         self.outgoing = Outgoing(
-            path=self._path,
+            path=self.path,
             size=size,
             sha256=self._claim.sha256,
             kind=LEARNING,
-            filename=safe_filename(f"{stem}.npz", "weights.npz"),
+            filename=safe_filename(npz_name(self._filename), "weights.npz"),
             growing=self.growth,
         )
         self._group.start_soon(self._run, self.outgoing)

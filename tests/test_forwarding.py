@@ -33,7 +33,7 @@ def _settings(tmp_path: Path, **overrides: object) -> Settings:
 
 
 def _received(path: Path, filename: str) -> Received:
-    return Received(file=ReceivedFile(path, sha256_file(path), filename))
+    return Received(file=ReceivedFile(path, sha256_file(path), filename, path.stat().st_size))
 
 
 def _forward(
