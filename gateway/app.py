@@ -30,18 +30,19 @@ from gateway.api import (
     events,
     exchange,
     health,
+    hosts,
     pages,
     session,
     uploads,
 )
 from gateway.api.auth import RequireToken
 from gateway.api.cors import cors_options
-from gateway.api.hosts import SingleHostOrigin
 from gateway.cache import AggregationCache, remove_partials
 from gateway.embedded import EmbeddedAggregator
 from gateway.errors import GatewayError
 from gateway.events import EventHub, EventLog, Events
 from gateway.forwarding import Forwarder
+from gateway.http_limits import SingleHostOrigin
 from gateway.layouts import LayoutBook
 from gateway.metrics import LiveFacts, Metrics
 from gateway.names import NamedDownloads
@@ -247,7 +248,8 @@ def create_app(settings: Settings) -> FastAPI:
         RequireToken, token=token, access=signer, origins=settings.gateway_cors_origins
     )
     app.add_middleware(CORSMiddleware, **cors_options(settings))  # outside the token: preflights
-    app.add_middleware(SingleHostOrigin)  # outermost: before CORS, the token and loopback checks
+    # outermost: before CORS, the token and loopback checks
+    app.add_middleware(SingleHostOrigin, refusal=hosts.host_origin_refusal, log=hosts.log)
 
     def count_problem(scope: Scope, problem_type: str) -> None:
         route = getattr(scope.get("route"), "path", "")

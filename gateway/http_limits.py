@@ -30,9 +30,10 @@ import ctypes.util
 import functools
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -264,7 +265,44 @@ def bounded_http_options(max_header_bytes: int, header_timeout_s: float) -> dict
     return {"http": protocol}
 
 
-__all__ = ["BoundedHttpToolsProtocol", "bounded_http_options", "tune_allocator"]
+__all__ = [
+    "BoundedHttpToolsProtocol",
+    "SingleHostOrigin",
+    "bounded_http_options",
+    "host_origin_problem",
+    "tune_allocator",
+]
+
+
+class SingleHostOrigin:
+    """Pure-ASGI middleware of both servers: a request with an ambiguous Host or Origin
+    (`host_origin_problem`) is answered `refusal(problem)` (each server's own 400 body, sent with
+    `Connection: close`), a WebSocket closed with 1008, before any route or other check reads
+    them; `log` (if given) notes each refusal."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        refusal: Callable[[str], ASGIApp],
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.app = app
+        self.refusal = refusal
+        self.log = log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problem = None
+        if scope["type"] in ("http", "websocket"):
+            problem = host_origin_problem(scope.get("headers") or ())
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        if self.log is not None:
+            self.log.info("%s refused: 400 /problems/bad-request: %s", scope["path"], problem)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": problem[:120]})
+        else:
+            await self.refusal(problem)(scope, receive, send)
 
 
 def host_origin_problem(headers: Iterable[tuple[bytes, bytes]]) -> str | None:

@@ -18,7 +18,7 @@ from gateway.aggregator.amqp import AmqpNotifier, start_amqp
 from gateway.aggregator.database import private_folder
 from gateway.aggregator.errors import add_exception_handlers
 from gateway.aggregator.leaves import dev_leaves, load_leaves
-from gateway.aggregator.middleware import CollapseLeadingSlashes, SingleHostOrigin
+from gateway.aggregator.middleware import CollapseLeadingSlashes, host_origin_refusal
 from gateway.aggregator.openapi import install_openapi, operation_ids
 from gateway.aggregator.page import page
 from gateway.aggregator.records import Leaf
@@ -29,6 +29,7 @@ from gateway.aggregator.settings import AggregatorSettings
 from gateway.aggregator.state import AggregatorState, Launch, attach_launch, attach_state
 from gateway.aggregator.store import Store
 from gateway.aggregator.websocket import Hub, TicketStore
+from gateway.http_limits import SingleHostOrigin
 
 log = logging.getLogger("gateway.aggregator")
 
@@ -70,7 +71,7 @@ def create_aggregator_app(settings: AggregatorSettings, *, embedded: bool = Fals
         generate_unique_id_function=operation_ids,
     )
     app.add_middleware(CollapseLeadingSlashes)
-    app.add_middleware(SingleHostOrigin)
+    app.add_middleware(SingleHostOrigin, refusal=host_origin_refusal)
     add_exception_handlers(app)
     app.include_router(api)
     app.include_router(v1_api)

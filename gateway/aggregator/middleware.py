@@ -5,7 +5,6 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.aggregator.errors import error_response
-from gateway.http_limits import host_origin_problem
 
 
 class CollapseLeadingSlashes:
@@ -21,21 +20,6 @@ class CollapseLeadingSlashes:
         await self.app(scope, receive, send)
 
 
-class SingleHostOrigin:
-    """An ambiguous Host or Origin (two of either, or a user name in one) is refused with a 400."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        problem = None
-        if scope["type"] in ("http", "websocket"):
-            problem = host_origin_problem(scope.get("headers") or ())
-        if problem is None:
-            await self.app(scope, receive, send)
-        elif scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": problem[:120]})
-        else:
-            await error_response(400, problem, headers={"Connection": "close"})(
-                scope, receive, send
-            )
+def host_origin_refusal(problem: str) -> ASGIApp:
+    """The aggregator's 400 for an ambiguous Host or Origin (`http_limits.SingleHostOrigin`)."""
+    return error_response(400, problem, headers={"Connection": "close"})
