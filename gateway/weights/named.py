@@ -17,8 +17,7 @@ from gateway.weights.model import (
     layer_key,
 )
 from gateway.weights.names import NamedTensor, NameMap
-from gateway.weights.npy import dtype_words
-from gateway.weights.npz import NUMERIC_KINDS, inspect_npz, read_small
+from gateway.weights.npz import check_numeric, inspect_npz, read_small
 from gateway.weights.policy import ValidationPolicy
 from gateway.weights.safetensors import BF16, Header, iter_tensor, numpy_dtype, widen_bf16
 from gateway.weights.safetensors import read_header as read_safetensors_header
@@ -150,12 +149,5 @@ def named_npz_to_npz(
 def _named_members(archive: Archive, policy: ValidationPolicy) -> list[Member]:
     members = [m for m in archive.members if m.key not in RESERVED_KEYS]
     if policy.strict_layer_dtypes:
-        for member in members:
-            if member.header.dtype.kind not in NUMERIC_KINDS:
-                raise WeightsError(
-                    "not-numeric",
-                    f"{member.key!r} is {dtype_words(member.header.dtype)}; model tensors must be "
-                    "numeric (bool, integer, unsigned, float or complex): convert it before saving, "
-                    f"or leave it out of the archive.",
-                )
+        check_numeric(members, "model tensors", lambda _key: "or leave it out of the archive")
     return members

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,21 @@ from gateway.weights.policy import Limits, ValidationPolicy
 from gateway.weights.values import checked_chunks
 
 NUMERIC_KINDS = frozenset("biufc")
+
+
+def check_numeric(members: Iterable[Member], what: str, fix: Callable[[str], str]) -> None:
+    """Refuse the first member that is not numeric (`what` names them, `fix(key)` says how to
+    convert one) with a not-numeric error (the strict dtype check)."""
+    for member in members:
+        if member.header.dtype.kind not in NUMERIC_KINDS:
+            raise WeightsError(
+                "not-numeric",
+                f"{member.key} is {dtype_words(member.header.dtype)}; {what} must be numeric "
+                f"(bool, integer, unsigned, float or complex): convert it before saving, "
+                f"{fix(member.key)}.",
+            )
+
+
 ANALYTICS_KINDS = frozenset("biufcUS")
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 """A ZIP local file header: signature .. name and extra-field lengths (30 bytes)."""
@@ -149,14 +164,7 @@ def _learning_layers(
                 )
             ignored.append(member.key)
     if policy.strict_layer_dtypes:
-        for member in layers:
-            if member.header.dtype.kind not in NUMERIC_KINDS:
-                raise WeightsError(
-                    "not-numeric",
-                    f"{member.key} is {dtype_words(member.header.dtype)}; layers must be "
-                    "numeric (bool, integer, unsigned, float or complex): convert it before "
-                    f"saving, e.g. {member.key}=array.astype(np.float32).",
-                )
+        check_numeric(layers, "layers", lambda key: f"e.g. {key}=array.astype(np.float32)")
     indexed = {layer_index(m.key): m for m in layers}
     if policy.strict_layer_numbering:
         expected = set(range(len(layers)))
