@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from gateway.errors import BadRequestError, NoSessionError, SessionChangedError
 from gateway.layouts import LayoutBook, check_layout
-from gateway.receiving import Received, Scratch, npz_name, receive, request_claim
+from gateway.receiving import Received, Scratch, npz_name, receive
 from gateway.relay import BeforeSend, Relay
 from gateway.settings import Settings
 from gateway.upstream.protocol import Sent, Upstream, WeightsFile
@@ -91,7 +91,6 @@ class Forwarder:
         """The whole upload: the run is checked before the body is read, unless the trainer waits;
         `before_send` runs right before the upload goes upstream (after every check and wait)."""
         started_with = await self.check_run(options)
-        claim = request_claim(request.headers)  # a malformed digest field: 400 before the body
         async with self.scratch() as scratch:
             limit = int(self.settings.gateway_max_upload_bytes)
             policy = self.settings.weights.policy()
@@ -102,9 +101,7 @@ class Forwarder:
             failure: Exception | None = None
             async with anyio.create_task_group() as group:
                 path = scratch.new(".part")
-                relay = Relay(
-                    group, started_with.upload, request.headers, claim, path, limit, before_send
-                )
+                relay = Relay(group, started_with.upload, request.headers, path, limit, before_send)
                 try:
                     received = await receive(request, scratch, limit, scan, relay.follow)
                     forwarded = await self.forward(

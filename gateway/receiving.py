@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +23,12 @@ from gateway.errors import (
     UnsupportedMediaTypeError,
 )
 from gateway.multipart import FormData, MultipartError, MultipartLimits, read_multipart
-from gateway.multipart.model import Follow, Follower
+from gateway.multipart.model import Follower
 from gateway.weights import StreamScan
 
+FollowFile = Callable[[Mapping[bytes, bytes], ClaimedDigest], Follower | None]
+"""Given the upload file's part headers (none for a raw body) and the digest claimed for it (the
+part's own, else the request's), a `Follower` that reads the file as it is written, or None."""
 LAYER_PART = re.compile(r"layer_(0|[1-9][0-9]*)", re.ASCII)
 MAX_PARTS = 10_050
 """Multipart parts one upload may have: up to 10 000 `layer_<n>` parts, and a few fields."""
@@ -112,7 +115,7 @@ async def receive(
     scratch: Scratch,
     limit: int,
     scan: StreamScan | None = None,
-    follow: Follow | None = None,
+    follow: FollowFile | None = None,
 ) -> Received:
     """The uploaded file (or the layer parts) on disk, and a weighting field if one was sent; `scan`
     is fed the whole file's bytes beside its digest, `follow` may follow the file as it is written
@@ -123,7 +126,7 @@ async def receive(
     if content_type == "multipart/form-data":
         return await _receive_form(request, scratch, limit, scan, claim, follow)
     if content_type in RAW_TYPES:
-        follower = None if follow is None else follow("file", {})
+        follower = None if follow is None or claim is None else follow({}, claim)
         file = await _receive_raw(request, scratch, limit, scan, follower)
         _check(claim, file.sha256, None)
         return Received(file=file)
@@ -167,7 +170,7 @@ async def _receive_form(
     limit: int,
     scan: StreamScan | None,
     claim: ClaimedDigest | None,
-    follow: Follow | None,
+    follow: FollowFile | None,
 ) -> Received:
     limits = MultipartLimits(max_file_bytes=limit, max_total_file_bytes=limit, max_parts=MAX_PARTS)
     claims: dict[str, ClaimedDigest] = {}
@@ -177,7 +180,8 @@ async def _receive_form(
             return None
         if (own := part_claim(headers)) is not None:
             claims[name] = own
-        return None if follow is None else follow(name, headers)
+        chosen = own or claim
+        return None if follow is None or chosen is None else follow(headers, chosen)
 
     body = hashlib.sha256() if claim is not None else None
     form = await read_multipart(

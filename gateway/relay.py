@@ -13,8 +13,7 @@ from starlette.datastructures import Headers
 
 from gateway._io import Growth
 from gateway.digests import ClaimedDigest
-from gateway.multipart import MultipartError
-from gateway.receiving import npz_name, part_claim
+from gateway.receiving import npz_name
 from gateway.upstream.protocol import Outgoing, Sent
 from gateway.upstream.transport import safe_filename
 from gateway.weights import LEARNING
@@ -41,14 +40,13 @@ class Relay:
         group: TaskGroup,
         send: Send,
         headers: Headers,
-        claim: ClaimedDigest | None,
         path: Path,
         limit: int,
         before_send: BeforeSend | None = None,
     ) -> None:
         self._group = group
         self._send_file = send
-        self._claim = claim
+        self._claim: ClaimedDigest | None = None
         self.path = path
         """Where the followed file is written."""
         self._limit = limit
@@ -71,16 +69,10 @@ class Relay:
         self.failed = False
         """The request failed before it could be completed (the upload then goes the usual way)."""
 
-    def follow(self, name: str, headers: Mapping[bytes, bytes]) -> Relay | None:
-        """The `Follow` hook of the receive: this relay for the upload's file, if a digest is
-        claimed for it (the part's own, else the request's)."""
-        if name != "file" or self._followed:
-            return None
-        try:
-            claim = part_claim(headers) or self._claim
-        except MultipartError:  # the receive refuses the part itself
-            return None
-        if claim is None:
+    def follow(self, headers: Mapping[bytes, bytes], claim: ClaimedDigest) -> Relay | None:
+        """The receive's `FollowFile` hook: this relay for the upload's file (`headers`: its
+        part's, none for a raw body), whose digest the trainer claimed."""
+        if self._followed:
             return None
         self._claim, self._followed = claim, True
         length = headers.get(b"content-length", b"")
